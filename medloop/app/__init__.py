@@ -1,0 +1,1 @@
+"""Shared machinery used by every medloop plugin: I/O, engine, review, GUI, CLI."""

@@ -1,0 +1,1 @@
+"""The only Qt code outside plugins: launcher, home panel, shared widgets."""

@@ -1,0 +1,1 @@
+"""Readers, writers and the geometry-carrying image type."""

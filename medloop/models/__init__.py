@@ -1,0 +1,1 @@
+"""Torch networks, the model registry, model cards and weight loading."""

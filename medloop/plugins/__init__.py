@@ -1,0 +1,1 @@
+"""One sub-package per published method; each is a Qt-free method plus a thin ``widget.py``."""

@@ -1,0 +1,28 @@
+"""Shared fixtures: the CLI as a subprocess, the packaged sample."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MEDLOOP = Path(sys.executable).with_name("medloop")
+
+
+def run_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    """Run the installed ``medloop`` console script."""
+    return subprocess.run([str(MEDLOOP), *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture(scope="session")
+def brain_sample():
+    from medloop.app.samples import load_brain_sample
+
+    return load_brain_sample()
