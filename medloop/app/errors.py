@@ -22,3 +22,11 @@ class ImageWriteError(MedloopError):
 
 class ResourceError(MedloopError):
     """A packaged resource (sample, weights, card) is missing or damaged."""
+
+
+class ImageMismatchError(MedloopError):
+    """A label map (or other companion image) does not fit its image's shape or geometry."""
+
+
+class MedloopWarning(UserWarning):
+    """Something the user should know about their data that did not stop the work."""

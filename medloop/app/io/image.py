@@ -34,6 +34,8 @@ class MedImage:
     unit: str = "mm"
     metadata: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    # Multiscale images (whole slides): every level, finest first; ``array`` is level 0.
+    pyramid: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         n = self.ndim
@@ -86,7 +88,15 @@ class MedImage:
         spatial = tuple(array.shape[: self.ndim])
         if spatial != self.shape[: self.ndim]:
             raise ValueError(f"array shape {array.shape} does not match image shape {self.shape}")
-        return replace(self, array=array, **changes)
+        return replace(self, array=array, **{"pyramid": (), **changes})
+
+    @property
+    def is_multiscale(self) -> bool:
+        return len(self.pyramid) > 1
+
+    def layer_data(self) -> Any:
+        """The data napari should display: the list of levels for a pyramid, else the array."""
+        return list(self.pyramid) if self.is_multiscale else self.array
 
     def index_to_physical(self, index_xyz: np.ndarray) -> np.ndarray:
         """Physical coordinates (x, y[, z]) of continuous indices given in (x, y[, z]) order."""
@@ -118,6 +128,8 @@ class MedImage:
             kwargs = {"scale": scale, "affine": affine}
         if self.channel_axis:
             kwargs["rgb"] = self.array.shape[-1] in (3, 4)
+        if self.is_multiscale:
+            kwargs["multiscale"] = True
         return kwargs
 
     @classmethod
