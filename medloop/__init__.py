@@ -14,14 +14,24 @@ from medloop.app.errors import MedloopError
 if TYPE_CHECKING:
     from medloop.app.io.image import MedImage
 
-__all__ = ["MedImage", "MedloopError", "__version__", "read_image"]
+__all__ = ["MedImage", "MedloopError", "__version__", "read_image", "write_image"]
 
 
-def read_image(path) -> "MedImage":
-    """Read an image file (or DICOM folder) into a :class:`MedImage` with its full geometry."""
+def read_image(path, series: str | None = None, allow_irregular: bool = False) -> "MedImage":
+    """Read an image file (or DICOM folder) into a :class:`MedImage` with its full geometry.
+
+    See :func:`medloop.app.io.read.read_image` for the arguments.
+    """
     from medloop.app.io.read import read_image as _read
 
-    return _read(path)
+    return _read(path, series=series, allow_irregular=allow_irregular)
+
+
+def write_image(image: "MedImage", path):
+    """Write ``image`` atomically to NIfTI/NRRD/MHA/TIFF with its geometry; returns the path."""
+    from medloop.app.io.write import write_image as _write
+
+    return _write(image, path)
 
 
 def __getattr__(name: str):

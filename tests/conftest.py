@@ -13,7 +13,7 @@ MEDLOOP = Path(sys.executable).with_name("medloop")
 
 def run_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     """Run the installed ``medloop`` console script."""
-    return subprocess.run([str(MEDLOOP), *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+    return subprocess.run([str(MEDLOOP), *args], capture_output=True, encoding="utf-8", timeout=timeout, **kwargs)
 
 
 @pytest.fixture

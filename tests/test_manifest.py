@@ -13,7 +13,7 @@ NPE2 = Path(sys.executable).with_name("npe2")
 
 
 def npe2_validate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(NPE2), "validate", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([str(NPE2), "validate", *args], capture_output=True, encoding="utf-8", timeout=120)
 
 
 def test_npe2_validate_passes():

@@ -54,7 +54,7 @@ def test_no_qt_import_statements_outside_gui_modules():
     for path in PACKAGE.rglob("*.py"):
         name = module_name(path)
         if not gui_allowed(name):
-            hits = forbidden_imports(path.read_text())
+            hits = forbidden_imports(path.read_text(encoding="utf-8"))
             if hits:
                 offenders[name] = hits
     assert offenders == {}

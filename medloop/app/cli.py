@@ -1,6 +1,6 @@
 """`medloop <verb>`: the command-line entry point.
 
-Every user error is a ``MedloopError``: printed as one line ``medloop: error: …`` on stderr,
+Every user error is a ``MedloopError``: printed as one line ``medloop: error: ...`` on stderr,
 exit code 2, no traceback.
 """
 
@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import NoReturn, Sequence
 
 from medloop import __version__
-from medloop.app.errors import MedloopError
+from medloop.app.errors import MedloopError, MedloopWarning
 
 EXIT_USAGE = 2
 
@@ -36,16 +37,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     gui = sub.add_parser("gui", help="open napari with medloop's panels and the given files")
-    gui.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="images to open")
-    gui.add_argument("--labels", nargs="*", type=Path, default=[], metavar="MASK", help="label maps to open")
+    gui.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="images or DICOM folders to open")
+    gui.add_argument(
+        "--labels", nargs="*", type=Path, default=[], metavar="MASK",
+        help="label maps to open over the first image (must share its grid)",
+    )
+    _add_read_options(gui)
 
     demo = sub.add_parser("demo", help="open the packaged brain sample in the GUI")
     demo.add_argument("--screenshot", type=Path, metavar="PNG", help="render the viewer to PNG and exit (works headless)")
 
-    info = sub.add_parser("info", help="print an image's shape, dtype and geometry")
+    info = sub.add_parser("info", help="print an image's shape, dtype and geometry (a DICOM folder lists its series)")
     info.add_argument("path", type=Path, metavar="PATH")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    _add_read_options(info)
+
+    convert = sub.add_parser("convert", help="convert an image or DICOM folder to NIfTI/NRRD/MHA/TIFF, keeping geometry")
+    convert.add_argument("input", type=Path, metavar="IN", help="image file or DICOM folder")
+    convert.add_argument("output", type=Path, metavar="OUT", help="output file (.nii.gz, .nii, .nrrd, .mha, .tif)")
+    _add_read_options(convert)
     return parser
+
+
+def _add_read_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--series", metavar="S", help="DICOM folder with several series: UID, description or number")
+    parser.add_argument(
+        "--allow-irregular", action="store_true",
+        help="DICOM series with missing slices: resample onto a regular grid instead of refusing",
+    )
+
+
+def _read(args: argparse.Namespace, path: Path):
+    from medloop.app.io.read import read_image
+
+    return read_image(path, series=args.series, allow_irregular=args.allow_irregular)
 
 
 def _fmt(values) -> str:
@@ -53,9 +78,13 @@ def _fmt(values) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from medloop.app.io.read import read_image
+    if args.path.is_dir() and args.series is None:
+        from medloop.app.io.dicom import list_dicom_series
 
-    image = read_image(args.path)
+        series = list_dicom_series(args.path)
+        if len(series) > 1:
+            return _print_series(args, series)
+    image = _read(args, args.path)
     axes = ("z", "y", "x")[-image.ndim :] + (("c",) if image.channel_axis else ())
     record = {
         "path": str(args.path),
@@ -68,6 +97,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         "unit": image.unit,
         "modality": image.modality or "unknown",
     }
+    if image.is_multiscale:
+        record["levels"] = [list(level.shape) for level in image.pyramid]
+        record["microns_per_pixel"] = list(image.spacing) if image.unit == "um" else None
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
@@ -79,15 +111,45 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"origin     {_fmt(image.origin)} {image.unit} ({xyz})")
     print(f"direction  {' / '.join(_fmt(row) for row in image.direction)}")
     print(f"modality   {record['modality']}")
+    if image.is_multiscale:
+        print(f"levels     {len(image.pyramid)}: " + ", ".join(" x ".join(map(str, s[:2])) for s in record["levels"]))
+        print(f"um/pixel   {_fmt(image.spacing)}" if image.unit == "um" else "um/pixel   unknown")
+    return 0
+
+
+def _print_series(args: argparse.Namespace, series) -> int:
+    rows = [
+        {"number": i, "description": s.description, "uid": s.uid, "modality": s.modality, "files": len(s.files)}
+        for i, s in enumerate(series, start=1)
+    ]
+    if args.json:
+        print(json.dumps({"path": str(args.path), "series": rows}, indent=2))
+        return 0
+    print(f"{args.path} holds {len(rows)} DICOM series; pick one with --series NUMBER|DESCRIPTION|UID")
+    for r in rows:
+        print(f"  {r['number']}: {r['description'] or '(no description)'}  {r['modality']}  {r['files']} files  {r['uid']}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from medloop.app.io.write import write_image
+
+    image = _read(args, args.input)
+    written = write_image(image, args.output)
+    print(f"wrote {written}")
     return 0
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
-    from medloop.app.io.read import read_image
+    from medloop.app.io.validate import check_same_grid
 
-    # Read everything first: a bad path is reported before any window opens.
-    images = [read_image(p) for p in args.paths]
-    labels = [read_image(p) for p in args.labels]
+    # Read everything first: a bad path or a mismatched label map is reported before any window opens.
+    images = [_read(args, p) for p in args.paths]
+    labels = [_read(args, p) for p in args.labels]
+    if labels and not images:
+        raise MedloopError("--labels needs an image to lie on; give the image path too")
+    for mask in labels:
+        check_same_grid(images[0], mask)
     from medloop.app.gui.launcher import run_gui
 
     return run_gui(images, labels)
@@ -104,7 +166,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
-COMMANDS = {"info": cmd_info, "gui": cmd_gui, "demo": cmd_demo}
+COMMANDS = {"info": cmd_info, "gui": cmd_gui, "demo": cmd_demo, "convert": cmd_convert}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,9 +175,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = args.command or "gui"
     if args.command is None:
-        args.paths, args.labels = [], []
+        args.paths, args.labels, args.series, args.allow_irregular = [], [], None, False
     try:
-        return COMMANDS[command](args)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MedloopWarning)
+            code = COMMANDS[command](args)
+        # Only on success: an error message is self-contained and stays the one line printed.
+        for w in caught:
+            if issubclass(w.category, MedloopWarning):
+                print(f"medloop: warning: {w.message}", file=sys.stderr)
+        return code
     except MedloopError as exc:
         print(f"medloop: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

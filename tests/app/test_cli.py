@@ -10,7 +10,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from medloop import __version__
+from medloop.app.io.read import supported_suffixes
 from medloop.app.samples import sample_path
+
+SUPPORTED = ", ".join(supported_suffixes())
 
 
 def test_version(cli):
@@ -56,8 +59,7 @@ def test_info_on_bad_files_is_one_line_exit_2(cli, tmp_path):
     text.write_text("hello")
     expected = {
         empty: f"medloop: error: cannot read {empty}: the file is empty; re-export or copy it again",
-        text: f"medloop: error: cannot read {text}: unsupported file type '.txt'; "
-        "supported: .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd",
+        text: f"medloop: error: cannot read {text}: unsupported file type '.txt'; supported: {SUPPORTED}",
     }
     for path in (empty, garbage, text):
         result = cli("info", str(path))
@@ -67,7 +69,10 @@ def test_info_on_bad_files_is_one_line_exit_2(cli, tmp_path):
         if path in expected:
             assert result.stderr.strip() == expected[path]
         else:
-            assert result.stderr.startswith(f"medloop: error: cannot read {path}: not a valid .nii.gz image")
+            assert result.stderr == (
+                f"medloop: error: cannot read {path}: not a NIfTI file (unrecognised or corrupt header); "
+                "check that this is an image and that it is not damaged\n"
+            )
 
 
 def test_usage_errors_are_one_line_exit_2(cli):

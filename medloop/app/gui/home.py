@@ -25,7 +25,7 @@ class HomePanel(QWidget):
         self.viewer = napari_viewer
         self.setObjectName("medloop-home")
         layout = QVBoxLayout(self)
-        self.title = QLabel(f"<b>medloop {__version__}</b> — review, correct, retrain")
+        self.title = QLabel(f"<b>medloop {__version__}</b> - review, correct, retrain")
         layout.addWidget(self.title)
 
         self.methods = method_panels()
@@ -38,7 +38,7 @@ class HomePanel(QWidget):
         self.models = list_models()
         layout.addWidget(QLabel("Models"))
         self.model_list = QListWidget()
-        self.model_list.addItems([f"{m.name} — {m.summary}" for m in self.models] or [NO_MODELS])
+        self.model_list.addItems([f"{m.name} - {m.summary}" for m in self.models] or [NO_MODELS])
         layout.addWidget(self.model_list)
 
         self.sample_button = QPushButton("Open the brain sample")

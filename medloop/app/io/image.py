@@ -7,7 +7,7 @@ other tools print):
   images, with an optional trailing channel axis (``rgb``/``channels``).
 * ``spacing`` and ``origin`` are in (x, y[, z]) order, in millimetres (microns for microscopy;
   see ``unit``).
-* ``direction`` is the ``ndim × ndim`` matrix whose column *i* is the physical (LPS) direction of
+* ``direction`` is the ``ndim x ndim`` matrix whose column *i* is the physical (LPS) direction of
   index axis *i* (x, y, z), as ``SimpleITK.Image.GetDirection`` returns it reshaped.
 
 The physical position of array index ``(k, j, i)`` is ``origin + direction @ (spacing * (i, j, k))``.
@@ -104,7 +104,7 @@ class MedImage:
         return np.asarray(self.origin) + (self.direction @ (np.asarray(self.spacing) * idx).T).T
 
     def affine_xyz(self) -> np.ndarray:
-        """(n+1)×(n+1) index-to-physical matrix in ITK (x, y[, z]) order."""
+        """(n+1)x(n+1) index-to-physical matrix in ITK (x, y[, z]) order."""
         n = self.ndim
         a = np.eye(n + 1)
         a[:n, :n] = self.direction * np.asarray(self.spacing)[None, :]

@@ -1,63 +1,184 @@
-"""Read any supported image into a :class:`MedImage`; failures become ``ImageReadError``."""
+"""Read any supported image into a :class:`MedImage`; every failure is an ``ImageReadError``.
+
+The file's content is checked against its extension first, so a renamed, truncated or
+non-image file gets a message that says exactly what is wrong and what to do.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
+
 from medloop.app.errors import ImageReadError
 from medloop.app.io.image import MedImage
+from medloop.app.io.sniff import KIND_SUFFIX, gzip_is_truncated, nifti_all_nan, nifti_check, sniff
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+# Extension -> the content it must hold.
+SUFFIX_KIND = {
+    ".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "metaimage",
+    ".mhd": "metaimage", ".dcm": "dicom", ".dicom": "dicom", ".tif": "tiff", ".tiff": "tiff",
+    ".ome.tif": "tiff", ".ome.tiff": "tiff", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg",
+    ".bmp": "bmp",
+}
+KIND_NAME = {
+    "nifti": "NIfTI", "nrrd": "NRRD", "metaimage": "MetaImage", "dicom": "DICOM", "tiff": "TIFF",
+    "png": "PNG", "jpeg": "JPEG", "bmp": "BMP", "gzip": "gzip",
+}
 
 
 def suffix_of(path: Path) -> str:
-    """Lower-case suffix, treating ``.nii.gz`` as one suffix."""
+    """Lower-case suffix, treating ``.nii.gz`` and ``.ome.tif(f)`` as one suffix."""
     name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+    for double in (".nii.gz", ".ome.tiff", ".ome.tif"):
+        if name.endswith(double):
+            return double
+    return path.suffix.lower()
 
 
-def read_image(path: str | os.PathLike) -> MedImage:
-    """Read ``path`` with its full geometry.
+def supported_suffixes() -> tuple[str, ...]:
+    from medloop.app.io.slide import SLIDE_SUFFIXES
+
+    return tuple(SUFFIX_KIND) + tuple(SLIDE_SUFFIXES)
+
+
+def read_image(path: str | os.PathLike, series: str | None = None, allow_irregular: bool = False) -> MedImage:
+    """Read a file, or a DICOM series from a folder, with its full geometry.
+
+    Args:
+        path: an image file or a folder holding a DICOM series.
+        series: for a folder with several DICOM series, which one (UID, description or 1-based index).
+        allow_irregular: resample a DICOM series with missing slices onto a regular grid.
 
     Raises:
-        ImageReadError: the path is missing, empty, of an unknown kind, or not readable; the
-            message names the file and what to do.
+        ImageReadError: the message names the file, the problem and what to do.
     """
     p = Path(path)
     if not p.exists():
         raise ImageReadError(f"cannot read {p}: no such file or folder; check the path")
-    if p.is_file() and p.stat().st_size == 0:
+    if p.is_dir():
+        from medloop.app.io.dicom import read_dicom_series
+
+        return _checked(read_dicom_series(p, series=series, allow_irregular=allow_irregular), p)
+    if p.stat().st_size == 0:
         raise ImageReadError(f"cannot read {p}: the file is empty; re-export or copy it again")
     suffix = suffix_of(p)
-    if suffix not in VOLUME_SUFFIXES:
-        raise ImageReadError(
-            f"cannot read {p}: unsupported file type {suffix or '(no extension)'!r}; "
-            f"supported: {', '.join(VOLUME_SUFFIXES)}"
+    from medloop.app.io.slide import SLIDE_SUFFIXES
+
+    if suffix in SLIDE_SUFFIXES:
+        from medloop.app.io.slide import read_slide
+
+        return read_slide(p)
+    kind = sniff(p)
+    expected = SUFFIX_KIND.get(suffix)
+    if expected is None:
+        if kind == "dicom":  # DICOM files often have no extension at all
+            expected = kind
+        else:
+            hint = f" (the content looks like {KIND_NAME[kind]}: rename it to {KIND_SUFFIX[kind]})" if kind else ""
+            raise ImageReadError(
+                f"cannot read {p}: unsupported file type {suffix or '(no extension)'!r}{hint}; "
+                f"supported: {', '.join(supported_suffixes())}"
+            )
+    if kind != expected:
+        raise ImageReadError(_content_mismatch(p, suffix, expected, kind))
+    return _checked(_read_kind(p, kind), p)
+
+
+TRUNCATED_GZIP = "the gzip stream is truncated (incomplete copy or download); copy the file again"
+
+
+def _content_mismatch(p: Path, suffix: str, expected: str, kind: str | None) -> str:
+    name = KIND_NAME[expected]
+    if kind == "gzip":
+        if gzip_is_truncated(p):
+            return f"cannot read {p}: {TRUNCATED_GZIP}"
+        return f"cannot read {p}: the compressed content is not {name}; check that this is the right file"
+    if kind is None:
+        return (
+            f"cannot read {p}: not a {name} file (unrecognised or corrupt header); "
+            "check that this is an image and that it is not damaged"
         )
-    return _read_with_sitk(p)
+    return (
+        f"cannot read {p}: the content is {KIND_NAME[kind]} but the extension says {suffix}; "
+        f"rename it to {KIND_SUFFIX[kind]}"
+    )
 
 
-def _read_with_sitk(p: Path) -> MedImage:
+def _read_kind(p: Path, kind: str) -> MedImage:
+    problem = nifti_check(p) if kind == "nifti" else None
+    if problem == "truncated" and suffix_of(p).endswith(".gz"):
+        raise ImageReadError(f"cannot read {p}: {TRUNCATED_GZIP}")
+    if problem == "truncated":
+        raise ImageReadError(f"cannot read {p}: the file is shorter than its header says (truncated); copy the file again")
+    if problem:
+        raise ImageReadError(f"cannot read {p}: {problem}; check that the file is complete and not damaged")
+    if kind in ("nifti", "nrrd", "metaimage"):
+        return _read_with_sitk(p, KIND_NAME[kind])
+    if kind == "dicom":
+        from medloop.app.io.dicom import read_dicom_file
+
+        return read_dicom_file(p)
+    if kind == "tiff":
+        from medloop.app.io.slide import is_slide, read_slide
+
+        if is_slide(p):
+            return read_slide(p)
+        from medloop.app.io.planar import read_tiff
+
+        return read_tiff(p)
+    from medloop.app.io.planar import read_raster
+
+    return read_raster(p)
+
+
+def _read_with_sitk(p: Path, name: str) -> MedImage:
     import SimpleITK as sitk
+
+    from medloop.app.io.sitk_convert import from_sitk
 
     try:
         img = sitk.ReadImage(str(p))
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        if suffix_of(p).endswith(".gz") and gzip_is_truncated(p):
+            raise ImageReadError(f"cannot read {p}: {TRUNCATED_GZIP}") from None
         raise ImageReadError(
-            f"cannot read {p}: not a valid {suffix_of(p)} image ({reason.strip()}); "
-            "check that the file is complete and not corrupt"
+            f"cannot read {p}: corrupt {name} header or data ({_itk_reason(exc)}); "
+            "check that the file is complete and not damaged"
         ) from None
-    return from_sitk_checked(img, p)
-
-
-def from_sitk_checked(img, p: Path) -> MedImage:
-    from medloop.app.io.sitk_convert import from_sitk
-
+    size = img.GetSize()
+    # Trailing length-1 axes (a 4-D NIfTI holding one volume) carry no information.
+    while img.GetDimension() > 3 and size[-1] == 1:
+        img = img[(slice(None),) * (img.GetDimension() - 1) + (0,)]
+        size = img.GetSize()
     if img.GetDimension() not in (2, 3):
         raise ImageReadError(
-            f"cannot read {p}: {img.GetDimension()}-D images are not supported; "
-            "split it into 2-D or 3-D images first"
+            f"cannot read {p}: unsupported dimensionality ({img.GetDimension()}-D, size "
+            f"{' x '.join(map(str, size))}); medloop reads 2-D and 3-D images - split it first"
         )
     return from_sitk(img, path=str(p))
+
+
+def _itk_reason(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "itk::ERROR" in line or "Description" in line:
+            return line.split(":", 2)[-1].strip()[:160]
+    return (lines[-1] if lines else "unreadable")[:160]
+
+
+def _checked(image: MedImage, p: Path) -> MedImage:
+    """Refuse images whose voxels hold no numbers at all (nothing to review or segment)."""
+    array = image.array
+    if not isinstance(array, np.ndarray) or array.dtype.kind != "f" or not array.size:
+        return image
+    all_nan = np.isnan(array).all()
+    if not all_nan and not array.any() and sniff(p) == "nifti":
+        all_nan = nifti_all_nan(p)  # ITK turns NaN into 0 when it reads NIfTI
+    if all_nan:
+        raise ImageReadError(
+            f"cannot read {p}: all voxels are NaN (no image data); re-export the image from its source"
+        )
+    return image

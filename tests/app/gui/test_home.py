@@ -19,8 +19,8 @@ def test_home_lists_methods_and_models(qtbot):
     panel = HomePanel(ViewerModel())
     qtbot.addWidget(panel)
     assert list_texts(panel.method_list) == [NO_METHODS]
-    assert list_texts(panel.model_list) == ([f"{m.name} — {m.summary}" for m in list_models()] or [NO_MODELS])
-    assert panel.title.text() == f"<b>medloop {__version__}</b> — review, correct, retrain"
+    assert list_texts(panel.model_list) == ([f"{m.name} - {m.summary}" for m in list_models()] or [NO_MODELS])
+    assert panel.title.text() == f"<b>medloop {__version__}</b> - review, correct, retrain"
 
 
 def test_sample_button_adds_layers_with_physical_geometry(qtbot, brain_sample):
