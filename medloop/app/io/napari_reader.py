@@ -42,21 +42,31 @@ def read_layers(path: str | list[str]) -> LayerData:
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     layers: LayerData = []
     for p in map(Path, paths):
-        try:
-            layers += [image_layer_data(image) for image in _read_all(p)]
-        except MedloopError as exc:
-            show_error(str(exc))
+        for read in _readers(p):
+            try:
+                layers.append(image_layer_data(read()))
+            except MedloopError as exc:  # one bad series or file must not hide the others
+                show_error(str(exc))
     return layers or NOTHING_READ
 
 
-def _read_all(p: Path) -> list[MedImage]:
-    if p.is_dir():
-        from medloop.app.io.dicom import read_all_dicom_series
-
-        return read_all_dicom_series(p)
+def _readers(p: Path) -> list[Callable[[], MedImage]]:
+    """One deferred read per layer: each series of a DICOM folder, or the file."""
     from medloop.app.io.read import read_image
 
-    return [read_image(p)]
+    if p.is_dir():
+        from medloop.app.io.dicom import list_dicom_series
+
+        try:
+            series = list_dicom_series(p)
+        except MedloopError as exc:
+            return [lambda exc=exc: _raise(exc)]
+        return [lambda uid=s.uid: read_image(p, series=uid) for s in series]
+    return [lambda: read_image(p)]
+
+
+def _raise(exc: Exception):
+    raise exc
 
 
 def layer_name(image: MedImage) -> str:

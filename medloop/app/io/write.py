@@ -42,7 +42,8 @@ def write_image(image: MedImage, path: str | os.PathLike, compress: bool = True)
     if suffix in TIFF_WRITE_SUFFIXES and _is_slide_sized_labels(image):
         from medloop.app.io.slide import write_label_pyramid
 
-        return write_label_pyramid(image.array, p, spacing_um=tuple(image.spacing))
+        um_per_unit = {"mm": 1000.0, "um": 1.0}.get(image.unit, 1.0)
+        return write_label_pyramid(image.array, p, spacing_um=tuple(s * um_per_unit for s in image.spacing))
     if image.is_multiscale:
         raise ImageWriteError(
             f"cannot write {p}: the image is a whole-slide pyramid ({image.shape}); "

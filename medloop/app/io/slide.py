@@ -1,0 +1,598 @@
+"""Whole-slide images: lazy multiscale reading through OpenSlide, tiled label-pyramid writing.
+
+Reading never decodes a level whole: every level is a dask array of 512 x 512 RGB chunks, and a
+chunk (or any region napari slices out of it) is read with OpenSlide when it is computed. The
+OpenSlide handle lives in the dask graph (no module-level cache), so the slide stays open as long
+as any level is referenced.
+
+Label pyramids are written tile by tile with tifffile as a tiled, deflate-compressed TIFF whose
+reduced levels are successive pages (``NewSubfileType`` = reduced image): the layout that both
+OpenSlide's generic-tiff driver and tifffile read as one pyramid (OpenSlide ignores SubIFDs).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medloop.app.errors import ImageReadError, ImageWriteError
+from medloop.app.io.image import MedImage
+
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".bif", ".svslide")
+TIFF_SUFFIXES = (".tif", ".tiff")
+CHUNK = 512  # dask chunk side of every level (the common scanner tile size)
+LARGE_SIDE = 10000  # a single-level tiled TIFF larger than this is read as a slide
+_SCRATCH_BUDGET = 64 * 2**20  # bytes of label rows computed at once by write_label_pyramid
+# zlib level of label tiles: deflate's fast path (levels 1-3) is ~4x faster than the default 6
+# and label maps still compress 30-50x.
+_ZLIB_LEVEL = 3
+
+
+class LabelPyramidCancelled(ImageWriteError):
+    """``write_label_pyramid`` stopped because ``should_stop()`` said so; nothing was written."""
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def is_slide(path: str | os.PathLike) -> bool:
+    """Whether ``path`` should be read as a whole slide (with OpenSlide) rather than as a plain image.
+
+    True for the vendor suffixes when OpenSlide recognises the file; for ``.tif``/``.tiff`` only
+    when OpenSlide recognises it and it is tiled and either pyramidal or larger than
+    ``LARGE_SIDE`` pixels on a side (small plain TIFFs stay with tifffile).
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in SLIDE_SUFFIXES + TIFF_SUFFIXES or not p.is_file():
+        return False
+    import openslide
+
+    try:
+        if openslide.OpenSlide.detect_format(str(p)) is None:
+            return False
+    except (openslide.OpenSlideError, OSError):
+        return False
+    if suffix in SLIDE_SUFFIXES:
+        return True
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tif:
+            page = tif.pages.first
+            # Slides are RGB; grey pyramids (e.g. medloop's label pyramids) keep their exact
+            # integer values through tifffile instead of becoming 8-bit RGB.
+            if not page.is_tiled or page.samplesperpixel < 3:
+                return False
+            if max(int(page.imagelength), int(page.imagewidth)) > LARGE_SIDE:
+                return True
+        with openslide.OpenSlide(str(p)) as slide:
+            return slide.level_count > 1
+    except Exception:  # unreadable TIFFs are left to the plain reader, which explains the problem
+        return False
+
+
+def read_slide(path: str | os.PathLike) -> MedImage:
+    """Open a whole slide as a lazy RGB pyramid; nothing but the header is read here.
+
+    Returns a :class:`MedImage` whose ``pyramid`` holds one dask array per OpenSlide level,
+    finest first, each ``(height, width, 3)`` uint8 in 512 x 512 chunks (transparent pixels are
+    composited onto white); ``array`` is level 0. ``spacing`` is (mpp-x, mpp-y) in um.
+
+    Raises:
+        ImageReadError: the file is missing or OpenSlide cannot open it (also raised later, when
+            a chunk is computed, for damaged tile data).
+    """
+    import openslide
+
+    p = Path(path)
+    if not p.is_file():
+        raise ImageReadError(f"cannot read {p}: no such file; check the path")
+    try:
+        slide = openslide.OpenSlide(str(p))
+    except openslide.OpenSlideUnsupportedFormatError:
+        raise ImageReadError(_unsupported_message(p)) from None
+    except (openslide.OpenSlideError, OSError) as exc:
+        raise ImageReadError(
+            f"cannot read {p}: damaged whole-slide image ({_reason(exc)}); "
+            "copy the file again or re-export it from the scanner software"
+        ) from None
+    handle = _SlideHandle(str(p), slide)
+    token = _token(p)
+    dims = slide.level_dimensions
+    downsamples = slide.level_downsamples
+    levels = tuple(
+        _level_array(handle, k, (int(h), int(w)), float(downsamples[k]), f"slide-{token}-{k}")
+        for k, (w, h) in enumerate(dims)
+    )
+    props = slide.properties
+    spacing, known = _spacing(props)
+    metadata: dict[str, Any] = {
+        "vendor": props.get("openslide.vendor", ""),
+        "level_count": len(levels),
+        "level_downsamples": tuple(float(d) for d in downsamples),
+        "level_dimensions": tuple((int(w), int(h)) for w, h in dims),
+        "spacing_known": known,
+        "path": str(p),
+    }
+    power = _float(props.get("openslide.objective-power"))
+    if power is not None:
+        metadata["objective_power"] = power
+    bounds = [_float(props.get(f"openslide.bounds-{k}")) for k in ("x", "y", "width", "height")]
+    if all(b is not None for b in bounds):
+        metadata["bounds"] = tuple(int(b) for b in bounds)  # type: ignore[arg-type]
+    return MedImage(
+        array=levels[0],
+        spacing=spacing,
+        origin=(0.0, 0.0),
+        direction=np.eye(2),
+        channel_axis=True,
+        modality="SM",
+        unit="um",
+        metadata=metadata,
+        path=str(p),
+        pyramid=levels,
+    )
+
+
+def _unsupported_message(p: Path) -> str:
+    return (
+        f"cannot read {p}: not a whole-slide image OpenSlide recognises (corrupt, incomplete or "
+        "an unsupported variant); copy the file again, or export it from the scanner software "
+        "as .svs or pyramidal .tif"
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[-1] if text else type(exc).__name__)[:200]
+
+
+def _float(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _spacing(props: Any) -> tuple[tuple[float, float], bool]:
+    """(x, y) microns per pixel and whether the file said so."""
+    mx, my = _float(props.get("openslide.mpp-x")), _float(props.get("openslide.mpp-y"))
+    if mx and mx > 0:
+        return (mx, my if my and my > 0 else mx), True
+    per_unit = {"centimeter": 1e4, "inch": 25400.0}.get(str(props.get("tiff.ResolutionUnit", "")).lower())
+    rx, ry = _float(props.get("tiff.XResolution")), _float(props.get("tiff.YResolution"))
+    if per_unit and rx and rx > 0:
+        return (per_unit / rx, per_unit / (ry if ry and ry > 0 else rx)), True
+    return (1.0, 1.0), False
+
+
+def _token(p: Path) -> str:
+    """Graph-name token: the same file, unchanged, gives the same dask keys."""
+    from dask.base import tokenize
+
+    st = p.stat()
+    return tokenize(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+class _SlideHandle:
+    """An open OpenSlide, reopened from its path when unpickled (e.g. by dask.distributed)."""
+
+    def __init__(self, path: str, slide: Any = None) -> None:
+        import openslide
+
+        self.path = path
+        self.slide = slide if slide is not None else openslide.OpenSlide(path)
+        self._raw = _raw_reader(self.slide)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_SlideHandle, (self.path,))
+
+    def read_rgb(self, level: int, downsample: float, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """The (h, w, 3) uint8 RGB region at (y, x) in ``level``'s pixels, alpha composited onto white."""
+        import openslide
+
+        location = (round(x * downsample), round(y * downsample))
+        try:
+            if self._raw is not None:
+                return self._raw(location, level, h, w)
+            rgba = np.asarray(self.slide.read_region(location, level, (w, h)), dtype=np.uint8)
+        except openslide.OpenSlideError as exc:
+            raise ImageReadError(
+                f"cannot read {self.path}: damaged tile data at level {level} near "
+                f"{location} ({_reason(exc)}); copy the file again or re-export it from the scanner software"
+            ) from None
+        return _composite_straight(rgba)
+
+
+def _raw_reader(slide: Any) -> Callable[..., np.ndarray] | None:
+    """A reader straight into a numpy buffer (skips PIL's copies), or None if this
+    openslide-python lacks the low-level call (then the public ``read_region`` is used)."""
+    import ctypes
+
+    try:
+        from openslide import lowlevel
+
+        c_read = lowlevel._read_region
+        osr = slide._osr
+    except (ImportError, AttributeError):
+        return None
+    # OpenSlide writes premultiplied ARGB as native-endian uint32.
+    b, g, r, a = (0, 1, 2, 3) if sys.byteorder == "little" else (3, 2, 1, 0)
+    pointer = ctypes.POINTER(ctypes.c_uint32)
+
+    def read(location: tuple[int, int], level: int, h: int, w: int) -> np.ndarray:
+        buf = np.empty((h, w), dtype=np.uint32)
+        if h and w:
+            c_read(osr, buf.ctypes.data_as(pointer), location[0], location[1], level, w, h)
+        px = buf.view(np.uint8).reshape(h, w, 4)
+        out = np.empty((h, w, 3), dtype=np.uint8)
+        out[..., 0], out[..., 1], out[..., 2] = px[..., r], px[..., g], px[..., b]
+        alpha = px[..., a]
+        if h and w and alpha.min() < 255:
+            # premultiplied colour over white: c*a + 255*(1 - a) = c_pm + (255 - a)
+            out += (255 - alpha)[..., None]
+        return out
+
+    return read
+
+
+def _composite_straight(rgba: np.ndarray) -> np.ndarray:
+    """Straight (non-premultiplied) RGBA composited onto white, as uint8 RGB."""
+    alpha = rgba[..., 3:4]
+    if rgba.size == 0 or alpha.min() == 255:
+        return np.ascontiguousarray(rgba[..., :3])
+    a = alpha.astype(np.uint16)
+    out = (rgba[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+    return out.astype(np.uint8)
+
+
+class _LevelReader:
+    """Array-like view of one level for the ``dask.array.from_array`` fallback: indexing reads
+    only the requested region (dask fuses slicing into this call), never the whole level."""
+
+    ndim = 3
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, handle: _SlideHandle, level: int, shape: tuple[int, int], downsample: float) -> None:
+        self.handle, self.level, self.downsample = handle, level, downsample
+        self.shape = (shape[0], shape[1], 3)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = _expand_key(key, 3)
+        (y0, y1, ly), (x0, x1, lx) = _span(key[0], self.shape[0]), _span(key[1], self.shape[1])
+        region = self.handle.read_rgb(self.level, self.downsample, y0, x0, y1 - y0, x1 - x0)
+        return region[ly, lx][..., key[2]]
+
+
+def _expand_key(key: Any, ndim: int) -> tuple[Any, ...]:
+    key = key if isinstance(key, tuple) else (key,)
+    if any(k is Ellipsis for k in key):
+        i = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1 :]
+    return key + (slice(None),) * (ndim - len(key))
+
+
+def _span(k: Any, n: int) -> tuple[int, int, Any]:
+    """(first, stop) of the rows an index touches, and the index relative to ``first``."""
+    if isinstance(k, slice):
+        r = range(*k.indices(n))
+        if len(r) == 0:
+            return 0, 0, slice(0, 0)
+        lo, hi = min(r[0], r[-1]), max(r[0], r[-1]) + 1
+        stop = r.stop - lo
+        return lo, hi, slice(r.start - lo, stop if stop >= 0 else None, r.step)
+    i = int(k)  # an integer index (dask may fuse one into the getter)
+    i = i + n if i < 0 else i
+    if not 0 <= i < n:
+        raise IndexError(f"index {k} is out of bounds for axis with size {n}")
+    return i, i + 1, 0
+
+
+_META = np.empty((0, 0, 0), dtype=np.uint8)
+
+
+def _level_array(
+    handle: _SlideHandle, level: int, shape: tuple[int, int], downsample: float, name: str
+) -> Any:
+    """One level as a dask array of CHUNK x CHUNK chunks whose tasks are made only when asked for.
+
+    ``from_array`` costs ~0.2 ms a level even for a lazy source; a task mapping costs nothing,
+    which keeps opening a slide close to OpenSlide's own open (see benchmarks/bench_slide_open.py).
+    """
+    import dask.array as da
+
+    chunks = (_axis_chunks(shape[0]), _axis_chunks(shape[1]), (3,))
+    try:
+        from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+        tasks = _ChunkTasks(name, handle, level, shape, downsample)
+        graph = HighLevelGraph({name: MaterializedLayer(tasks)}, {name: set()})
+        return da.Array(graph, name, chunks, meta=_META)
+    except (ImportError, AttributeError, TypeError):  # a dask without HighLevelGraph layers
+        return _level_array_from_reader(handle, level, shape, downsample, name)
+
+
+def _level_array_from_reader(
+    handle: _SlideHandle, level: int, shape: tuple[int, int], downsample: float, name: str
+) -> Any:
+    import dask.array as da
+
+    return da.from_array(
+        _LevelReader(handle, level, shape, downsample),
+        chunks=(CHUNK, CHUNK, 3),
+        name=name,
+        lock=False,  # OpenSlide handles are thread-safe
+        asarray=False,
+        fancy=False,
+        meta=_META,
+    )
+
+
+def _axis_chunks(n: int) -> tuple[int, ...]:
+    return (CHUNK,) * (n // CHUNK) + ((n % CHUNK,) if n % CHUNK else ())
+
+
+def _read_chunk(
+    handle: _SlideHandle, level: int, downsample: float, y: int, x: int, h: int, w: int
+) -> np.ndarray:
+    return handle.read_rgb(level, downsample, y, x, h, w)
+
+
+class _ChunkTasks(Mapping):
+    """The dask tasks of one level's chunks, made on demand (a 40000^2 level has 6241)."""
+
+    def __init__(
+        self, name: str, handle: _SlideHandle, level: int, shape: tuple[int, int], downsample: float
+    ) -> None:
+        self.name, self.handle, self.level, self.downsample = name, handle, level, downsample
+        self.h, self.w = shape
+        self.ny, self.nx = -(-self.h // CHUNK), -(-self.w // CHUNK)
+
+    def __getitem__(self, key: Any) -> tuple[Any, ...]:
+        try:
+            name, i, j, c = key
+            valid = name == self.name and c == 0 and 0 <= i < self.ny and 0 <= j < self.nx
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise KeyError(key)
+        y, x = i * CHUNK, j * CHUNK
+        h, w = min(CHUNK, self.h - y), min(CHUNK, self.w - x)
+        return (_read_chunk, self.handle, self.level, self.downsample, y, x, h, w)
+
+    def __iter__(self) -> Iterator[tuple[str, int, int, int]]:
+        return ((self.name, i, j, 0) for i in range(self.ny) for j in range(self.nx))
+
+    def __len__(self) -> int:
+        return self.ny * self.nx
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+class _Stop(Exception):
+    pass
+
+
+def pyramid_shapes(shape: tuple[int, int], min_level_size: int = 512) -> list[tuple[int, int]]:
+    """Level shapes of a stride-2 pyramid: halve (rounding up) until the level fits in
+    ``min_level_size`` on both sides."""
+    h, w = int(shape[0]), int(shape[1])
+    shapes = [(h, w)]
+    s = 1
+    while max(shapes[-1]) > min_level_size:
+        s *= 2
+        shapes.append((-(-h // s), -(-w // s)))
+    return shapes
+
+
+def write_label_pyramid(
+    labels: Any,
+    path: str | os.PathLike,
+    spacing_um: tuple[float, float],
+    tile: int = 512,
+    min_level_size: int = 512,
+    progress: Callable[[int, int], Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Path:
+    """Write a 2-D integer label map as a tiled, deflate-compressed pyramidal TIFF, tile by tile.
+
+    ``labels`` (numpy or dask, ``(rows, columns)``) is computed in bands of whole tile rows, so
+    level 0 is never in memory; the reduced levels (every 2**k-th pixel, nearest neighbour) are
+    collected on the way in a scratch file next to ``path`` and written after level 0. Levels
+    are successive pages (``NewSubfileType`` reduced image) with resolution tags from
+    ``spacing_um`` (x, y): OpenSlide (generic-tiff) and tifffile both read them as one pyramid.
+    Values are stored in the input dtype (bool as uint8); OpenSlide shows them unchanged only
+    for 8-bit labels.
+
+    Args:
+        tile: tile side in pixels (a multiple of 16).
+        min_level_size: add levels until the smallest fits in this many pixels on a side.
+        progress: called as ``progress(done, total)`` as each tile goes to the writer.
+        should_stop: polled before every tile; when it returns True the write stops.
+
+    Returns:
+        ``path``, which appears complete or not at all (written to a temporary file in the same
+        folder, then renamed).
+
+    Raises:
+        ImageWriteError: not a 2-D integer map, missing folder, or the write failed.
+        LabelPyramidCancelled: ``should_stop()`` returned True (nothing is left at ``path``).
+    """
+    p = Path(path)
+    shape = tuple(int(s) for s in labels.shape)
+    dtype = np.dtype(labels.dtype)
+    if len(shape) != 2:
+        raise ImageWriteError(f"cannot write {p}: a label pyramid needs a 2-D label map, got shape {shape}")
+    if dtype.kind not in "iub":
+        raise ImageWriteError(
+            f"cannot write {p}: label maps must have an integer type, got {dtype}; round and cast it first"
+        )
+    if tile <= 0 or tile % 16:
+        raise ValueError(f"tile must be a positive multiple of 16, got {tile}")
+    if min_level_size < 1:
+        raise ValueError(f"min_level_size must be positive, got {min_level_size}")
+    sx, sy = (float(s) for s in spacing_um)
+    if not (sx > 0 and sy > 0 and math.isfinite(sx) and math.isfinite(sy)):
+        raise ImageWriteError(f"cannot write {p}: spacing {spacing_um} um must be positive")
+    if not p.parent.is_dir():
+        raise ImageWriteError(f"cannot write {p}: folder {p.parent} does not exist; create it first")
+    out_dtype = np.dtype(np.uint8) if dtype.kind == "b" else dtype.newbyteorder("=")  # native, as the file
+    if min(shape) == 0:
+        raise ImageWriteError(f"cannot write {p}: the label map is empty (shape {shape})")
+
+    shapes = pyramid_shapes(shape, min_level_size)
+    total = sum(-(-h // tile) * -(-w // tile) for h, w in shapes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    scratch = None
+    workers = max(1, min(4, os.cpu_count() or 1))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="medloop-deflate")
+    try:
+        import tifffile
+
+        if len(shapes) > 1:  # reduced levels, collected while level 0 streams through
+            scratch = tempfile.NamedTemporaryFile(prefix=f".{p.name}.", suffix=".levels.tmp", dir=p.parent)
+        writer = _PyramidTiles(labels, shapes, out_dtype, tile, scratch, progress, should_stop, total)
+        raw = sum(h * w for h, w in shapes) * out_dtype.itemsize
+        description = (
+            f"medloop label pyramid; spacing_um={sx!r},{sy!r}; levels={len(shapes)}; "
+            "level k is level 0 sampled every 2**k pixels"
+        )
+        with tifffile.TiffWriter(tmp, bigtiff=raw > 2**31) as tw:
+            for k, (h, w) in enumerate(shapes):
+                tw.write(
+                    _deflated(writer.tiles(k), pool, workers),
+                    shape=(h, w),
+                    dtype=out_dtype,
+                    tile=(tile, tile),
+                    compression="zlib",
+                    photometric="minisblack",
+                    subfiletype=1 if k else 0,
+                    resolution=(1e4 / (sx * 2**k), 1e4 / (sy * 2**k)),
+                    resolutionunit="CENTIMETER",
+                    description=description if k == 0 else None,
+                    metadata=None,
+                    software="medloop",
+                )
+        os.replace(tmp, p)
+    except _Stop:
+        raise LabelPyramidCancelled(f"cannot write {p}: cancelled; nothing was written") from None
+    except OSError as exc:
+        raise ImageWriteError(
+            f"cannot write {p}: {exc.strerror or _reason(exc)}; check free disk space and permissions"
+        ) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if scratch is not None:
+            scratch.close()  # deletes it
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return p
+
+
+def _deflated(tiles: Iterator[np.ndarray], pool: ThreadPoolExecutor, workers: int) -> Iterator[bytes]:
+    """zlib-compressed tiles, in order, compressed on ``pool``'s threads (zlib releases the GIL);
+    at most a few tiles ahead are held."""
+    import zlib
+
+    ahead = 2 * workers
+    pending: deque = deque()
+    for tile in tiles:
+        pending.append(pool.submit(zlib.compress, np.ascontiguousarray(tile), _ZLIB_LEVEL))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+class _PyramidTiles:
+    """Tile generators for every level; level 0 also fills the scratch file with levels >= 1."""
+
+    def __init__(self, labels, shapes, dtype, tile, scratch, progress, should_stop, total) -> None:
+        self.labels, self.shapes, self.dtype, self.tile = labels, shapes, dtype, tile
+        self.scratch, self.progress, self.should_stop, self.total = scratch, progress, should_stop, total
+        self.done = 0
+        # byte offset of each reduced level (k >= 1) in the scratch file
+        self.offsets = [0, 0]
+        for h, w in shapes[1:-1]:
+            self.offsets.append(self.offsets[-1] + h * w * dtype.itemsize)
+
+    def tiles(self, level: int) -> Iterator[np.ndarray]:
+        return self._level0() if level == 0 else self._reduced(level)
+
+    def _band_height(self) -> int:
+        h, w = self.shapes[0]
+        t = self.tile
+        rows = max(t, (_SCRATCH_BUDGET // max(1, w * self.dtype.itemsize)) // t * t)
+        chunks = getattr(self.labels, "chunks", None)
+        if chunks:  # whole input chunk rows when they fit: each input chunk is computed once
+            want = -(-max(chunks[0]) // t) * t
+            rows = want if want <= rows else t
+        else:
+            rows = t
+        return min(rows, -(-h // t) * t)
+
+    def _level0(self) -> Iterator[np.ndarray]:
+        h, w = self.shapes[0]
+        band_h = self._band_height()
+        for y0 in range(0, h, band_h):
+            self._check_stop()
+            band = np.asarray(self.labels[y0 : y0 + band_h]).astype(self.dtype, copy=False)
+            if self.scratch is not None:
+                self._save_reduced(self.scratch, band, y0)
+            for r in range(0, band.shape[0], self.tile):
+                yield from self._row_tiles(band[r : r + self.tile], w)
+
+    def _save_reduced(self, f: Any, band: np.ndarray, y0: int) -> None:
+        for k in range(1, len(self.shapes)):
+            s = 2**k
+            first = (-y0) % s
+            rows = np.ascontiguousarray(band[first::s, ::s])
+            if rows.size:
+                w_k = self.shapes[k][1]
+                row = (y0 + first) // s
+                f.seek(self.offsets[k] + row * w_k * self.dtype.itemsize)
+                f.write(memoryview(rows).cast("B"))
+
+    def _reduced(self, level: int) -> Iterator[np.ndarray]:
+        h, w = self.shapes[level]
+        f = self.scratch
+        for r in range(0, h, self.tile):
+            rows = np.empty((min(self.tile, h - r), w), dtype=self.dtype)
+            f.seek(self.offsets[level] + r * w * self.dtype.itemsize)
+            if f.readinto(memoryview(rows).cast("B")) != rows.nbytes:
+                raise OSError(f"the scratch file {f.name} ended early")
+            yield from self._row_tiles(rows, w)
+
+    def _row_tiles(self, rows: np.ndarray, w: int) -> Iterator[np.ndarray]:
+        t = self.tile
+        for x in range(0, w, t):
+            self._check_stop()
+            part = rows[:, x : x + t]
+            if part.shape != (t, t):  # edge tile: zero padding
+                full = np.zeros((t, t), dtype=self.dtype)
+                full[: part.shape[0], : part.shape[1]] = part
+                part = full
+            self.done += 1
+            if self.progress is not None:
+                self.progress(self.done, self.total)
+            yield part
+
+    def _check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise _Stop
+
