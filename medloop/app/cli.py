@@ -13,6 +13,8 @@ import warnings
 from pathlib import Path
 from typing import NoReturn, Sequence
 
+import numpy as np
+
 from medloop import __version__
 from medloop.app.errors import MedloopError, MedloopWarning
 
@@ -56,6 +58,32 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("input", type=Path, metavar="IN", help="image file or DICOM folder")
     convert.add_argument("output", type=Path, metavar="OUT", help="output file (.nii.gz, .nii, .nrrd, .mha, .tif)")
     _add_read_options(convert)
+
+    seg = sub.add_parser("segment", help="segment an image with a model; labels keep the input's exact geometry")
+    seg.add_argument("input", type=Path, metavar="IN", help="image file or DICOM folder")
+    seg.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="label map (.nii.gz, .nrrd, .mha, .tif)")
+    seg.add_argument("--model", required=True, help="model name (see 'medloop models') or a model folder")
+    seg.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    seg.add_argument("--tile", type=int, nargs="+", metavar="N", help="tile size in voxels (one value or one per axis)")
+    seg.add_argument("--overlap", type=float, help="tile overlap fraction (default: the model card's)")
+    seg.add_argument("--batch-size", type=int, default=2, help="tiles per forward pass")
+    seg.add_argument("--probabilities", type=Path, metavar="PROBS", help="also write per-class probabilities here")
+    seg.add_argument("--models-dir", type=Path, help="folder of registered models (default: your user data folder)")
+    _add_read_options(seg)
+
+    models = sub.add_parser("models", help="list the model zoo, or register your own model")
+    models.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    models.add_argument("--models-dir", type=Path, help="folder of registered models (default: your user data folder)")
+    models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", parser_class=_Parser)
+    register = models_sub.add_parser("register", help="copy weights + card into the models folder")
+    register.add_argument("weights", type=Path, metavar="WEIGHTS", help="state-dict file (.pt) or .safetensors")
+    register.add_argument("--card", type=Path, required=True, help="the model card (card.json)")
+
+    train = sub.add_parser("train", help="train a model from a recipe; writes weights, card and test data")
+    train.add_argument("--recipe", required=True, help="packaged recipe name (e.g. brain-tissue-t1) or a recipe file")
+    train.add_argument("--out", type=Path, required=True, metavar="DIR", help="output model folder")
+    train.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
+    train.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     return parser
 
 
@@ -166,7 +194,86 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
-COMMANDS = {"info": cmd_info, "gui": cmd_gui, "demo": cmd_demo, "convert": cmd_convert}
+def cmd_segment(args: argparse.Namespace) -> int:
+    from medloop.app.io.write import write_image
+    from medloop.plugins.segmentation.method import SegmentParams, segment
+
+    image = _read(args, args.input)
+    tile = tuple(args.tile) * (image.ndim if args.tile and len(args.tile) == 1 else 1) if args.tile else None
+    params = SegmentParams(
+        model=args.model, device=args.device, roi_size=tile, overlap=args.overlap, batch_size=args.batch_size,
+        probabilities=args.probabilities is not None, models_dir=args.models_dir,
+    )
+    result = segment(image, params, progress=_progress_printer("segment"))
+    write_image(result.labels, args.output)
+    if result.probabilities is not None:
+        write_image(result.probabilities, args.probabilities)
+    counts = np.bincount(np.asarray(result.labels.array).ravel())
+    voxel_ml = float(np.prod(image.spacing)) / 1000.0 if image.unit == "mm" else None
+    for k, name in result.provenance["classes"].items():
+        n = int(counts[k]) if k < len(counts) else 0
+        volume = f", {n * voxel_ml:.1f} mL" if voxel_ml and image.ndim == 3 else ""
+        print(f"{k} {name}: {n} voxels{volume}")
+    print(f"wrote {args.output} ({result.provenance['seconds']} s on {result.provenance['device']})")
+    return 0
+
+
+def _progress_printer(label: str):
+    """Progress on stderr for a terminal only; piped output stays clean."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int, *_):
+        print(f"\r{label}: {done}/{total}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+
+    return show
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from medloop.models.registry import list_models, register_model
+
+    if args.models_command == "register":
+        entry = register_model(args.weights, args.card, args.models_dir)
+        print(f"registered {entry.name} in {entry.folder}")
+        return 0
+    entries = list_models(args.models_dir)
+    rows = [
+        {
+            "name": e.name, "version": e.card.version,
+            "dims": f"{e.card.spatial_dims}-D" + (" (volumes slice by slice)" if e.card.slice_axis is not None else ""),
+            "modality": e.card.raw["medical"].get("modality", ""),
+            "classes": list(e.card.classes.values()), "packaged": e.packaged, "folder": str(e.folder),
+        }
+        for e in entries
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no models; register one with 'medloop models register WEIGHTS --card CARD'")
+    for r in rows if not args.json else []:
+        where = "packaged" if r["packaged"] else r["folder"]
+        print(f"{r['name']}  v{r['version']}  {r['dims']} {r['modality']}  classes: {', '.join(r['classes'])}  ({where})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from medloop.models.recipes import load_recipe, train_recipe
+
+    recipe = load_recipe(args.recipe)
+
+    def show(done: int, total: int, info: dict | None = None) -> None:
+        extra = " ".join(f"{k}={v:.4g}" for k, v in (info or {}).items() if isinstance(v, (int, float)))
+        print(f"train {recipe.name}: {done}/{total} {extra}", file=sys.stderr, flush=True)
+
+    out = train_recipe(recipe, args.out, epochs=args.epochs, resume=args.resume, progress=show)
+    print(f"wrote {out}")
+    return 0
+
+
+COMMANDS = {
+    "info": cmd_info, "gui": cmd_gui, "demo": cmd_demo, "convert": cmd_convert, "segment": cmd_segment,
+    "models": cmd_models, "train": cmd_train,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

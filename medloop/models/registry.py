@@ -1,42 +1,142 @@
-"""The model zoo: packaged models, each a folder in ``resources/models`` with a ``card.json``."""
+"""The model zoo: a name maps to an architecture, a weight file and a card.
+
+Packaged models live in ``medloop/resources/models/<name>/`` (``card.json`` + weights); users
+register their own into a models folder (default: the user data folder, or ``models_dir``).
+Loading checks the weights' sha256 and never unpickles objects (``weights_only=True``).
+"""
 
 from __future__ import annotations
 
-import json
+import hashlib
+import shutil
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
-from medloop.app.errors import ResourceError
+from medloop.app.errors import MedloopError, ResourceError
+from medloop.models.card import CARD_FILE, ModelCard, read_card, write_card
+
+
+class ModelNotFoundError(MedloopError):
+    """No model of that name is registered."""
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One registered model: its name, folder and parsed card."""
+    """One registered model: its folder and parsed card."""
 
     name: str
     folder: Path
-    card: dict
+    card: ModelCard
+    packaged: bool
 
     @property
     def summary(self) -> str:
-        return str(self.card.get("description", ""))
+        return self.card.description.split(". ")[0]
+
+    @property
+    def weights_path(self) -> Path:
+        return self.folder / self.card.weights_file
 
 
 def packaged_models_dir() -> Path:
     return Path(str(files("medloop") / "resources" / "models"))
 
 
-def list_models(extra_dirs: tuple[Path, ...] = ()) -> list[ModelEntry]:
-    """Models found in the packaged zoo and in ``extra_dirs``, sorted by name."""
-    entries = []
-    for root in (packaged_models_dir(), *extra_dirs):
+def user_models_dir() -> Path:
+    """Where ``register_model`` puts models by default (per-user data folder)."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("medloop")) / "models"
+
+
+def list_models(models_dir: Path | None = None) -> list[ModelEntry]:
+    """Packaged models, then those in ``models_dir`` (default: the user folder), sorted by name."""
+    entries: dict[str, ModelEntry] = {}
+    for root, packaged in ((packaged_models_dir(), True), (models_dir or user_models_dir(), False)):
         if not root.is_dir():
             continue
-        for card_path in sorted(root.glob("*/card.json")):
-            try:
-                card = json.loads(card_path.read_text())
-            except ValueError as exc:
-                raise ResourceError(f"model card {card_path} is not valid JSON ({exc}); fix or remove it") from None
-            entries.append(ModelEntry(card.get("name", card_path.parent.name), card_path.parent, card))
-    return sorted(entries, key=lambda e: e.name)
+        for card_path in sorted(root.glob(f"*/{CARD_FILE}")):
+            card = read_card(card_path)
+            entries.setdefault(card.name, ModelEntry(card.name, card_path.parent, card, packaged))
+    return sorted(entries.values(), key=lambda e: e.name)
+
+
+def get_model(name: str, models_dir: Path | None = None) -> ModelEntry:
+    """The entry called ``name``, or a folder holding a card.json given as a path."""
+    path = Path(name)
+    if (path / CARD_FILE).is_file():
+        card = read_card(path / CARD_FILE)
+        return ModelEntry(card.name, path, card, packaged=False)
+    models = list_models(models_dir)
+    for entry in models:
+        if entry.name == name:
+            return entry
+    known = ", ".join(e.name for e in models) or "none"
+    raise ModelNotFoundError(
+        f"no model named {name!r}; known models: {known} (see 'medloop models', or register one with "
+        "'medloop models register')"
+    )
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_state_dict(entry: ModelEntry) -> dict[str, Any]:
+    """The checked weights of ``entry`` as a state dict (sha256 verified, no unpickling)."""
+    import torch
+
+    path = entry.weights_path
+    if not path.is_file():
+        raise ResourceError(f"weights {path} of model {entry.name} are missing; reinstall or re-register the model")
+    if sha256_of(path) != entry.card.weights_sha256:
+        raise ResourceError(
+            f"weights {path} of model {entry.name} do not match the sha256 in its card (damaged or replaced); "
+            "reinstall or re-register the model"
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a bad file
+        raise ResourceError(f"weights {path} of model {entry.name} cannot be loaded ({exc}); re-register the model") from None
+    return state["state_dict"] if isinstance(state, dict) and "state_dict" in state else state
+
+
+def build_model(entry: ModelEntry, device: Any = "cpu"):
+    """The network of ``entry`` with its weights, in eval mode on ``device``."""
+    from medloop.models.nets import build_network
+
+    arch, kwargs = entry.card.architecture
+    network = build_network(arch, **kwargs)
+    try:
+        network.load_state_dict(load_state_dict(entry))
+    except RuntimeError as exc:
+        raise ResourceError(
+            f"weights of model {entry.name} do not fit architecture {arch} ({str(exc).splitlines()[0]}); "
+            "check the card's architecture"
+        ) from None
+    return network.to(device).eval()
+
+
+def register_model(weights: Path, card: Path, models_dir: Path | None = None) -> ModelEntry:
+    """Copy ``weights`` and ``card`` into the models folder, recording the weights' sha256."""
+    parsed = read_card(card)
+    weights = Path(weights)
+    if not weights.is_file():
+        raise ResourceError(f"cannot register {weights}: no such file; check the path")
+    target = (models_dir or user_models_dir()) / parsed.name
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(weights, target / weights.name)
+    raw = dict(parsed.raw)
+    raw["weights"] = {**raw["weights"], "source": weights.name, "sha256": sha256_of(target / weights.name)}
+    write_card(raw, target / CARD_FILE)
+    return ModelEntry(parsed.name, target, read_card(target / CARD_FILE), packaged=False)

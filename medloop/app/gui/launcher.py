@@ -42,18 +42,15 @@ def run_gui(images: list[MedImage], labels: list[MedImage]) -> int:
     return 0
 
 
-def run_demo(screenshot: Path | None = None) -> int:
-    """The main job on the packaged sample; with ``screenshot``, render to a PNG and exit."""
-    from medloop.app.gui.headless import display_for_screenshot
-    from medloop.app.gui.layers import add_layer_data
-    from medloop.app.samples import brain_sample_layers
+DEMO_MODEL = "brain-tissue-t1"
 
-    def build():
-        viewer = make_viewer(title="medloop demo")
-        viewer.window.resize(1400, 900)
-        add_layer_data(viewer, brain_sample_layers())
-        viewer.reset_view()
-        return viewer
+
+def run_demo(screenshot: Path | None = None) -> int:
+    """The main job on the packaged sample: segment it with the bundled model and show it.
+
+    With ``screenshot``, render to a PNG and exit (a private Xvfb starts when there is no display).
+    """
+    from medloop.app.gui.headless import display_for_screenshot
 
     if screenshot is None:
         import napari
@@ -61,11 +58,11 @@ def run_demo(screenshot: Path | None = None) -> int:
         from medloop.app.gui.headless import require_display
 
         require_display()
-        build()
+        _build_demo()
         napari.run()
         return 0
     with display_for_screenshot():
-        viewer = build()
+        viewer = _build_demo()
         from qtpy.QtWidgets import QApplication
 
         for _ in range(5):
@@ -73,3 +70,32 @@ def run_demo(screenshot: Path | None = None) -> int:
         viewer.screenshot(str(screenshot), canvas_only=False, flash=False)
         viewer.close()
     return 0
+
+
+def _build_demo():
+    """Viewer with the T1 sample, the bundled model's tissue map over it, and the panels docked.
+
+    The reference labels are added hidden, for comparison.
+    """
+    from medloop.app.gui.layers import add_layer_data
+    from medloop.app.samples import brain_sample_layers, load_brain_sample
+    from medloop.plugins.segmentation.method import SegmentParams, segment
+    from medloop.plugins.segmentation.widget import class_colors
+
+    viewer = make_viewer(title="medloop demo")
+    viewer.window.resize(1400, 900)
+    _, panel = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Segmentation")
+    image_layer, reference = add_layer_data(viewer, brain_sample_layers())
+    reference.visible = False
+    t1, _ = load_brain_sample()
+    result = segment(t1, SegmentParams(DEMO_MODEL, device="cpu"))
+    prov = result.provenance
+    viewer.add_labels(
+        result.labels.array, name=f"{image_layer.name} {DEMO_MODEL}", opacity=0.5,
+        colormap=class_colors(prov["classes"]),
+        metadata={"medloop_image": result.labels, "provenance": prov, "classes": prov["classes"]},
+        **result.labels.layer_kwargs(),
+    )
+    panel.status.setText(f"{DEMO_MODEL}: done in {prov['seconds']} s on {prov['device']}.")
+    viewer.reset_view()
+    return viewer

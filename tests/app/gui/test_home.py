@@ -7,7 +7,7 @@ from napari.components import ViewerModel
 from qtpy.QtCore import Qt
 
 from medloop import __version__
-from medloop.app.gui.home import NO_METHODS, NO_MODELS, HomePanel
+from medloop.app.gui.home import NO_MODELS, HomePanel
 from medloop.models.registry import list_models
 
 
@@ -18,7 +18,7 @@ def list_texts(widget) -> list[str]:
 def test_home_lists_methods_and_models(qtbot):
     panel = HomePanel(ViewerModel())
     qtbot.addWidget(panel)
-    assert list_texts(panel.method_list) == [NO_METHODS]
+    assert list_texts(panel.method_list) == ["Segmentation"]
     assert list_texts(panel.model_list) == ([f"{m.name} - {m.summary}" for m in list_models()] or [NO_MODELS])
     assert panel.title.text() == f"<b>medloop {__version__}</b> - review, correct, retrain"
 
@@ -38,10 +38,3 @@ def test_sample_button_adds_layers_with_physical_geometry(qtbot, brain_sample):
     np.testing.assert_allclose(labels_layer.data_to_world(ijk[::-1])[::-1], tissue.index_to_physical(ijk), atol=1e-9)
 
 
-def test_double_click_on_placeholder_opens_nothing(qtbot):
-    viewer = ViewerModel()
-    panel = HomePanel(viewer)
-    qtbot.addWidget(panel)
-    item = panel.method_list.item(0)
-    panel.method_list.itemDoubleClicked.emit(item)
-    assert len(viewer.layers) == 0

@@ -1,0 +1,107 @@
+"""Choosing the torch device and the mixed-precision context inference runs under."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Any, ContextManager
+
+import torch
+
+from medloop.app.errors import MedloopError
+
+_CUDA_RE = re.compile(r"^cuda(?::(\d+))?$")
+
+
+class DeviceError(MedloopError):
+    """The requested compute device does not exist on this machine (or is not a device name)."""
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def available_devices() -> list[str]:
+    """Device names usable here: ``"cpu"``, then ``"cuda:0"``.. ``"cuda:N-1"``, then ``"mps"``."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        names.append("mps")
+    return names
+
+
+def choose_device(preference: str = "auto") -> torch.device:
+    """The torch device for ``preference``.
+
+    ``"auto"`` picks CUDA (the current GPU), then Apple's MPS, then the CPU. ``"cpu"``,
+    ``"cuda"``, ``"cuda:N"`` and ``"mps"`` are honoured exactly; a GPU that is not there is an
+    error rather than a silent fallback to the (much slower) CPU.
+
+    Raises:
+        DeviceError: the device is not available, or ``preference`` is not a device name; the
+            message names it and lists the available devices.
+    """
+    pref = str(preference).strip().lower()
+    if pref == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if pref == "cpu":
+        return torch.device("cpu")
+    match = _CUDA_RE.match(pref)
+    if match:
+        if not torch.cuda.is_available():
+            built = torch.version.cuda is not None or getattr(torch.version, "hip", None) is not None
+            reason = (
+                "no CUDA GPU is visible (check the NVIDIA driver and CUDA_VISIBLE_DEVICES)"
+                if built
+                else f"this PyTorch build ({torch.__version__}) has no CUDA support"
+            )
+            raise DeviceError(_unavailable(preference, reason))
+        if match.group(1) is not None:
+            index, count = int(match.group(1)), torch.cuda.device_count()
+            if index >= count:
+                raise DeviceError(
+                    _unavailable(preference, f"this machine has {count} CUDA GPU{'s' * (count != 1)}")
+                )
+            return torch.device("cuda", index)
+        return torch.device("cuda")
+    if pref == "mps":
+        if not _mps_available():
+            raise DeviceError(_unavailable(preference, "Apple MPS is not available on this machine"))
+        return torch.device("mps")
+    raise DeviceError(
+        f"unknown device {preference!r}; use auto, cpu, cuda, cuda:N or mps "
+        f"(available devices: {', '.join(available_devices())})"
+    )
+
+
+def _unavailable(preference: str, reason: str) -> str:
+    return (
+        f"cannot use device {preference!r}: {reason}; available devices: "
+        f"{', '.join(available_devices())}"
+    )
+
+
+def autocast_for(device: torch.device | str, enabled: bool | None = None) -> ContextManager[Any]:
+    """The mixed-precision context for running a network on ``device``.
+
+    ``enabled=None`` means on for CUDA only (bfloat16 where the GPU supports it, else float16):
+    on CPUs reduced precision is usually slower and changes results, so it is off unless asked
+    (``enabled=True`` then uses bfloat16; on MPS float16). Disabled, this is a no-op context.
+    """
+    dev = torch.device(device)
+    on = dev.type == "cuda" if enabled is None else bool(enabled)
+    if not on:
+        return contextlib.nullcontext()
+    if dev.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    elif dev.type == "mps":
+        dtype = torch.float16
+    else:
+        dtype = torch.bfloat16
+    return torch.autocast(device_type=dev.type, dtype=dtype)

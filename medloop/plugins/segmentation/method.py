@@ -1,0 +1,155 @@
+"""Qt-free segmentation: image in, labels (+ probabilities) out on the image's exact grid.
+
+The panel and the CLI both call :func:`segment`, so they give identical results.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from medloop.app.errors import MedloopError
+from medloop.app.io.image import MedImage
+
+
+class SegmentationInputError(MedloopError):
+    """The image does not fit the model (dimensionality, channels, values)."""
+
+
+@dataclass(frozen=True)
+class SegmentParams:
+    """What to run and how; ``None`` takes the model card's default."""
+
+    model: str
+    device: str = "auto"
+    roi_size: tuple[int, ...] | None = None
+    overlap: float | None = None
+    batch_size: int = 2
+    amp: bool | None = None
+    probabilities: bool = False
+    models_dir: Path | None = None
+
+
+@dataclass
+class SegmentResult:
+    labels: MedImage
+    probabilities: MedImage | None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def check_input(image: MedImage, card) -> None:
+    """Refuse images the model cannot take, before any work starts."""
+    where = image.path or "the image"
+    if not card.accepts_ndim(image.ndim):
+        kinds = f"{card.spatial_dims}-D images" + (" (and volumes slice by slice)" if card.slice_axis is not None else "")
+        raise SegmentationInputError(
+            f"model {card.name} segments {kinds} but {where} is {image.ndim}-D; pick a model for this kind of image"
+        )
+    channels = image.shape[-1] if image.channel_axis else 1
+    if channels != card.in_channels:
+        raise SegmentationInputError(
+            f"model {card.name} needs {card.in_channels} channel(s) but {where} has {channels}; "
+            "pick a model for this kind of image"
+        )
+    if image.is_multiscale:
+        raise SegmentationInputError(
+            f"{where} is a whole-slide pyramid; segment slides with 'medloop segment' to a .tif output"
+        )
+    array = np.asarray(image.array)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise SegmentationInputError(f"{where} contains NaN or infinite values; fix or mask them before segmenting")
+
+
+def segment(
+    image: MedImage,
+    params: SegmentParams,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    network: Any = None,
+) -> SegmentResult:
+    """Segment ``image`` with ``params.model``; labels come back on ``image``'s exact grid.
+
+    ``network`` lets a caller reuse an already-loaded network of the same model.
+    Raises ``JobCancelled`` (from the engine) when ``should_stop()`` turns true.
+    """
+    from medloop.app.engine.devices import choose_device
+    from medloop.app.engine.resample import normalise, probabilities_to_grid, to_model_grid
+    from medloop.app.engine.tiling import predict_labels, sliding_window_inference
+    from medloop.models.registry import build_model, get_model
+
+    entry = get_model(params.model, params.models_dir)
+    card = entry.card
+    check_input(image, card)
+    device = choose_device(params.device)
+    started = time.perf_counter()
+    if network is None:
+        network = build_model(entry, device)
+    grid = to_model_grid(_scalar(image), card.spacing, card.orientation)
+    values = normalise(np.asarray(grid.array), card.normalisation)
+    inputs = np.moveaxis(values, -1, 0) if grid.channel_axis else values[None]
+    inference = card.inference
+    roi = tuple(params.roi_size or inference.get("roi_size") or grid.shape[: grid.ndim])
+    overlap = params.overlap if params.overlap is not None else float(inference.get("overlap", 0.25))
+    predictor, divisor = network, int(getattr(network, "divisible_by", 1))
+    if grid.ndim == 3 and card.spatial_dims == 2:
+        roi_2d = tuple(-(-r // divisor) * divisor for r in roi[-2:])
+        inputs, predictor, roi = _slice_by_slice(inputs, network, roi_2d, card.slice_axis)
+        divisor = 1  # the 2-D tile is already divisible; the slice axis stays 1 thick
+    probs = sliding_window_inference(
+        inputs,
+        predictor,
+        roi_size=roi,
+        overlap=overlap,
+        batch_size=params.batch_size,
+        device=device,
+        amp=params.amp,
+        divisible_by=divisor,
+        activation="softmax",
+        progress=progress,
+        should_stop=should_stop,
+    )
+    if grid.ndim == 3 and card.spatial_dims == 2:
+        probs = np.moveaxis(probs, 1, 1 + card.slice_axis)
+    probs = probabilities_to_grid(probs, grid, image)
+    labels = predict_labels(probs)
+    provenance = {
+        "model": card.name,
+        "model_version": card.version,
+        "weights_sha256": card.weights_sha256,
+        "device": str(device),
+        "roi_size": list(roi),
+        "overlap": overlap,
+        "seconds": round(time.perf_counter() - started, 3),
+        "classes": card.classes,
+    }
+    geometry_only = _scalar(image)
+    return SegmentResult(
+        labels=geometry_only.with_array(labels, metadata={"provenance": provenance, "classes": card.classes}),
+        probabilities=(
+            geometry_only.with_array(np.moveaxis(probs, 0, -1), channel_axis=True) if params.probabilities else None
+        ),
+        provenance=provenance,
+    )
+
+
+def _slice_by_slice(inputs: np.ndarray, network, roi_2d: tuple[int, ...], axis: int):
+    """Run a 2-D network over a volume as a 3-D sliding window one slice thick: the sliced axis
+    moves first, and each (1, h, w) tile goes through the network as a 2-D image."""
+
+    def predictor(batch):
+        b, c, _, h, w = batch.shape
+        return network(batch[:, :, 0]).reshape(b, -1, 1, h, w)
+
+    moved = np.ascontiguousarray(np.moveaxis(inputs, 1 + axis, 1))
+    return moved, predictor, (1, *roi_2d)
+
+
+def _scalar(image: MedImage) -> MedImage:
+    """Single-channel images lose their channel axis; RGB stays as it is."""
+    if image.channel_axis and image.shape[-1] == 1:
+        return image.with_array(np.asarray(image.array)[..., 0], channel_axis=False)
+    return image

@@ -1,0 +1,238 @@
+"""Segmentation panel: pick an image layer and a model, Run (off the GUI thread), Cancel."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar,
+    QPushButton, QSpinBox, QVBoxLayout, QWidget,
+)
+
+from medloop.app.errors import MedloopError
+from medloop.app.gui.jobs import start_job
+from medloop.app.io.image import MedImage
+
+if TYPE_CHECKING:
+    import napari
+
+# Class colours: background transparent, then a colour-blind-safe palette.
+PALETTE = ["#e69f00", "#56b4e9", "#009e73", "#f0e442", "#0072b2", "#d55e00", "#cc79a7", "#999999"]
+
+
+def layer_image(layer) -> MedImage:
+    """The MedImage behind an image layer: its source if medloop read it, else its transform."""
+    source = layer.metadata.get("medloop_image")
+    if isinstance(source, MedImage) and source.shape == tuple(np.shape(layer.data)):
+        return source
+    rgb = bool(getattr(layer, "rgb", False))
+    data = np.asarray(layer.data)
+    affine = layer.affine.affine_matrix
+    return MedImage.from_layer(data, layer.scale, layer.translate, None if np.allclose(affine, np.eye(len(affine))) else affine, channel_axis=rgb)
+
+
+def class_colors(classes: dict[int, str]) -> dict[Any, str]:
+    colors: dict[Any, str] = {None: "transparent", 0: "transparent"}
+    for k in classes:
+        if k:
+            colors[k] = PALETTE[(k - 1) % len(PALETTE)]
+    return colors
+
+
+def _warm_up_compute_imports() -> None:
+    """Import the compute stack when the panel opens: an import holds the interpreter lock, so
+    doing it inside the first job would freeze the GUI for a second at the first Run."""
+    import SimpleITK  # noqa: F401
+    from napari.layers import Labels
+
+    import medloop.app.engine.resample  # noqa: F401
+    import medloop.app.engine.tiling  # noqa: F401
+    import medloop.models.nets.unet  # noqa: F401
+    import medloop.plugins.segmentation.method  # noqa: F401
+
+    Labels(np.zeros((1, 1), np.uint8))  # napari builds its label colour tables on first use
+
+
+class SegmentationPanel(QWidget):
+    """Runs :func:`medloop.plugins.segmentation.method.segment` on the chosen layer."""
+
+    def __init__(self, napari_viewer: "napari.Viewer") -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.job = None
+        self.last_result = None
+
+        self.image_combo = QComboBox()
+        self.model_combo = QComboBox()
+        self.model_info = QLabel()
+        self.model_info.setWordWrap(True)
+        self.device_combo = QComboBox()
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(16, 4096)
+        self.overlap_spin = QDoubleSpinBox()
+        self.overlap_spin.setRange(0.0, 0.9)
+        self.overlap_spin.setSingleStep(0.05)
+        self.probabilities_check = QCheckBox("Also show class probabilities")
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Model", self.model_combo)
+        form.addRow("", self.model_info)
+        form.addRow("Device", self.device_combo)
+        form.addRow("Tile (voxels)", self.tile_spin)
+        form.addRow("Overlap", self.overlap_spin)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.probabilities_check)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self._fill_models()
+        self._fill_devices()
+        self.refresh_layers()
+        self.model_combo.currentIndexChanged.connect(self._model_changed)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.viewer.layers.events.inserted.connect(self.refresh_layers)
+        self.viewer.layers.events.removed.connect(self.refresh_layers)
+        self._model_changed()
+        _warm_up_compute_imports()
+
+    # -- inputs -------------------------------------------------------------------------------
+    def _fill_models(self) -> None:
+        from medloop.models.registry import list_models
+
+        self.models = list_models()
+        self.model_combo.addItems([m.name for m in self.models])
+
+    def _fill_devices(self) -> None:
+        from medloop.app.engine.devices import available_devices
+
+        self.device_combo.addItems(["auto", *available_devices()])
+
+    def refresh_layers(self, *_: Any) -> None:
+        current = self.image_combo.currentText()
+        names = [layer.name for layer in self.viewer.layers if layer._type_string == "image"]
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        if current in names:
+            self.image_combo.setCurrentText(current)
+
+    def _model_changed(self, *_: Any) -> None:
+        entry = self.current_model()
+        if entry is None:
+            self.model_info.setText("No models installed.")
+            self.run_button.setEnabled(False)
+            return
+        card = entry.card
+        roi = card.inference.get("roi_size") or [128]
+        self.tile_spin.setValue(int(roi[0]))
+        self.overlap_spin.setValue(float(card.inference.get("overlap", 0.25)))
+        spacing = card.spacing
+        self.model_info.setText(
+            f"{card.description.split('. ')[0]}. Classes: {', '.join(card.classes.values())}."
+            + (f" Runs at {' x '.join(f'{s:g}' for s in spacing)} mm." if spacing else "")
+        )
+
+    def current_model(self):
+        i = self.model_combo.currentIndex()
+        return self.models[i] if 0 <= i < len(self.models) else None
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Start segmentation of the chosen layer; inputs are checked before any work starts."""
+        from napari.utils.notifications import show_error
+
+        from medloop.plugins.segmentation.method import SegmentParams, check_input, segment
+
+        name, entry = self.image_combo.currentText(), self.current_model()
+        if not name or entry is None:
+            show_error("choose an image layer and a model first")
+            return
+        layer = self.viewer.layers[name]
+        try:
+            image = layer_image(layer)
+            check_input(image, entry.card)
+        except MedloopError as exc:
+            show_error(str(exc))
+            return
+        params = SegmentParams(
+            model=entry.name,
+            device=self.device_combo.currentText(),
+            roi_size=(self.tile_spin.value(),) * entry.card.spatial_dims,
+            overlap=self.overlap_spin.value(),
+            probabilities=self.probabilities_check.isChecked(),
+            models_dir=None if entry.packaged else entry.folder.parent,
+        )
+        self._set_running(True)
+        self.status.setText(f"Segmenting {name} with {entry.name} ...")
+        self.job = start_job(
+            lambda progress, should_stop: segment(image, params, progress, should_stop),
+            on_done=lambda result: self._show_result(name, result),
+            on_progress=self._on_progress,
+            on_error=self._on_error,
+            on_cancelled=lambda: self.status.setText("Cancelled; nothing was changed."),
+            on_finished=lambda: self._set_running(False),
+        )
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            self.status.setText("Cancelling ...")
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self.progress.setMaximum(max(total, 1))
+        self.progress.setValue(done)
+
+    def _on_error(self, exc: Exception) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status.setText(f"Failed: {exc}")
+        show_error(str(exc))
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        if not running:
+            self.job = None
+
+    def _show_result(self, image_name: str, result) -> None:
+        """Create the result layers, or update them in place on a re-run."""
+        self.last_result = result
+        prov = result.provenance
+        labels_name = f"{image_name} {prov['model']}"
+        kwargs = result.labels.layer_kwargs()
+        metadata = {"medloop_image": result.labels, "provenance": prov, "classes": prov["classes"]}
+        if labels_name in self.viewer.layers:
+            layer = self.viewer.layers[labels_name]
+            layer.data = result.labels.array
+            layer.metadata.update(metadata)
+        else:
+            self.viewer.add_labels(
+                result.labels.array, name=labels_name, metadata=metadata, opacity=0.5,
+                colormap=class_colors(prov["classes"]), **kwargs,
+            )
+        if result.probabilities is not None:
+            probs = np.moveaxis(np.asarray(result.probabilities.array), -1, 0)
+            for k, cls in prov["classes"].items():
+                if k == 0:
+                    continue
+                pname = f"{image_name} p({cls})"
+                if pname in self.viewer.layers:
+                    self.viewer.layers[pname].data = probs[k]
+                else:
+                    self.viewer.add_image(probs[k], name=pname, colormap="magma", opacity=0.6,
+                                          contrast_limits=(0, 1), visible=False, **kwargs)
+        self.status.setText(f"Done in {prov['seconds']} s on {prov['device']}.")
