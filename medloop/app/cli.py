@@ -204,6 +204,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
         model=args.model, device=args.device, roi_size=tile, overlap=args.overlap, batch_size=args.batch_size,
         probabilities=args.probabilities is not None, models_dir=args.models_dir,
     )
+    if image.is_multiscale:
+        from medloop.plugins.segmentation.method import segment_slide_file
+
+        prov = segment_slide_file(image, params, args.output, progress=_progress_printer("segment"))
+        print(f"wrote {args.output} ({prov['seconds']} s on {prov['device']})")
+        return 0
     result = segment(image, params, progress=_progress_printer("segment"))
     write_image(result.labels, args.output)
     if result.probabilities is not None:

@@ -126,13 +126,10 @@ def read_card(path: Path) -> ModelCard:
 
 def write_card(card: dict[str, Any], path: Path) -> Path:
     """Write a card atomically (validated first)."""
-    import os
-    import tempfile
+    from medloop.app.io.atomic import atomic_target
 
     validate_card(card, str(path))
-    fd, tmp = tempfile.mkstemp(prefix=".card.", suffix=".json", dir=Path(path).parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_target(path, suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(card, f, indent=2, ensure_ascii=False)
         f.write("\n")
-    os.replace(tmp, path)
     return Path(path)

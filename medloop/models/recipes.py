@@ -7,10 +7,8 @@ file is reproducible by such a command on data that installs with medloop.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, fields
 from importlib.resources import files
@@ -223,14 +221,10 @@ def _slices(x: np.ndarray, y: np.ndarray, axis: int, keep_empty: float = 0.1) ->
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    from medloop.app.io.atomic import atomic_target
+
+    with atomic_target(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _write_test_data(network, volume: np.ndarray, out_dir: Path) -> Path:

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 
 
-def tiny_card(name: str = "tiny-threshold", spatial_dims: int = 3, classes=None, spacing=None) -> dict:
+def tiny_card(
+    name: str = "tiny-threshold", spatial_dims: int = 3, classes=None, spacing=None, in_channels: int = 1, norm="group"
+) -> dict:
     axes = "bczyx" if spatial_dims == 3 else "bcyx"
     return {
         "name": name,
@@ -15,9 +17,9 @@ def tiny_card(name: str = "tiny-threshold", spatial_dims: int = 3, classes=None,
         "description": "Test model. Separates bright from dark voxels.",
         "authors": [{"name": "tests"}],
         "license": "BSD-3-Clause",
-        "architecture": {"name": f"unet{spatial_dims}d", "kwargs": {"spatial_dims": spatial_dims, "in_channels": 1, "out_channels": 2, "features": [4, 8], "norm": "group"}},
+        "architecture": {"name": f"unet{spatial_dims}d", "kwargs": {"spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": 2, "features": [4, 8], "norm": norm}},
         "weights": {"source": "weights.pt", "sha256": "0" * 64},
-        "inputs": [{"name": "image", "axes": axes, "channels": 1, "preprocessing": {"name": "none"}}],
+        "inputs": [{"name": "image", "axes": axes, "channels": in_channels, "preprocessing": {"name": "none"}}],
         "outputs": [{"name": "probabilities", "axes": axes}],
         "inference": {"roi_size": [32] * spatial_dims, "overlap": 0.25},
         "medical": {"modality": "synthetic", "classes": classes or {"0": "background", "1": "bright"},
@@ -25,7 +27,9 @@ def tiny_card(name: str = "tiny-threshold", spatial_dims: int = 3, classes=None,
     }
 
 
-def make_tiny_model(folder: Path, spatial_dims: int = 3, seed: int = 0, name: str = "tiny-threshold") -> tuple[Path, Path]:
+def make_tiny_model(
+    folder: Path, spatial_dims: int = 3, seed: int = 0, name: str = "tiny-threshold", in_channels: int = 1, norm="group"
+) -> tuple[Path, Path]:
     """Weights (deterministic init, a fixed bias makes intensity > 0.5 class 1) and a card file."""
     import json
 
@@ -34,7 +38,7 @@ def make_tiny_model(folder: Path, spatial_dims: int = 3, seed: int = 0, name: st
     from medloop.models.nets import build_network
 
     torch.manual_seed(seed)
-    card = tiny_card(name, spatial_dims)
+    card = tiny_card(name, spatial_dims, in_channels=in_channels, norm=norm)
     net = build_network(card["architecture"]["name"], **card["architecture"]["kwargs"])
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / "weights.pt"

@@ -265,13 +265,13 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
     """``torch.save`` to a temporary file beside ``path``, then rename: never a partial file."""
     import torch
 
+    from medloop.app.io.atomic import atomic_target
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        with atomic_target(path) as tmp:
+            torch.save(state, tmp)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise MedloopError(
             f"cannot write checkpoint {path}: {exc.strerror or exc}; check the folder is writable"
         ) from exc

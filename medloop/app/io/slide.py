@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from medloop.app.errors import ImageReadError, ImageWriteError
+from medloop.app.io.atomic import current_umask
 from medloop.app.io.image import MedImage
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".bif", ".svslide")
@@ -488,6 +489,7 @@ def write_label_pyramid(
                     metadata=None,
                     software="medloop",
                 )
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp made it 0600
         os.replace(tmp, p)
     except _Stop:
         raise LabelPyramidCancelled(f"cannot write {p}: cancelled; nothing was written") from None

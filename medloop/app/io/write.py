@@ -7,13 +7,13 @@ TIFF keeps the full geometry in its JSON description plus standard resolution ta
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from medloop.app.errors import ImageWriteError
+from medloop.app.io.atomic import atomic_target
 from medloop.app.io.image import MedImage
 from medloop.app.io.read import suffix_of
 
@@ -49,22 +49,17 @@ def write_image(image: MedImage, path: str | os.PathLike, compress: bool = True)
             f"cannot write {p}: the image is a whole-slide pyramid ({image.shape}); "
             "segment it and write the label map to .tif instead"
         )
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
-    os.close(fd)
     try:
-        if suffix in ITK_WRITE_SUFFIXES:
-            _write_itk(image, tmp, compress)
-        else:
-            from medloop.app.io.planar import write_tiff
+        with atomic_target(p, suffix=suffix) as tmp:
+            if suffix in ITK_WRITE_SUFFIXES:
+                _write_itk(image, tmp, compress)
+            else:
+                from medloop.app.io.planar import write_tiff
 
-            write_tiff(image, tmp)
-        os.replace(tmp, p)
+                write_tiff(image, tmp)
     except (RuntimeError, ValueError, OSError) as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise ImageWriteError(f"cannot write {p}: {reason}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return p
 
 

@@ -59,6 +59,11 @@ def check_input(image: MedImage, card) -> None:
         raise SegmentationInputError(
             f"{where} is a whole-slide pyramid; segment slides with 'medloop segment' to a .tif output"
         )
+    _check_values(image)
+
+
+def _check_values(image: MedImage) -> None:
+    where = image.path or "the image"
     array = np.asarray(image.array)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise SegmentationInputError(f"{where} contains NaN or infinite values; fix or mask them before segmenting")
@@ -134,6 +139,58 @@ def segment(
         ),
         provenance=provenance,
     )
+
+
+def segment_slide_file(
+    image: MedImage,
+    params: SegmentParams,
+    out_path: Path,
+    level: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Segment one level of a whole slide into a tiled pyramidal label TIFF, tile by tile
+    (memory stays bounded whatever the slide size). Returns the provenance."""
+    from medloop.app.engine.devices import choose_device
+    from medloop.app.engine.tiling import segment_slide
+    from medloop.models.registry import build_model, get_model
+
+    entry = get_model(params.model, params.models_dir)
+    card = entry.card
+    where = image.path or "the slide"
+    if card.spatial_dims != 2 or card.in_channels != 3:
+        raise SegmentationInputError(
+            f"model {card.name} does not take RGB 2-D images, so it cannot segment slide {where}; "
+            "pick a slide (RGB) model"
+        )
+    if Path(out_path).suffix.lower() not in (".tif", ".tiff"):
+        raise SegmentationInputError(f"slide labels are written as a tiled pyramidal TIFF; name the output .tif, not {out_path}")
+    device = choose_device(params.device)
+    started = time.perf_counter()
+    network = build_model(entry, device)
+    factor = float(image.metadata.get("level_downsamples", (1.0,) * (level + 1))[level])
+    roi = tuple(params.roi_size or card.inference.get("roi_size") or (512, 512))
+    overlap = params.overlap if params.overlap is not None else float(card.inference.get("overlap", 0.125))
+    segment_slide(
+        image.pyramid[level] if image.pyramid else image.array,
+        network,
+        out_path,
+        spacing_um=tuple(s * factor for s in image.spacing),
+        roi_size=roi,
+        overlap=overlap,
+        batch_size=params.batch_size,
+        device=device,
+        amp=params.amp,
+        divisible_by=int(getattr(network, "divisible_by", 1)),
+        num_classes=len(card.classes),
+        progress=progress,
+        should_stop=should_stop,
+    )
+    return {
+        "model": card.name, "model_version": card.version, "weights_sha256": card.weights_sha256,
+        "device": str(device), "roi_size": list(roi), "overlap": overlap, "level": level,
+        "seconds": round(time.perf_counter() - started, 3), "classes": card.classes,
+    }
 
 
 def _slice_by_slice(inputs: np.ndarray, network, roi_2d: tuple[int, ...], axis: int):

@@ -148,3 +148,16 @@ def test_unwritable_targets(tmp_path):
     )
     with pytest.raises(ImageWriteError, match=r"folder .*missing does not exist; create it first"):
         write_image(label_volume(), tmp_path / "missing" / "mask.nii.gz")
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    """Atomic writes go through a private temporary file, but the result is as readable as any
+    file the user would create (umask), not 0600."""
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = write_image(label_volume(), tmp_path / "mask.nii.gz")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
