@@ -1,0 +1,1 @@
+"""Retraining from weak and corrected labels: strokes, boxes, points (Qt-free cores + widgets)."""
