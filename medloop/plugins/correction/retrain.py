@@ -1,0 +1,527 @@
+"""Qt-free retraining core for stroke corrections: a live head and a full fine-tune (spec §0, §1).
+
+Live mode. The network's last decoder feature map (the input of its final 1x1 output conv) is
+computed ONCE per image (:func:`live_features`, a forward pre-hook on the output conv; the network
+is not modified). Each stroke update then trains only a small 1x1 head (:class:`LiveHead`) on the
+annotated pixels with the sparse, balanced stroke loss (:func:`fit_head`) and re-predicts the
+whole image from the cached features (:func:`predict_with_head`). The head starts as a copy of the
+model's output conv, so before any training its prediction equals the model's.
+:class:`LiveSession` bundles this and warm-starts every update from the previous head.
+
+Full fine-tune. :func:`fine_tune` trains a copy of the whole network with
+:func:`~medloop.app.engine.train.train_segmentation` (``copy_model=True``: the caller's network is
+never changed, also on cancel or error) on the strokes, holding out a seeded part of the
+annotation (whole connected stroke components, per class) for validation and early stopping.
+
+Labels follow the paint convention throughout: 0 = unlabeled, k + 1 = class k. Predicted label
+maps hold class indices 0..K-1 (like :func:`~medloop.app.engine.train.predict_whole`); add 1 for
+a paint-convention layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+from medloop.app.errors import MedloopError
+from medloop.plugins.correction.sparse import BALANCING, sparse_loss, validate_strokes
+from medloop.plugins.correction.weaklabels import AnnotationError, as_rng
+
+__all__ = [
+    "FineTuneResult",
+    "LiveHead",
+    "LiveSession",
+    "default_fine_tune_config",
+    "fine_tune",
+    "fit_head",
+    "live_features",
+    "output_conv",
+    "predict_with_head",
+    "split_strokes",
+]
+
+_CONVS = (nn.Conv2d, nn.Conv3d)
+
+
+# ------------------------------------------------------------------------------- live features
+
+
+def output_conv(network: nn.Module) -> nn.Conv2d | nn.Conv3d:
+    """The network's final 1x1 output convolution: ``network.head`` (U-Net) or else its last
+    convolution, which must then be 1x1 and ungrouped."""
+    head = getattr(network, "head", None)
+    conv = head if isinstance(head, _CONVS) else None
+    if conv is None:
+        for m in network.modules():
+            if isinstance(m, _CONVS):
+                conv = m
+    if conv is None or any(k != 1 for k in conv.kernel_size) or conv.groups != 1 or any(s != 1 for s in conv.stride):
+        raise MedloopError(
+            f"{type(network).__name__} has no final 1x1 output convolution; live retraining needs one "
+            "(use full fine-tuning instead)"
+        )
+    return conv
+
+
+def _as_image(image: np.ndarray | torch.Tensor, spatial_dims: int) -> np.ndarray:
+    a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if a.ndim == spatial_dims:
+        a = a[None]
+    if a.ndim != spatial_dims + 1:
+        raise MedloopError(
+            f"image must be (channels, {spatial_dims} spatial axes) for this {spatial_dims}-D model, got shape {a.shape}"
+        )
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise AnnotationError("the image has NaN or infinite values; fix or mask them first")
+    return a
+
+
+def live_features(
+    network: nn.Module,
+    image: np.ndarray | torch.Tensor,
+    roi_size: int | Sequence[int] | None = None,
+    overlap: float = 0.25,
+) -> torch.Tensor:
+    """The input of the network's output conv for ``image`` (C, *spatial): ``(F, *spatial)`` float32 on the CPU.
+
+    ``roi_size=None``: one whole-image forward pass (edge-padded to the network's
+    ``divisible_by``); otherwise tiled with
+    :func:`~medloop.app.engine.tiling.sliding_window_inference` (Gaussian-blended features), for
+    images too large for one pass (GroupNorm statistics are then per tile, so tiled features
+    differ somewhat from one-pass ones). The network's weights and train/eval mode are unchanged.
+    """
+    conv = output_conv(network)
+    spatial_dims = 2 if isinstance(conv, nn.Conv2d) else 3
+    img = _as_image(image, spatial_dims)
+    divisible_by = int(getattr(network, "divisible_by", 1) or 1)
+    captured: list[torch.Tensor] = []
+    hook = conv.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    device = next(iter(network.parameters())).device
+    was_training = network.training
+    network.eval()
+
+    def features_of(x: torch.Tensor) -> torch.Tensor:
+        captured.clear()
+        network(x)
+        return captured[-1].float()
+
+    try:
+        with torch.inference_mode():
+            if roi_size is None:
+                spatial = img.shape[1:]
+                pad = [(0, 0)] + [(0, (-n) % divisible_by) for n in spatial]
+                padded = np.pad(img, pad, mode="edge") if any(p for _, p in pad) else img
+                feats = features_of(torch.from_numpy(np.ascontiguousarray(padded)).unsqueeze(0).to(device))[0]
+                feats = feats[(slice(None),) + tuple(slice(0, n) for n in spatial)]
+                out = feats.cpu().contiguous()
+            else:
+                from medloop.app.engine.tiling import sliding_window_inference
+
+                out = torch.from_numpy(
+                    sliding_window_inference(
+                        img, features_of, roi_size, overlap=overlap, device=device, divisible_by=divisible_by, amp=False
+                    )
+                )
+    finally:
+        hook.remove()
+        network.train(was_training)
+    return out.clone()  # outside inference mode: a normal tensor autograd may use
+
+
+# ----------------------------------------------------------------------------------- the head
+
+
+class LiveHead(nn.Module):
+    """A 1x1 conv as a linear map over feature channels: ``weight`` (K, F), ``bias`` (K).
+
+    K = the output conv's channels (1 = one binary logit: classes background/foreground).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        w = weight.detach().float().reshape(weight.shape[0], -1).clone()
+        b = torch.zeros(w.shape[0]) if bias is None else bias.detach().float().reshape(-1).clone()
+        self.weight = nn.Parameter(w)
+        self.bias = nn.Parameter(b)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Module) -> LiveHead:
+        """A head equal to the 1x1 conv ``conv`` (weights copied; ``conv`` stays untouched)."""
+        return cls(conv.weight.detach().cpu(), None if conv.bias is None else conv.bias.detach().cpu())
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        """Classes scored: the output channels, or 2 for a single binary logit."""
+        return max(2, self.out_channels)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits ``(K, *s)`` from features ``(F, *s)``, or ``(K, n)`` from ``(F, n)``."""
+        flat = features.reshape(features.shape[0], -1)
+        return (self.weight @ flat + self.bias[:, None]).reshape(self.out_channels, *features.shape[1:])
+
+    def to_conv(self, spatial_dims: int = 2) -> nn.Module:
+        """The head as a ``Conv2d``/``Conv3d`` 1x1 (e.g. to put into a copy of the network)."""
+        conv = (nn.Conv2d if spatial_dims == 2 else nn.Conv3d)(self.weight.shape[1], self.out_channels, 1)
+        with torch.no_grad():
+            conv.weight.copy_(self.weight.reshape(conv.weight.shape))
+            conv.bias.copy_(self.bias)
+        return conv
+
+
+def _check_strokes(strokes: np.ndarray | torch.Tensor, spatial: tuple[int, ...], num_classes: int) -> np.ndarray:
+    s = strokes.detach().cpu().numpy() if isinstance(strokes, torch.Tensor) else np.asarray(strokes)
+    if tuple(s.shape) != tuple(spatial):
+        raise AnnotationError(f"annotation shape {s.shape} does not match the image's spatial shape {tuple(spatial)}")
+    validate_strokes(s, num_classes, fine_tune=True)  # raises on bad ids / empty; warns on one class
+    return s.astype(np.int64)
+
+
+def fit_head(
+    features: torch.Tensor,
+    strokes: np.ndarray | torch.Tensor,
+    num_classes: int | None = None,
+    steps: int = 60,
+    lr: float = 0.02,
+    mode: str = "mini-batch",
+    init: nn.Module | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> LiveHead:
+    """Train a 1x1 head on the annotated pixels of ``strokes`` (paint convention) only.
+
+    ``features`` (F, *spatial) from :func:`live_features`; ``init``: a :class:`LiveHead` or the
+    model's 1x1 output conv to start from (a copy is trained; ``init`` is unchanged); None: zeros
+    with ``num_classes`` outputs. Full-batch Adam for ``steps`` steps on the balanced sparse
+    cross-entropy (:func:`~medloop.plugins.correction.sparse.sparse_loss`, ``mode`` one of
+    ``none``/``instance``/``mini-batch``/``auto``). ``should_stop()`` is polled each step.
+    """
+    if mode not in BALANCING:
+        raise ValueError(f"mode must be one of {', '.join(BALANCING)}; got {mode!r}")
+    if init is None:
+        if num_classes is None:
+            raise ValueError("give num_classes or an init head")
+        head = LiveHead(torch.zeros(num_classes, features.shape[0]))
+    elif isinstance(init, LiveHead):
+        head = LiveHead(init.weight, init.bias)
+    else:
+        head = LiveHead.from_conv(init)
+    if head.weight.shape[1] != features.shape[0]:
+        raise MedloopError(f"head expects {head.weight.shape[1]} feature channels, the features have {features.shape[0]}")
+    k = head.num_classes
+    if num_classes is not None and num_classes != k:
+        raise MedloopError(f"num_classes {num_classes} does not match the head's {k} classes")
+    s = _check_strokes(strokes, tuple(features.shape[1:]), k)
+    flat = np.flatnonzero(s.ravel() > 0)
+    x = features.reshape(features.shape[0], -1)[:, torch.from_numpy(flat)].float()  # (F, n) annotated only
+    labels = torch.from_numpy(s.ravel()[flat])[None]  # (1, n)
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    with torch.enable_grad():
+        for _ in range(int(steps)):
+            if should_stop is not None and should_stop():
+                break
+            opt.zero_grad(set_to_none=True)
+            loss = sparse_loss(head(x)[None], labels, mode)
+            if loss is None:  # cannot happen after validate_strokes; kept for safety
+                break
+            loss.backward()
+            opt.step()
+    head.last_loss = float(loss.detach()) if steps else float("nan")  # type: ignore[attr-defined]
+    return head.requires_grad_(False).eval()
+
+
+def predict_with_head(features: torch.Tensor, head: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, probs)``: class indices (*spatial) int64 0..K-1 and probabilities (K, *spatial)
+    float32 (a single binary logit gives K = 2: background, foreground)."""
+    if not isinstance(head, LiveHead):
+        head = LiveHead.from_conv(head)
+    with torch.inference_mode():
+        logits = head(features.float())
+        if logits.shape[0] == 1:
+            p = torch.sigmoid(logits[0])
+            probs = torch.stack([1 - p, p])
+        else:
+            probs = torch.softmax(logits, dim=0)
+        labels = probs.argmax(0)
+    return labels.numpy().astype(np.int64), probs.numpy().astype(np.float32, copy=False)
+
+
+class LiveSession:
+    """Live correction of one image: features once, then cheap head updates per stroke change.
+
+    >>> session = LiveSession(network, image)        # image (C, *spatial)
+    >>> labels = session.update(strokes)              # class indices 0..K-1
+
+    The first :meth:`update` (or :meth:`prepare`) computes the features; later updates only fit
+    the head, warm-started from the previous one. ``network`` is never changed.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        image: np.ndarray | torch.Tensor,
+        steps: int = 60,
+        lr: float = 0.02,
+        mode: str = "mini-batch",
+        roi_size: int | Sequence[int] | None = None,
+        warm_steps: int | None = None,
+    ):
+        self.network = network
+        conv = output_conv(network)
+        self.spatial_dims = 2 if isinstance(conv, nn.Conv2d) else 3
+        self.image = _as_image(image, self.spatial_dims)
+        self.base_head = LiveHead.from_conv(conv)
+        self.head = self.base_head
+        self.steps, self.lr, self.mode, self.roi_size = int(steps), float(lr), mode, roi_size
+        self.warm_steps = self.steps if warm_steps is None else int(warm_steps)
+        self._features: torch.Tensor | None = None
+        self.labels: np.ndarray | None = None
+        self.probs: np.ndarray | None = None
+        self.updates = 0
+        self.timings: list[float] = []  # seconds per update()
+
+    @property
+    def num_classes(self) -> int:
+        return self.base_head.num_classes
+
+    @property
+    def features(self) -> torch.Tensor:
+        return self.prepare()
+
+    def prepare(self) -> torch.Tensor:
+        """Compute (once) and return the cached features."""
+        if self._features is None:
+            self._features = live_features(self.network, self.image, self.roi_size)
+        return self._features
+
+    def predict(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(labels, probs)`` of the current head (the model's own before any update)."""
+        return predict_with_head(self.features, self.head)
+
+    def update(self, strokes: np.ndarray | torch.Tensor, should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+        """Fit the head to ``strokes`` (paint convention, the image's spatial shape) and return
+        the new label map; ``probs`` and ``head`` are updated too."""
+        t0 = time.perf_counter()
+        steps = self.steps if self.updates == 0 else self.warm_steps
+        self.head = fit_head(
+            self.features, strokes, self.num_classes, steps, self.lr, self.mode, init=self.head, should_stop=should_stop
+        )
+        self.labels, self.probs = predict_with_head(self.features, self.head)
+        self.updates += 1
+        self.timings.append(time.perf_counter() - t0)
+        return self.labels
+
+    def reset(self) -> None:
+        """Back to the model's own output conv (features stay cached)."""
+        self.head, self.updates, self.labels, self.probs = self.base_head, 0, None, None
+
+    def network_with_head(self) -> nn.Module:
+        """A deep copy of the network whose output conv is the current head (the original is unchanged)."""
+        net = copy.deepcopy(self.network)
+        conv = output_conv(net)
+        with torch.no_grad():
+            conv.weight.copy_(self.head.weight.reshape(conv.weight.shape).to(conv.weight))
+            if conv.bias is not None:
+                conv.bias.copy_(self.head.bias.to(conv.bias))
+        return net
+
+
+# ---------------------------------------------------------------------------------- fine-tune
+
+
+def split_strokes(
+    strokes: np.ndarray, validation_fraction: float = 0.2, rng: int | np.random.Generator | None = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, validation)`` stroke maps: the connected components of every class are shuffled
+    (seeded) and about ``validation_fraction`` of each class's components go to validation,
+    always leaving at least one component per class for training (a class drawn once stays
+    all-training). The two maps partition the annotated pixels."""
+    s = np.asarray(strokes).astype(np.int64)
+    gen = as_rng(rng)
+    val = np.zeros_like(s)
+    structure = ndimage.generate_binary_structure(s.ndim, s.ndim)  # diagonal steps join a stroke
+    for k in np.unique(s[s > 0]):
+        comps, n = ndimage.label(s == k, structure)
+        n_val = min(round(validation_fraction * n), n - 1)
+        if n_val <= 0:
+            continue
+        chosen = gen.permutation(n)[:n_val] + 1
+        val[np.isin(comps, chosen)] = k
+    train = np.where(val > 0, 0, s)
+    return train, val
+
+
+@dataclass
+class FineTuneResult:
+    """A fine-tune's outcome. ``network`` is the trained copy (best validated weights); the
+    caller's network is unchanged. ``metrics`` are plain numbers for a model card."""
+
+    network: nn.Module
+    train: Any  # TrainResult
+    best_val_dice: float
+    stopped: bool
+    early_stopped: bool
+    annotation_counts: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def default_fine_tune_config(**changes: Any):
+    """TrainConfig for stroke fine-tuning: small CPU budget, 1 thread, early stop after 3
+    validations without gain, every class scored (also class 0)."""
+    from medloop.app.engine.train import TrainConfig
+
+    base = TrainConfig(
+        epochs=20,
+        steps_per_epoch=20,
+        batch_size=4,
+        lr=1e-3,
+        foreground_fraction=1.0,
+        num_threads=1,
+        early_stop_patience=3,
+        val_ignore_background=False,
+    )
+    return replace(base, **changes)
+
+
+def _stroke_loss(mode: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Loss on training pairs whose label is the stroke map itself (paint convention)."""
+
+    def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        labels = torch.where(weight > 0, target.long(), torch.zeros_like(target, dtype=torch.long))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an unannotated patch: a zero step, not a warning per step
+            value = sparse_loss(logits, labels, mode)
+        return (logits * 0).sum() if value is None else value
+
+    return loss_fn
+
+
+def fine_tune(
+    entry_or_network: Any,
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    config: Any = None,
+    mode: str = "mini-batch",
+    progress: Callable[..., None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+    *,
+    raise_on_stop: bool = False,
+) -> FineTuneResult:
+    """Fine-tune a copy of a network on stroke annotations.
+
+    Args:
+        entry_or_network: a :class:`~medloop.models.registry.ModelEntry` (built with its checked
+            weights) or a network (never modified: a deep copy is trained).
+        pairs: ``(image (C, *spatial), strokes (*spatial))``, strokes in the paint convention.
+        config: a :class:`~medloop.app.engine.train.TrainConfig` (default
+            :func:`default_fine_tune_config`); its seed is replaced by ``seed``, ``num_classes``
+            filled from the model.
+        mode: stroke-loss balancing (``none``, ``instance``, ``mini-batch``, ``auto``).
+        progress, should_stop: passed to ``train_segmentation``; on stop the result has
+            ``stopped=True`` (or :class:`~medloop.app.engine.jobs.JobCancelled` is raised with
+            ``raise_on_stop``). The caller's network is unchanged either way.
+        validation_fraction: share of each class's stroke components held out (seeded by
+            ``seed``) to validate per epoch, keep the best weights and stop early
+            (``config.early_stop_patience``). 0, or too few strokes, trains without validation.
+
+    Deterministic for a seed on the CPU.
+    """
+    from medloop.app.engine.train import train_segmentation
+    from medloop.models.registry import ModelEntry, build_model
+
+    if mode not in BALANCING:
+        raise ValueError(f"mode must be one of {', '.join(BALANCING)}; got {mode!r}")
+    network = build_model(entry_or_network) if isinstance(entry_or_network, ModelEntry) else entry_or_network
+    if not isinstance(network, nn.Module):
+        raise MedloopError(f"fine_tune needs a ModelEntry or a torch network, got {type(entry_or_network).__name__}")
+    if not pairs:
+        raise AnnotationError("nothing to train on: give at least one (image, strokes) pair")
+    out_channels = output_conv(network).out_channels if _has_output_conv(network) else None
+    num_classes = max(2, out_channels) if out_channels else None
+    config = default_fine_tune_config() if config is None else config
+    config = replace(config, seed=int(seed), num_classes=config.num_classes or num_classes)
+    k = config.num_classes or int(max(np.max(s) for _, s in pairs))
+
+    gen = np.random.default_rng(seed)
+    train_pairs, val_pairs = [], []
+    counts: dict[int, int] = {}
+    val_pixels = 0
+    for n, (image, strokes) in enumerate(pairs):
+        image = np.asarray(image, dtype=np.float32)
+        s = np.asarray(strokes)
+        if image.ndim == s.ndim:
+            image = image[None]
+        if image.shape[1:] != s.shape:
+            raise AnnotationError(f"pair {n}: annotation shape {s.shape} does not match the image's {image.shape[1:]}")
+        info = validate_strokes(s, k, fine_tune=True)
+        for c, v in info["counts"].items():  # type: ignore[union-attr]
+            counts[c] = counts.get(c, 0) + v
+        tr, va = split_strokes(s, validation_fraction, gen) if validation_fraction > 0 else (s.astype(np.int64), None)
+        train_pairs.append((image, tr.astype(np.int64), (tr > 0).astype(np.float32)))
+        if va is not None and va.any():
+            val_pairs.append((image, np.maximum(va - 1, 0).astype(np.int64), (va > 0).astype(np.float32)))
+            val_pixels += int((va > 0).sum())
+    t0 = time.perf_counter()
+    result = train_segmentation(
+        network,
+        train_pairs,
+        val_pairs or None,
+        config,
+        loss_fn=_stroke_loss(mode),
+        progress=progress,
+        should_stop=should_stop,
+        copy_model=True,
+        raise_on_stop=raise_on_stop,
+    )
+    seconds = time.perf_counter() - t0
+    model = result.model.eval()
+    annotated = sum(counts.values())
+    annotation_counts = {
+        "images": len(pairs),
+        "annotated_pixels": annotated,
+        "per_class": {str(c): v for c, v in sorted(counts.items())},
+        "validation_pixels": val_pixels,
+        "training_pixels": annotated - val_pixels,
+    }
+    metrics = {
+        "best_val_dice": None if np.isnan(result.best_val_dice) else float(result.best_val_dice),
+        "best_epoch": int(result.best_epoch),
+        "epochs_done": int(result.epochs_done),
+        "steps_done": int(result.steps_done),
+        "final_train_loss": float(result.history[-1]["train_loss"]) if result.history else None,
+        "mode": mode,
+        "seed": int(seed),
+        "seconds": round(seconds, 3),
+    }
+    return FineTuneResult(
+        network=model,
+        train=result,
+        best_val_dice=float(result.best_val_dice),
+        stopped=bool(result.stopped),
+        early_stopped=bool(result.early_stopped),
+        annotation_counts=annotation_counts,
+        metrics=metrics,
+        seconds=seconds,
+    )
+
+
+def _has_output_conv(network: nn.Module) -> bool:
+    try:
+        output_conv(network)
+        return True
+    except MedloopError:
+        return False
