@@ -39,5 +39,5 @@ def test_manifest_contributions():
     manifest = load_manifest()
     assert manifest.name == "napari-medloop"
     assert [s.key for s in manifest.contributions.sample_data] == ["brain-t1"]
-    assert [w.display_name for w in manifest.contributions.widgets] == ["medloop", "Segmentation"]
-    assert [m.display_name for m in method_panels()] == ["Segmentation"]  # the home panel is not a method
+    assert [w.display_name for w in manifest.contributions.widgets] == ["medloop", "Segmentation", "Correction"]
+    assert [m.display_name for m in method_panels()] == ["Segmentation", "Correction"]  # the home panel is not a method

@@ -79,11 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("weights", type=Path, metavar="WEIGHTS", help="state-dict file (.pt) or .safetensors")
     register.add_argument("--card", type=Path, required=True, help="the model card (card.json)")
 
-    train = sub.add_parser("train", help="train a model from a recipe; writes weights, card and test data")
-    train.add_argument("--recipe", required=True, help="packaged recipe name (e.g. brain-tissue-t1) or a recipe file")
-    train.add_argument("--out", type=Path, required=True, metavar="DIR", help="output model folder")
-    train.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
+    train = sub.add_parser(
+        "train", help="train a model from a recipe, or retrain one from weak annotations (--weak)"
+    )
+    train.add_argument("--recipe", help="packaged recipe name (e.g. brain-tissue-t1) or a recipe file")
+    train.add_argument("--out", type=Path, required=True, metavar="DIR", help="output model folder (--weak: versions folder)")
+    train.add_argument("--epochs", type=int, help="override the number of epochs")
     train.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    train.add_argument("--weak", choices=["strokes", "boxes", "points"], help="retrain --model from weak annotations")
+    train.add_argument("--image", type=Path, help="--weak: the annotated image")
+    train.add_argument("--annotation", type=Path, help="--weak: stroke label image, or boxes/points .csv/.npy")
+    train.add_argument("--model", help="--weak: model to start from (name, or name@vN)")
+    train.add_argument("--models-dir", type=Path, help="folder of registered models (default: your user data folder)")
+    train.add_argument("--seed", type=int, default=0, help="--weak: random seed (same seed, same weights)")
+    train.add_argument("--balancing", default="auto", choices=["auto", "none", "instance", "mini-batch"], help="--weak strokes: loss balancing")
     return parser
 
 
@@ -265,6 +274,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from medloop.models.recipes import load_recipe, train_recipe
 
+    if args.weak:
+        return _train_weak(args)
+    if not args.recipe:
+        raise MedloopError("train needs --recipe NAME|FILE, or --weak KIND with --image, --annotation and --model")
     recipe = load_recipe(args.recipe)
 
     def show(done: int, total: int, info: dict | None = None) -> None:
@@ -273,6 +286,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out = train_recipe(recipe, args.out, epochs=args.epochs, resume=args.resume, progress=show)
     print(f"wrote {out}")
+    return 0
+
+
+def _train_weak(args: argparse.Namespace) -> int:
+    """Replay a session's weak annotations headlessly: the same code path as the Correction panel."""
+    from medloop.plugins.correction.headless import load_annotation, train_weak
+
+    missing = [flag for flag, value in (("--image", args.image), ("--annotation", args.annotation), ("--model", args.model)) if value is None]
+    if missing:
+        raise MedloopError(f"train --weak needs {', '.join(missing)}")
+    image = _read(argparse.Namespace(series=None, allow_irregular=False), args.image)
+    annotation = load_annotation(args.weak, args.annotation)
+    entry = train_weak(
+        args.weak, image, annotation, args.model, args.out, models_dir=args.models_dir, seed=args.seed,
+        epochs=args.epochs, mode=args.balancing,
+    )
+    print(f"wrote {entry.name} in {entry.folder}")
     return 0
 
 

@@ -12,6 +12,7 @@ labels into a tiled label pyramid TIFF with :func:`medloop.app.io.slide.write_la
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import threading
@@ -137,6 +138,12 @@ def importance_map(
     return torch.clamp_(weights, min=floor)
 
 
+@functools.lru_cache(maxsize=16)
+def _cached_importance_map(roi: tuple[int, ...], blend: str, sigma_scale: tuple[float, ...]) -> torch.Tensor:
+    # Blocks of a slide (and repeated calls) share one map; callers only read it.
+    return importance_map(roi, blend, sigma_scale)
+
+
 # --------------------------------------------------------------------------------------------
 # Sliding-window inference
 
@@ -211,7 +218,8 @@ def sliding_window_inference(
     channels, spatial = shape[0], shape[1:]
     grid = tile_grid(spatial, roi_size, overlap, divisible_by)
     dev = _resolve_device(device, predictor)
-    weights = importance_map(grid.roi, blend, sigma_scale).to(dev)
+    scales = _per_axis(sigma_scale, len(grid.roi), "sigma_scale", kind=float)
+    weights = _cached_importance_map(grid.roi, blend, scales).to(dev)
     tiles = grid.tiles()
     batches = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
     reader = _TileReader(image, grid, channels, batch_size, dev, pad_value)

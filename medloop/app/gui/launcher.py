@@ -80,7 +80,7 @@ def _build_demo():
     from medloop.app.gui.layers import add_layer_data
     from medloop.app.samples import brain_sample_layers, load_brain_sample
     from medloop.plugins.segmentation.method import SegmentParams, segment
-    from medloop.plugins.segmentation.widget import class_colors
+    from medloop.app.gui.layers import class_colors
 
     viewer = make_viewer(title="medloop demo")
     viewer.window.resize(1400, 900)

@@ -1,0 +1,427 @@
+"""Headless weak-label retraining: replay a session's strokes, boxes or points without Qt.
+
+:func:`train_weak` fine-tunes a registered model on one image's weak annotation and stores the
+result as the next version (:class:`~medloop.plugins.correction.versions.ModelVersions`), so the
+annotations a GUI session saved can be replayed from a script or the command line and give the
+same model: on the CPU the same inputs and ``seed`` give bit-identical weights.
+
+* ``strokes``: a paint-convention label map (0 = unlabeled, k + 1 = class k) on the image grid,
+  trained with the sparse, balanced stroke loss (:func:`~medloop.plugins.correction.retrain.fine_tune`).
+* ``boxes``: ``(N, 4)`` boxes ``(y0, x0, y1, x1)`` (end-exclusive pixel indices) on a 2-D image, Gupta
+  et al.'s stage 1: round 0 trains on the filled boxes (foreground 2, everything else background
+  1); each later round trains on the Cues-1 refinement of the previous round's prediction
+  (:func:`~medloop.plugins.correction.boxes.apply_cues1`). At most ``rounds`` rounds; refinement
+  stops early once fewer than 1 % of the pixels change (``AUTO_STOP_FRACTION``). Each round
+  continues from the previous round's network.
+* ``points``: ``(N, 2)`` ``(row, column)`` clicks on nuclei of a 2-D image, Qu et al.'s Voronoi
+  and cluster pseudo-labels. ``fine_tune`` takes no loss function, so instead of the point loss
+  (``L_vor + L_cluster``) the network is trained with the sparse stroke loss on ONE map: the
+  union of the two maps' non-ignored pixels, where the Voronoi label wins where both say
+  something (its point disks and cell edges are the more reliable cues). That weighs a pixel
+  labelled by both maps once instead of twice and balances the classes per ``mode``.
+
+The network sees the image on its own grid (no resampling to the model's spacing: the
+annotation lives on this grid), normalised as the card says. Box and point training need a
+two-class (background / foreground) 2-D model. ``should_stop`` cancels with
+:class:`~medloop.app.engine.jobs.JobCancelled`; nothing is saved then.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medloop.app.errors import MedloopError
+from medloop.app.io.image import MedImage
+from medloop.plugins.correction.boxes import (
+    AUTO_STOP_FRACTION,
+    BACKGROUND,
+    FOREGROUND,
+    BoxError,
+    apply_cues1,
+    changed_fraction,
+    round0_labels,
+)
+from medloop.plugins.correction.weaklabels import AnnotationError
+
+__all__ = [
+    "KINDS",
+    "WeakRun",
+    "load_annotation",
+    "model_input",
+    "predict_labels",
+    "run_weak",
+    "train_weak",
+]
+
+KINDS = ("strokes", "boxes", "points")
+
+
+@dataclass
+class WeakRun:
+    """What :func:`run_weak` trained. ``labels``: the label map of the last training round
+    (paint convention: 0 unlabeled / ignored, k + 1 class k; for boxes the final Cues-1
+    pseudo-labels, 1 background, 2 foreground). ``rounds``: one dict per training round."""
+
+    network: torch.nn.Module
+    kind: str
+    labels: np.ndarray
+    annotation_counts: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------- input / output
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise AnnotationError(f"unknown annotation kind {kind!r}; use one of {', '.join(KINDS)}")
+
+
+def model_input(image: MedImage, card: Any) -> np.ndarray:
+    """``(C, *spatial)`` float32 network input for ``image`` on its own grid, normalised as the
+    model ``card`` says. Refuses images of the wrong dimensionality or channel count."""
+    from medloop.app.engine.resample import normalise
+    from medloop.plugins.segmentation.method import check_input
+
+    check_input(image, card)
+    if image.ndim != card.spatial_dims:
+        raise AnnotationError(
+            f"model {card.name} is {card.spatial_dims}-D but the image is {image.ndim}-D; "
+            "retrain on a single slice or pick a model of the image's dimensionality"
+        )
+    values = normalise(np.asarray(image.array), card.normalisation)
+    x = np.moveaxis(values, -1, 0) if image.channel_axis else values[None]
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def predict_labels(network: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    """Class indices 0..K-1 (``x``'s spatial shape) of one whole-image forward pass."""
+    from medloop.app.engine.train import predict_whole
+
+    was_training = network.training
+    network.eval()
+    try:
+        with torch.inference_mode():
+            labels, _ = predict_whole(network, x, int(getattr(network, "divisible_by", 1) or 1))
+    finally:
+        network.train(was_training)
+    return labels
+
+
+def _read_table(path: Path, columns: int, what: str, error: type[MedloopError]) -> np.ndarray:
+    """Numbers of a .csv (optional header) or .npy file as a float (N, columns) array. A napari
+    Points export (columns ``axis-0``, ``axis-1``...) gives its last ``columns`` axis columns."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            a = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise error(f"cannot read {what} from {path} ({exc}); save them with numpy.save") from None
+        a = np.asarray(a, dtype=float) if a.dtype.kind in "biuf" else a
+    elif suffix == ".csv":
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise error(f"cannot read {what} from {path} ({exc})") from None
+        header = None
+        if rows:
+            try:
+                [float(c) for c in rows[0]]
+            except ValueError:
+                header, rows = [c.strip() for c in rows[0]], rows[1:]
+        take: list[int] | None = None
+        if header is not None:
+            axes = [i for i, c in enumerate(header) if c.startswith("axis-")]
+            if len(axes) >= columns:
+                take = axes[-columns:]
+        try:
+            data = [[float(r[i]) for i in take] if take else [float(c) for c in r] for r in rows]
+        except (ValueError, IndexError):
+            raise error(f"{path} holds non-numeric {what}; write one row of {columns} numbers per item") from None
+        widths = {len(r) for r in data}
+        if len(widths) > 1:
+            raise error(f"{path}: rows have different numbers of values {sorted(widths)}; write {columns} per row")
+        a = np.asarray(data, dtype=float).reshape(len(data), widths.pop() if widths else columns)
+    else:
+        raise error(f"cannot read {what} from {path}: use a .csv or .npy file")
+    if a.dtype.kind not in "biuf":
+        raise error(f"{path} holds {a.dtype} data; {what} must be numbers")
+    return a
+
+
+def load_annotation(kind: str, path: str | Path) -> np.ndarray:
+    """A saved annotation: ``strokes`` from a label image (anything ``read_image`` reads, or a
+    .npy) as an int64 paint-convention map; ``boxes`` ``(N, 4)`` int64 or ``points`` ``(N, 2)``
+    float from a .csv (optional header row) or .npy file. Shapes and values are checked by
+    :func:`train_weak`."""
+    _check_kind(kind)
+    p = Path(path)
+    if not p.is_file():
+        raise AnnotationError(f"annotation file {p} does not exist; check the path")
+    if kind == "strokes":
+        if p.suffix.lower() == ".npy":
+            a = np.load(p, allow_pickle=False)
+        else:
+            from medloop.app.io.read import read_image
+
+            img = read_image(p)
+            if img.channel_axis:
+                raise AnnotationError(f"{p} has colour channels; a stroke annotation is a single-channel label image")
+            a = np.asarray(img.array)
+        if a.dtype.kind == "f":
+            if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
+                raise AnnotationError(f"{p} is not a label image: its values are not whole numbers")
+        elif a.dtype.kind not in "biu":
+            raise AnnotationError(f"{p} holds {a.dtype} data, not labels")
+        return a.astype(np.int64)
+    if kind == "boxes":
+        a = _read_table(p, 4, "boxes", BoxError)
+        if a.ndim != 2 or a.shape[1] != 4:
+            raise BoxError(f"Boxes must be an (N, 4) array of (y0, x0, y1, x1), got shape {a.shape}.")
+        if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
+            raise BoxError("Boxes must hold whole pixel indices (y0, x0, y1, x1).")
+        return a.astype(np.int64)
+    a = _read_table(p, 2, "points", AnnotationError)
+    if a.ndim != 2 or a.shape[1] != 2:
+        raise AnnotationError(f"points must be an (N, 2) array of (row, column) coordinates, got shape {a.shape}")
+    return a.astype(float)
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def _num_classes(network: torch.nn.Module) -> int:
+    from medloop.plugins.correction.retrain import output_conv
+
+    return max(2, int(output_conv(network).out_channels))
+
+
+def _config(epochs: int | None, x: np.ndarray, card: Any, network: torch.nn.Module, config: Any) -> Any:
+    from dataclasses import replace
+
+    from medloop.plugins.correction.retrain import default_fine_tune_config
+
+    cfg = default_fine_tune_config() if config is None else config
+    if epochs is not None:
+        cfg = replace(cfg, epochs=int(epochs))
+    if cfg.patch_size is None:
+        roi = card.inference.get("roi_size") if card is not None else None
+        spatial = x.shape[1:]
+        if roi:
+            roi = [int(roi)] * len(spatial) if np.isscalar(roi) else [int(r) for r in roi][-len(spatial) :]
+            if any(s > r for s, r in zip(spatial, roi)):  # large image: train on tiles of the ROI size
+                d = int(getattr(network, "divisible_by", 1) or 1)
+                cfg = replace(cfg, patch_size=tuple(-(-min(s, r) // d) * d for s, r in zip(spatial, roi)))
+    return cfg
+
+
+def run_weak(
+    kind: str,
+    image: MedImage | np.ndarray,
+    annotation: Any,
+    base: Any,
+    seed: int = 0,
+    epochs: int | None = None,
+    mode: str = "auto",
+    rounds: int = 3,
+    progress: Callable[..., None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    config: Any = None,
+    on_round: Callable[[int, np.ndarray], None] | None = None,
+) -> WeakRun:
+    """Train (without saving) on one image's weak annotation; see the module docstring.
+
+    ``base``: a :class:`~medloop.models.registry.ModelEntry` or a network (never modified).
+    ``image``: a :class:`MedImage` (normalised per the entry's card) or an already prepared
+    ``(C, *spatial)`` array. ``config``: a TrainConfig (default
+    :func:`~medloop.plugins.correction.retrain.default_fine_tune_config`), ``epochs`` overrides
+    its epochs. ``on_round(round, labels)`` sees each round's training labels (round 0 first);
+    for boxes a last call ``on_round(rounds_done, final pseudo-labels)`` follows.
+    """
+    from medloop.app.engine.jobs import JobCancelled
+    from medloop.models.registry import ModelEntry, build_model
+    from medloop.plugins.correction.retrain import fine_tune
+
+    _check_kind(kind)
+    card = base.card if isinstance(base, ModelEntry) else None
+    network = build_model(base) if isinstance(base, ModelEntry) else base
+    if not isinstance(network, torch.nn.Module):
+        raise MedloopError(f"run_weak needs a ModelEntry or a torch network, got {type(base).__name__}")
+    if isinstance(image, MedImage):
+        if card is None:
+            raise MedloopError("give a prepared (C, *spatial) array with a bare network, or a ModelEntry with a MedImage")
+        x = model_input(image, card)
+    else:
+        x = np.ascontiguousarray(image, dtype=np.float32)
+    spatial = x.shape[1:]
+    k = _num_classes(network)
+    cfg = _config(epochs, x, card, network, config)
+    rounds = int(rounds)
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+
+    def train(net: torch.nn.Module, labels: np.ndarray, round_seed: int):
+        return fine_tune(
+            net, [(x, labels)], cfg, mode=mode, progress=progress, should_stop=should_stop,
+            seed=round_seed, raise_on_stop=True,
+        )
+
+    if kind == "strokes":
+        s = np.asarray(annotation)
+        if s.shape != spatial:
+            raise AnnotationError(f"annotation shape {s.shape} does not match the image's spatial shape {spatial}")
+        if s.dtype.kind == "f" and not np.all(s == np.round(s)):
+            raise AnnotationError("the stroke annotation must hold whole label numbers")
+        s = s.astype(np.int64)
+        if on_round:
+            on_round(0, s)
+        result = train(network, s, seed)
+        info = {"round": 0, **result.metrics}
+        return WeakRun(
+            result.network, kind, s,
+            annotation_counts={"kind": kind, **result.annotation_counts},
+            metrics={"kind": kind, **result.metrics, "rounds": [info]},
+            rounds=[info],
+        )
+
+    if len(spatial) != 2:
+        raise (BoxError if kind == "boxes" else AnnotationError)(
+            f"{kind} are 2-D annotations; the image is {len(spatial)}-D"
+        )
+    if k != 2:
+        raise (BoxError if kind == "boxes" else AnnotationError)(
+            f"{kind} training needs a two-class (background / foreground) model; this one scores {k} classes"
+        )
+
+    if kind == "points":
+        from medloop.plugins.correction.points import cluster_labels, voronoi_labels
+
+        pts = np.asarray(annotation, dtype=float) if np.size(annotation) else np.zeros((0, 2))
+        vor = voronoi_labels(pts, spatial)
+        clu = cluster_labels(x, pts, rng=seed)
+        labels = np.where(vor > 0, vor, clu).astype(np.int64)
+        if on_round:
+            on_round(0, labels)
+        result = train(network, labels, seed)
+        info = {"round": 0, **result.metrics}
+        counts = {
+            "kind": kind,
+            "points": int(len(pts)),
+            "voronoi_pixels": int((vor > 0).sum()),
+            "cluster_pixels": int((clu > 0).sum()),
+            "conflicting_pixels": int(((vor > 0) & (clu > 0) & (vor != clu)).sum()),
+            **result.annotation_counts,
+        }
+        return WeakRun(result.network, kind, labels, counts, {"kind": kind, **result.metrics, "rounds": [info]}, [info])
+
+    # boxes: Gupta stage 1 (round 0 = filled boxes, then Cues-1 refinement rounds)
+    boxes = np.asarray(annotation)
+    labels = round0_labels(boxes, spatial).astype(np.int64)  # validates: BoxError on bad boxes
+    n_boxes = int(len(boxes))
+    history: list[dict[str, Any]] = []
+    stopped_by_change = False
+    net = network
+    result = None
+    for r in range(rounds):
+        if should_stop is not None and should_stop():
+            raise JobCancelled()
+        if on_round:
+            on_round(r, labels)
+        result = train(net, labels, seed + r)
+        net = result.network
+        pred = predict_labels(net, x)
+        new, resets = apply_cues1(pred, boxes, foreground=1, return_resets=True)
+        frac = changed_fraction(labels, new)
+        history.append(
+            {
+                "round": r,
+                "changed_fraction": frac,
+                "boxes_reset": int(np.count_nonzero(resets)),
+                "foreground_pixels": int((new == FOREGROUND).sum()),
+                **{key: result.metrics.get(key) for key in ("best_val_dice", "epochs_done", "final_train_loss")},
+            }
+        )
+        labels = new.astype(np.int64)
+        if frac < AUTO_STOP_FRACTION:
+            stopped_by_change = True
+            break
+    assert result is not None
+    if on_round:
+        on_round(len(history), labels)  # the final pseudo-labels
+    counts = {
+        "kind": kind,
+        "boxes": n_boxes,
+        "box_pixels": int((round0_labels(boxes, spatial) == FOREGROUND).sum()),
+        "pseudo_foreground_pixels": int((labels == FOREGROUND).sum()),
+        "pseudo_background_pixels": int((labels == BACKGROUND).sum()),
+    }
+    metrics = {
+        "kind": kind,
+        **result.metrics,
+        "seed": int(seed),
+        "rounds_done": len(history),
+        "rounds_max": rounds,
+        "changed_fraction": [h["changed_fraction"] for h in history],
+        "auto_stopped": stopped_by_change,
+        "rounds": history,
+    }
+    return WeakRun(net, kind, labels, counts, metrics, history)
+
+
+def train_weak(
+    kind: str,
+    image: MedImage,
+    annotation: Any,
+    model: str,
+    out_root: Path,
+    models_dir: Path | None = None,
+    seed: int = 0,
+    epochs: int | None = None,
+    mode: str = "auto",
+    rounds: int = 3,
+    progress: Callable[..., None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    *,
+    config: Any = None,
+    on_round: Callable[[int, np.ndarray], None] | None = None,
+    note: str = "",
+) -> Any:
+    """Retrain ``model`` on ``image``'s weak ``annotation`` and save the next version under
+    ``out_root``; returns the new version's :class:`~medloop.models.registry.ModelEntry`.
+
+    ``model``: a registered base model's name (or folder), trained from the base itself, or
+    ``"<name>@v<N>"``, trained from that version under ``out_root``. The new version's card
+    records that start as its parent (the version state is moved there first if another
+    version was current; nothing is deleted), the annotation counts and the metrics
+    (for boxes the per-round changed fraction). Training from the same start with the same
+    annotation and ``seed`` gives identical weights (on the CPU).
+    """
+    from medloop.models.registry import get_model
+    from medloop.plugins.correction.versions import ModelVersions, split_version_name
+
+    _check_kind(kind)
+    base_name, start = split_version_name(str(model))
+    base = get_model(base_name, models_dir)
+    versions = ModelVersions(Path(out_root), base)
+    start_entry = versions.entry(start)  # ModelNotFoundError for a missing version
+    run = run_weak(
+        kind, image, annotation, start_entry, seed=seed, epochs=epochs, mode=mode, rounds=rounds,
+        progress=progress, should_stop=should_stop, config=config, on_round=on_round,
+    )
+    if versions.current != start:
+        versions.rollback(start)  # so the saved version's parent is the version trained from
+    return versions.save(
+        run.network,
+        metrics=run.metrics,
+        annotation_counts=run.annotation_counts,
+        note=note or f"headless {kind} retraining from {versions.name_of(start)} (seed {int(seed)})",
+    )
