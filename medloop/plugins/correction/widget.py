@@ -10,14 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSpinBox,
-    QVBoxLayout, QWidget,
-)
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout
 
 from medloop.app.errors import MedloopError
-from medloop.app.gui.jobs import start_job
 from medloop.app.gui.layers import class_colors, layer_image
+from medloop.app.gui.panel import MethodPanel
 
 if TYPE_CHECKING:
     import napari
@@ -25,20 +22,19 @@ if TYPE_CHECKING:
 BALANCING = ["auto", "mini-batch", "instance", "none"]
 
 
-class CorrectionPanel(QWidget):
+class CorrectionPanel(MethodPanel):
     """Strokes -> live head update or full fine-tune of the chosen model, with versions."""
 
+    cancelled_message = "Cancelled; the model and the layers are unchanged."
+
     def __init__(self, napari_viewer: "napari.Viewer", live_delay_ms: int = 300) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.job = None
+        super().__init__(napari_viewer)
         self.session = None
         self.session_key = None
         self.saver = None
         self.versions = None
         self.pending_live = False
 
-        self.image_combo = QComboBox()
         self.model_combo = QComboBox()
         self.legend = QLabel()
         self.legend.setWordWrap(True)
@@ -51,13 +47,9 @@ class CorrectionPanel(QWidget):
         self.epochs_spin.setValue(10)
         self.new_layer_button = QPushButton("New / restore annotation layer")
         self.finetune_button = QPushButton("Fine-tune model")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
+        self.start_buttons.append(self.finetune_button)
         self.version_combo = QComboBox()
         self.rollback_button = QPushButton("Use this version")
-        self.progress = QProgressBar()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
 
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
@@ -94,21 +86,10 @@ class CorrectionPanel(QWidget):
         self.model_combo.currentIndexChanged.connect(self._model_changed)
         self.new_layer_button.clicked.connect(self.annotation_layer)
         self.finetune_button.clicked.connect(self.fine_tune)
-        self.cancel_button.clicked.connect(self.cancel)
         self.rollback_button.clicked.connect(self.rollback)
-        self.viewer.layers.events.inserted.connect(self.refresh_layers)
-        self.viewer.layers.events.removed.connect(self.refresh_layers)
         self._model_changed()
 
     # -- state --------------------------------------------------------------------------------
-    def refresh_layers(self, *_: Any) -> None:
-        current = self.image_combo.currentText()
-        names = [layer.name for layer in self.viewer.layers if layer._type_string == "image"]
-        self.image_combo.clear()
-        self.image_combo.addItems(names)
-        if current in names:
-            self.image_combo.setCurrentText(current)
-
     def _model_changed(self, *_: Any) -> None:
         from medloop.models.registry import user_models_dir
         from medloop.plugins.correction.versions import ModelVersions
@@ -137,10 +118,6 @@ class CorrectionPanel(QWidget):
 
     def current_entry(self):
         return self.versions.current_entry if self.versions is not None else None
-
-    def image_layer(self):
-        name = self.image_combo.currentText()
-        return self.viewer.layers[name] if name in self.viewer.layers else None
 
     def _names(self) -> tuple[str, str]:
         name = self.image_combo.currentText()
@@ -229,7 +206,7 @@ class CorrectionPanel(QWidget):
         def compute(progress, should_stop):
             return session.update(strokes_now, should_stop=should_stop)
 
-        self._start(compute, lambda labels: self._show_live(labels, z, image, pred_name, entry))
+        self.start(compute, lambda labels: self._show_live(labels, z, image, pred_name, entry))
 
     def _network(self, entry):
         from medloop.models.registry import build_model
@@ -286,7 +263,7 @@ class CorrectionPanel(QWidget):
         def compute(progress, should_stop):
             return fine_tune(entry, pairs, config, mode, progress=progress, should_stop=should_stop, raise_on_stop=True)
 
-        self._start(compute, lambda result: self._save_version(result, counts))
+        self.start(compute, lambda result: self._save_version(result, counts))
 
     def _save_version(self, result, counts) -> None:
         new = self.versions.save(
@@ -313,36 +290,7 @@ class CorrectionPanel(QWidget):
         self.status.setText(f"Using {entry.name}.")
 
     # -- jobs ---------------------------------------------------------------------------------
-    def _start(self, compute, on_done) -> None:
-        self.finetune_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.job = start_job(
-            compute,
-            on_done=on_done,
-            on_progress=self._on_progress,
-            on_error=self._on_error,
-            on_cancelled=lambda: self.status.setText("Cancelled; the model and the layers are unchanged."),
-            on_finished=self._finished,
-        )
-
-    def _on_progress(self, done: int, total: int) -> None:
-        self.progress.setMaximum(max(total, 1))
-        self.progress.setValue(done)
-
-    def _on_error(self, exc: Exception) -> None:
-        from napari.utils.notifications import show_error
-
-        self.status.setText(f"Failed: {exc}")
-        show_error(str(exc))
-
-    def _finished(self) -> None:
-        self.job = None
-        self.finetune_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        if self.pending_live:
+    def job_finished(self) -> None:
+        if self.pending_live:  # strokes came in while a job ran: catch up now
             self.pending_live = False
             self.live_update()
-
-    def cancel(self) -> None:
-        if self.job is not None:
-            self.job.cancel()

@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar,
-    QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox,
+    QVBoxLayout,
 )
 
 from medloop.app.errors import MedloopError
-from medloop.app.gui.jobs import start_job
 from medloop.app.gui.layers import class_colors, layer_image
+from medloop.app.gui.panel import MethodPanel
 
 if TYPE_CHECKING:
     import napari
@@ -31,16 +31,13 @@ def _warm_up_compute_imports() -> None:
     Labels(np.zeros((1, 1), np.uint8))  # napari builds its label colour tables on first use
 
 
-class SegmentationPanel(QWidget):
+class SegmentationPanel(MethodPanel):
     """Runs :func:`medloop.plugins.segmentation.method.segment` on the chosen layer."""
 
     def __init__(self, napari_viewer: "napari.Viewer") -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.job = None
+        super().__init__(napari_viewer)
         self.last_result = None
 
-        self.image_combo = QComboBox()
         self.model_combo = QComboBox()
         self.model_info = QLabel()
         self.model_info.setWordWrap(True)
@@ -52,11 +49,7 @@ class SegmentationPanel(QWidget):
         self.overlap_spin.setSingleStep(0.05)
         self.probabilities_check = QCheckBox("Also show class probabilities")
         self.run_button = QPushButton("Run")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.start_buttons.append(self.run_button)
 
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
@@ -81,9 +74,6 @@ class SegmentationPanel(QWidget):
         self.refresh_layers()
         self.model_combo.currentIndexChanged.connect(self._model_changed)
         self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
-        self.viewer.layers.events.inserted.connect(self.refresh_layers)
-        self.viewer.layers.events.removed.connect(self.refresh_layers)
         self._model_changed()
         _warm_up_compute_imports()
 
@@ -98,14 +88,6 @@ class SegmentationPanel(QWidget):
         from medloop.app.engine.devices import available_devices
 
         self.device_combo.addItems(["auto", *available_devices()])
-
-    def refresh_layers(self, *_: Any) -> None:
-        current = self.image_combo.currentText()
-        names = [layer.name for layer in self.viewer.layers if layer._type_string == "image"]
-        self.image_combo.clear()
-        self.image_combo.addItems(names)
-        if current in names:
-            self.image_combo.setCurrentText(current)
 
     def _model_changed(self, *_: Any) -> None:
         entry = self.current_model()
@@ -153,37 +135,11 @@ class SegmentationPanel(QWidget):
             probabilities=self.probabilities_check.isChecked(),
             models_dir=None if entry.packaged else entry.folder.parent,
         )
-        self._set_running(True)
         self.status.setText(f"Segmenting {name} with {entry.name} ...")
-        self.job = start_job(
+        self.start(
             lambda progress, should_stop: segment(image, params, progress, should_stop),
-            on_done=lambda result: self._show_result(name, result),
-            on_progress=self._on_progress,
-            on_error=self._on_error,
-            on_cancelled=lambda: self.status.setText("Cancelled; nothing was changed."),
-            on_finished=lambda: self._set_running(False),
+            lambda result: self._show_result(name, result),
         )
-
-    def cancel(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
-            self.status.setText("Cancelling ...")
-
-    def _on_progress(self, done: int, total: int) -> None:
-        self.progress.setMaximum(max(total, 1))
-        self.progress.setValue(done)
-
-    def _on_error(self, exc: Exception) -> None:
-        from napari.utils.notifications import show_error
-
-        self.status.setText(f"Failed: {exc}")
-        show_error(str(exc))
-
-    def _set_running(self, running: bool) -> None:
-        self.run_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
-        if not running:
-            self.job = None
 
     def _show_result(self, image_name: str, result) -> None:
         """Create the result layers, or update them in place on a re-run."""
