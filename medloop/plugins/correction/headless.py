@@ -88,8 +88,7 @@ def _check_kind(kind: str) -> None:
 def model_input(image: MedImage, card: Any) -> np.ndarray:
     """``(C, *spatial)`` float32 network input for ``image`` on its own grid, normalised as the
     model ``card`` says. Refuses images of the wrong dimensionality or channel count."""
-    from medloop.app.engine.resample import normalise
-    from medloop.plugins.segmentation.method import check_input
+    from medloop.plugins.segmentation.method import check_input, network_input
 
     check_input(image, card)
     if image.ndim != card.spatial_dims:
@@ -97,9 +96,7 @@ def model_input(image: MedImage, card: Any) -> np.ndarray:
             f"model {card.name} is {card.spatial_dims}-D but the image is {image.ndim}-D; "
             "retrain on a single slice or pick a model of the image's dimensionality"
         )
-    values = normalise(np.asarray(image.array), card.normalisation)
-    x = np.moveaxis(values, -1, 0) if image.channel_axis else values[None]
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return network_input(image, card)
 
 
 def predict_labels(network: torch.nn.Module, x: np.ndarray) -> np.ndarray:

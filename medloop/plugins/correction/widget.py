@@ -124,10 +124,9 @@ class CorrectionPanel(MethodPanel):
         return f"{name} annotations", f"{name} prediction"
 
     def _model_input(self, image) -> np.ndarray:
-        from medloop.app.engine.resample import normalise
+        from medloop.plugins.segmentation.method import network_input
 
-        values = normalise(np.asarray(image.array), self.current_entry().card.normalisation)
-        return np.moveaxis(values, -1, 0) if image.channel_axis else values[None]
+        return network_input(image, self.current_entry().card)
 
     # -- annotation layer and autosave --------------------------------------------------------
     def annotation_layer(self):

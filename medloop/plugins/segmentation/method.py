@@ -82,7 +82,7 @@ def segment(
     Raises ``JobCancelled`` (from the engine) when ``should_stop()`` turns true.
     """
     from medloop.app.engine.devices import choose_device
-    from medloop.app.engine.resample import normalise, probabilities_to_grid, to_model_grid
+    from medloop.app.engine.resample import probabilities_to_grid, to_model_grid
     from medloop.app.engine.tiling import predict_labels, sliding_window_inference
     from medloop.models.registry import build_model, get_model
 
@@ -94,8 +94,7 @@ def segment(
     if network is None:
         network = build_model(entry, device)
     grid = to_model_grid(_scalar(image), card.spacing, card.orientation)
-    values = normalise(np.asarray(grid.array), card.normalisation)
-    inputs = np.moveaxis(values, -1, 0) if grid.channel_axis else values[None]
+    inputs = network_input(grid, card)
     inference = card.inference
     roi = tuple(params.roi_size or inference.get("roi_size") or grid.shape[: grid.ndim])
     overlap = params.overlap if params.overlap is not None else float(inference.get("overlap", 0.25))
@@ -191,6 +190,15 @@ def segment_slide_file(
         "device": str(device), "roi_size": list(roi), "overlap": overlap, "level": level,
         "seconds": round(time.perf_counter() - started, 3), "classes": card.classes,
     }
+
+
+def network_input(image: MedImage, card) -> np.ndarray:
+    """``(C, *spatial)`` float32: ``image`` on its own grid, normalised as ``card`` says, channels first."""
+    from medloop.app.engine.resample import normalise
+
+    values = normalise(np.asarray(image.array), card.normalisation)
+    x = np.moveaxis(values, -1, 0) if image.channel_axis else values[None]
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _slice_by_slice(inputs: np.ndarray, network, roi_2d: tuple[int, ...], axis: int):
