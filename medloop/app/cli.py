@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--models-dir", type=Path, help="folder of registered models (default: your user data folder)")
     train.add_argument("--seed", type=int, default=0, help="--weak: random seed (same seed, same weights)")
     train.add_argument("--balancing", default="auto", choices=["auto", "none", "instance", "mini-batch"], help="--weak strokes: loss balancing")
+    train.add_argument("--rounds", type=int, default=3, help="--weak boxes: at most this many refinement rounds")
+    train.add_argument("--unlabeled", type=Path, nargs="+", default=[], metavar="IMG", help="--weak boxes: unannotated images for stage 2 (Cues 2)")
+    train.add_argument("--crf", action="store_true", help="--weak points: add the CRF-loss fine-tune stage")
+    train.add_argument("--boundary-loss", action="store_true", help="--weak strokes: generalised Dice + boundary loss on fully annotated tiles (small structures)")
     return parser
 
 
@@ -300,7 +304,8 @@ def _train_weak(args: argparse.Namespace) -> int:
     annotation = load_annotation(args.weak, args.annotation)
     entry = train_weak(
         args.weak, image, annotation, args.model, args.out, models_dir=args.models_dir, seed=args.seed,
-        epochs=args.epochs, mode=args.balancing,
+        epochs=args.epochs, mode=args.balancing, rounds=args.rounds, crf=args.crf, boundary=args.boundary_loss,
+        unlabeled=[_read(argparse.Namespace(series=None, allow_irregular=False), u) for u in args.unlabeled],
     )
     print(f"wrote {entry.name} in {entry.folder}")
     return 0

@@ -29,7 +29,7 @@ two-class (background / foreground) 2-D model. ``should_stop`` cancels with
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,15 +39,7 @@ import torch
 
 from medloop.app.errors import MedloopError
 from medloop.app.io.image import MedImage
-from medloop.plugins.correction.boxes import (
-    AUTO_STOP_FRACTION,
-    BACKGROUND,
-    FOREGROUND,
-    BoxError,
-    apply_cues1,
-    changed_fraction,
-    round0_labels,
-)
+from medloop.plugins.correction.boxes import BoxError
 from medloop.plugins.correction.weaklabels import AnnotationError
 
 __all__ = [
@@ -234,6 +226,10 @@ def run_weak(
     should_stop: Callable[[], bool] | None = None,
     config: Any = None,
     on_round: Callable[[int, np.ndarray], None] | None = None,
+    *,
+    crf: bool = False,
+    unlabeled: Sequence[MedImage | np.ndarray] = (),
+    boundary: bool = False,
 ) -> WeakRun:
     """Train (without saving) on one image's weak annotation; see the module docstring.
 
@@ -243,6 +239,10 @@ def run_weak(
     :func:`~medloop.plugins.correction.retrain.default_fine_tune_config`), ``epochs`` overrides
     its epochs. ``on_round(round, labels)`` sees each round's training labels (round 0 first);
     for boxes a last call ``on_round(rounds_done, final pseudo-labels)`` follows.
+
+    Options: ``crf`` (points) adds Qu et al.'s CRF-loss fine-tune stage; ``unlabeled`` (boxes)
+    images for Gupta et al.'s stage 2 (Cues 2); ``boundary`` (strokes) trains with generalised
+    Dice + boundary loss (Kervadec et al.) on fully annotated tiles, for small structures.
     """
     from medloop.app.engine.jobs import JobCancelled
     from medloop.models.registry import ModelEntry, build_model
@@ -266,10 +266,12 @@ def run_weak(
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
 
-    def train(net: torch.nn.Module, labels: np.ndarray, round_seed: int):
+    def train(net: torch.nn.Module, labels: np.ndarray | None, round_seed: int, loss_fn: Any = None, pairs: Any = ()):
+        """Fine-tune a copy of ``net`` on ``(x, labels)`` (skipped when None) and ``pairs``."""
+        todo = ([(x, labels)] if labels is not None else []) + list(pairs)
         return fine_tune(
-            net, [(x, labels)], cfg, mode=mode, progress=progress, should_stop=should_stop,
-            seed=round_seed, raise_on_stop=True,
+            net, todo, cfg, mode=mode, progress=progress, should_stop=should_stop,
+            seed=round_seed, raise_on_stop=True, loss_fn=loss_fn,
         )
 
     if kind == "strokes":
@@ -281,7 +283,12 @@ def run_weak(
         s = s.astype(np.int64)
         if on_round:
             on_round(0, s)
-        result = train(network, s, seed)
+        loss_fn = None
+        if boundary:
+            from medloop.plugins.correction.boundary_training import boundary_loss_fn
+
+            loss_fn = boundary_loss_fn(cfg, k)
+        result = train(network, s, seed, loss_fn=loss_fn)
         info = {"round": 0, **result.metrics}
         return WeakRun(
             result.network, kind, s,
@@ -300,78 +307,16 @@ def run_weak(
         )
 
     if kind == "points":
-        from medloop.plugins.correction.points import cluster_labels, voronoi_labels
+        from medloop.plugins.correction.point_training import run_points
 
-        pts = np.asarray(annotation, dtype=float) if np.size(annotation) else np.zeros((0, 2))
-        vor = voronoi_labels(pts, spatial)
-        clu = cluster_labels(x, pts, rng=seed)
-        labels = np.where(vor > 0, vor, clu).astype(np.int64)
-        if on_round:
-            on_round(0, labels)
-        result = train(network, labels, seed)
-        info = {"round": 0, **result.metrics}
-        counts = {
-            "kind": kind,
-            "points": int(len(pts)),
-            "voronoi_pixels": int((vor > 0).sum()),
-            "cluster_pixels": int((clu > 0).sum()),
-            "conflicting_pixels": int(((vor > 0) & (clu > 0) & (vor != clu)).sum()),
-            **result.annotation_counts,
-        }
-        return WeakRun(result.network, kind, labels, counts, {"kind": kind, **result.metrics, "rounds": [info]}, [info])
+        return run_points(network, x, annotation, train, seed=seed, on_round=on_round, crf=crf, config=cfg)
+    from medloop.plugins.correction.box_training import run_boxes
 
-    # boxes: Gupta stage 1 (round 0 = filled boxes, then Cues-1 refinement rounds)
-    boxes = np.asarray(annotation)
-    labels = round0_labels(boxes, spatial).astype(np.int64)  # validates: BoxError on bad boxes
-    n_boxes = int(len(boxes))
-    history: list[dict[str, Any]] = []
-    stopped_by_change = False
-    net = network
-    result = None
-    for r in range(rounds):
-        if should_stop is not None and should_stop():
-            raise JobCancelled()
-        if on_round:
-            on_round(r, labels)
-        result = train(net, labels, seed + r)
-        net = result.network
-        pred = predict_labels(net, x)
-        new, resets = apply_cues1(pred, boxes, foreground=1, return_resets=True)
-        frac = changed_fraction(labels, new)
-        history.append(
-            {
-                "round": r,
-                "changed_fraction": frac,
-                "boxes_reset": int(np.count_nonzero(resets)),
-                "foreground_pixels": int((new == FOREGROUND).sum()),
-                **{key: result.metrics.get(key) for key in ("best_val_dice", "epochs_done", "final_train_loss")},
-            }
-        )
-        labels = new.astype(np.int64)
-        if frac < AUTO_STOP_FRACTION:
-            stopped_by_change = True
-            break
-    assert result is not None
-    if on_round:
-        on_round(len(history), labels)  # the final pseudo-labels
-    counts = {
-        "kind": kind,
-        "boxes": n_boxes,
-        "box_pixels": int((round0_labels(boxes, spatial) == FOREGROUND).sum()),
-        "pseudo_foreground_pixels": int((labels == FOREGROUND).sum()),
-        "pseudo_background_pixels": int((labels == BACKGROUND).sum()),
-    }
-    metrics = {
-        "kind": kind,
-        **result.metrics,
-        "seed": int(seed),
-        "rounds_done": len(history),
-        "rounds_max": rounds,
-        "changed_fraction": [h["changed_fraction"] for h in history],
-        "auto_stopped": stopped_by_change,
-        "rounds": history,
-    }
-    return WeakRun(net, kind, labels, counts, metrics, history)
+    extra = [model_input(u, card) if isinstance(u, MedImage) else np.ascontiguousarray(u, dtype=np.float32) for u in unlabeled]
+    return run_boxes(
+        network, x, annotation, train, seed=seed, rounds=rounds, should_stop=should_stop, on_round=on_round,
+        unlabeled=extra,
+    )
 
 
 def train_weak(
@@ -391,6 +336,9 @@ def train_weak(
     config: Any = None,
     on_round: Callable[[int, np.ndarray], None] | None = None,
     note: str = "",
+    crf: bool = False,
+    unlabeled: Sequence[MedImage] = (),
+    boundary: bool = False,
 ) -> Any:
     """Retrain ``model`` on ``image``'s weak ``annotation`` and save the next version under
     ``out_root``; returns the new version's :class:`~medloop.models.registry.ModelEntry`.
@@ -413,6 +361,7 @@ def train_weak(
     run = run_weak(
         kind, image, annotation, start_entry, seed=seed, epochs=epochs, mode=mode, rounds=rounds,
         progress=progress, should_stop=should_stop, config=config, on_round=on_round,
+        crf=crf, unlabeled=unlabeled, boundary=boundary,
     )
     if versions.current != start:
         versions.rollback(start)  # so the saved version's parent is the version trained from

@@ -420,6 +420,7 @@ def fine_tune(
     seed: int = 0,
     *,
     raise_on_stop: bool = False,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> FineTuneResult:
     """Fine-tune a copy of a network on stroke annotations.
 
@@ -434,6 +435,9 @@ def fine_tune(
         progress, should_stop: passed to ``train_segmentation``; on stop the result has
             ``stopped=True`` (or :class:`~medloop.app.engine.jobs.JobCancelled` is raised with
             ``raise_on_stop``). The caller's network is unchanged either way.
+        loss_fn: replaces the balanced stroke loss: ``loss_fn(logits, target, weight)`` with
+            ``target`` the (augmented) paint-convention label map and ``weight`` 1 on its
+            annotated pixels (used by point and boundary-loss training).
         validation_fraction: share of each class's stroke components held out (seeded by
             ``seed``) to validate per epoch, keep the best weights and stop early
             (``config.early_stop_patience``). 0, or too few strokes, trains without validation.
@@ -481,7 +485,7 @@ def fine_tune(
         train_pairs,
         val_pairs or None,
         config,
-        loss_fn=_stroke_loss(mode),
+        loss_fn=loss_fn if loss_fn is not None else _stroke_loss(mode),
         progress=progress,
         should_stop=should_stop,
         copy_model=True,
