@@ -20,6 +20,7 @@ class _Bridge(QObject):
     """Carries progress from the worker thread to the GUI thread (queued signal)."""
 
     progressed = Signal(int, int)
+    reported = Signal(object)  # the info dict of a progress call, e.g. an epoch's losses
 
 
 @dataclass
@@ -45,20 +46,29 @@ def start_job(
     on_error: Callable[[Exception], None] | None = None,
     on_cancelled: Callable[[], None] | None = None,
     on_finished: Callable[[], None] | None = None,
+    on_info: Callable[[dict[str, Any]], None] | None = None,
 ) -> Job:
     """Start ``compute(progress, should_stop)`` in a worker thread; callbacks run on the GUI thread.
 
     A ``JobCancelled`` from the compute calls ``on_cancelled``; a ``MedloopError`` (or any other
     exception) calls ``on_error`` (default: a napari error notification). ``on_finished`` runs last
-    in every case.
+    in every case. ``on_info(info)`` receives the optional third argument of
+    ``progress(done, total, info)`` (training reports each epoch's losses this way).
     """
     stop = threading.Event()
     bridge = _Bridge()
     if on_progress is not None:
         bridge.progressed.connect(on_progress)
+    if on_info is not None:
+        bridge.reported.connect(on_info)
+
+    def progress(done: int, total: int, info: dict[str, Any] | None = None) -> None:
+        bridge.progressed.emit(int(done), int(total))
+        if info:
+            bridge.reported.emit(dict(info))
 
     def run():
-        return compute(lambda done, total: bridge.progressed.emit(int(done), int(total)), stop.is_set)
+        return compute(progress, stop.is_set)
 
     # superqt's worker (not napari's): errors reach only our handler, not a second notification.
     worker = create_worker(run, _start_thread=False, _ignore_errors=True)

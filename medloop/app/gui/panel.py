@@ -48,8 +48,11 @@ class MethodPanel(QWidget):
         name = self.image_combo.currentText()
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
-    def start(self, compute: Callable, on_done: Callable[[Any], None]) -> None:
-        """Run ``compute(progress, should_stop)`` in a worker; ``on_done(result)`` on success."""
+    def start(
+        self, compute: Callable, on_done: Callable[[Any], None], on_info: Callable[[dict], None] | None = None
+    ) -> None:
+        """Run ``compute(progress, should_stop)`` in a worker; ``on_done(result)`` on success,
+        ``on_info(info)`` for every ``progress(done, total, info)`` that carries an info dict."""
         self._set_running(True)
         self.job = start_job(
             compute,
@@ -58,6 +61,7 @@ class MethodPanel(QWidget):
             on_error=self._on_error,
             on_cancelled=lambda: self.status.setText(self.cancelled_message),
             on_finished=self._finished,
+            on_info=on_info,
         )
 
     def cancel(self) -> None:

@@ -40,6 +40,7 @@ from medloop.app.errors import ImageMismatchError, MedloopError, MedloopWarning
 from medloop.app.io.image import MedImage
 
 ANNOTATION_SUFFIX = ".annotation.nii.gz"
+TABLE_SUFFIX = ".annotation.csv"  # boxes and points: one row per shape, array (data) coordinates
 PROJECT_SUBFOLDER = ".medloop"
 # Temporary files of interrupted writes older than this are deleted when a store is opened.
 STALE_TEMP_SECONDS = 60.0
@@ -195,12 +196,52 @@ class AnnotationStore:
             return None
         return np.asarray(saved.array)
 
+    def table_path_for(self, image: MedImage, name: str) -> Path:
+        if not name:
+            raise ValueError("an annotation needs a layer name")
+        return self.folder / f"{self.image_key(image)}.{_quote(name, dots=False)}{TABLE_SUFFIX}"
+
+    def save_table(self, image: MedImage, name: str, rows: np.ndarray) -> Path:
+        """Write boxes or points (``(N, D)`` numbers in the image's array coordinates) as CSV,
+        replacing the file atomically. The header names the axes (``axis-0``, ...)."""
+        from medloop.app.errors import ImageWriteError
+        from medloop.app.io.atomic import atomic_target
+
+        target = self.table_path_for(image, name)
+        arr = np.asarray(rows, dtype=float)
+        if arr.ndim != 2:
+            arr = arr.reshape(len(arr), -1) if arr.size else np.zeros((0, 0))
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with atomic_target(target, suffix=".csv") as tmp:
+                header = ",".join(f"axis-{i}" for i in range(arr.shape[1]))
+                np.savetxt(tmp, arr, delimiter=",", header=header, comments="", fmt="%.6g")
+        except OSError as exc:
+            raise ImageWriteError(f"cannot write {target} ({exc.strerror})") from None
+        return target
+
+    def load_table(self, image: MedImage, name: str) -> np.ndarray | None:
+        """The saved boxes/points of ``image``'s layer ``name`` (``(N, D)`` floats), or None.
+        An unreadable file is reported with a :class:`MedloopWarning` and left in place."""
+        p = self.table_path_for(image, name)
+        if not p.is_file():
+            return None
+        try:
+            lines = p.read_text().splitlines()
+            columns = len(lines[0].split(",")) if lines and lines[0].strip() else 0
+            body = [line for line in lines[1:] if line.strip()]
+            rows = np.loadtxt(body, delimiter=",", ndmin=2) if body else np.zeros((0, columns))
+        except (OSError, ValueError, IndexError) as exc:
+            warnings.warn(f"ignoring saved annotation {p}: {exc}", MedloopWarning, stacklevel=2)
+            return None
+        return rows
+
     def temp_files(self) -> list[Path]:
         """Temporary files of interrupted writes (``.<name>.annotation.nii.gz.<random>.nii.gz``)."""
         if not self.folder.is_dir():
             return []
         return sorted(
-            p for p in self.folder.iterdir() if p.name.startswith(".") and ANNOTATION_SUFFIX + "." in p.name
+            p for p in self.folder.iterdir() if p.name.startswith(".") and (ANNOTATION_SUFFIX + "." in p.name or TABLE_SUFFIX + "." in p.name)
         )
 
     def clean_stale_temps(self, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
@@ -253,13 +294,15 @@ class Autosaver:
         delay: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         on_error: Callable[[BaseException], None] | None = None,
+        table: bool = False,
     ) -> None:
         self.store, self.image, self.name = store, image, name
+        self.table = bool(table)  # boxes/points rows (save_table) instead of a label array
         self.get_labels = get_labels
         self.delay = float(delay)
         self.clock = clock
         self.on_error = on_error or _warn
-        self.path = store.path_for(image, name)
+        self.path = store.table_path_for(image, name) if table else store.path_for(image, name)
         self.last_saved: float | None = None
         self.saves = 0
         self.errors = 0
@@ -335,7 +378,7 @@ class Autosaver:
                 self._due = None
             try:
                 labels = np.array(self.get_labels(), copy=True)
-                self.store.save(self.image, self.name, labels)
+                (self.store.save_table if self.table else self.store.save)(self.image, self.name, labels)
             except Exception as exc:  # noqa: BLE001 - reported, and retried on the next edit
                 with self._cond:
                     self._dirty = True  # not scheduled: the next edit (or flush/close) retries

@@ -1,7 +1,22 @@
-"""Box training (Gupta et al.) stage 1: round 0 trains on the filled boxes, each later round on
-the Cues-1 refinement of the previous round's prediction, stopping once fewer than 1 % of the
-pixels change. Used by :func:`~medloop.plugins.correction.headless.run_weak` (CLI
-``medloop train --weak boxes``) and the Correction panel alike.
+"""Box training (Gupta et al., MIDL 2019; spec section 2).
+
+Stage 1: round 0 trains on the filled boxes, each later round on the Cues-1 refinement of the
+previous round's prediction of the *boxed training images*, stopping once fewer than 1 % of the
+pixels change. Stage 2 (only with ``unlabeled`` images): the final Stage-1 model segments the
+Stage-1 images; the 2.5th-97.5th percentiles of their objects' area and eccentricity are the
+Cues-2 bounds. Then, for up to :data:`STAGE2_ROUNDS` rounds, the current model segments the
+unlabeled images, only objects within the bounds are kept as foreground pseudo-labels, and the
+model continues training on the Stage-1 pseudo-labels plus these; it stops once fewer than 1 % of
+the unlabeled pseudo-label pixels change.
+
+Stage 2 sees only images: the unlabeled set enters as ``(C, H, W)`` arrays and its labels are the
+model's own (filtered) predictions, so no truth can reach it (BX-5). The bounds are computed from
+the Stage-1 images only.
+
+:func:`run_boxes_many` holds the one implementation (a list of boxed images);
+:func:`run_boxes` is its single-image form, used by
+:func:`~medloop.plugins.correction.headless.run_weak` (CLI ``medloop train --weak boxes``) and
+the Correction panel.
 """
 
 from __future__ import annotations
@@ -17,14 +32,30 @@ from medloop.plugins.correction.boxes import (
     AUTO_STOP_FRACTION,
     BACKGROUND,
     FOREGROUND,
+    BoxError,
     apply_cues1,
+    apply_cues2,
     changed_fraction,
+    cues2_bounds,
+    object_features,
     round0_labels,
 )
 from medloop.plugins.correction.headless import WeakRun, predict_labels
 
+#: Stage 2 rounds at most (the paper's 5).
+STAGE2_ROUNDS = 5
+#: Pseudo-label of the pixels of objects Cues 2 drops: 0 = unlabeled (ignored by the loss). The
+#: paper leaves the value unstated; a dropped object may well be a true object of unusual size or
+#: shape, so teaching it as background would be the worse error.
+DROPPED_LABEL = 0
+
 # train(network, labels for x or None, seed, loss_fn=None, pairs=((x2, labels2), ...)) -> FineTuneResult
 TrainFn = Callable[..., Any]
+# train_many(network, [(x, labels), ...], seed) -> FineTuneResult (a trained copy in .network)
+TrainManyFn = Callable[..., Any]
+# on_model(info, network): called after every training round (stage 1 and 2) with that round's
+# info dict (keys "stage", "round", ...) and the network it produced; for evaluation/logging.
+OnModelFn = Callable[[dict[str, Any], torch.nn.Module], None]
 
 
 def run_boxes(
@@ -37,54 +68,127 @@ def run_boxes(
     should_stop: Callable[[], bool] | None = None,
     on_round: Callable[[int, np.ndarray], None] | None = None,
     unlabeled: Sequence[np.ndarray] = (),
+    *,
+    stage2_rounds: int = STAGE2_ROUNDS,
+    on_model: OnModelFn | None = None,
 ) -> WeakRun:
     """Stage 1 on the ``(N, 4)`` boxes ``(y0, x0, y1, x1)`` of the ``(C, H, W)`` input ``x``;
     each round continues from the previous round's network. ``unlabeled``: ``(C, H, W)`` inputs
-    for stage 2 (Cues 2)."""
-    if len(unlabeled):
-        raise NotImplementedError("stage 2: to be implemented")
-    spatial = x.shape[1:]
+    for stage 2 (Cues 2). ``on_round(round, labels)`` sees each Stage-1 round's training labels
+    of ``x`` and finally the last pseudo-labels. See :func:`run_boxes_many`."""
+
+    def train_many(net: torch.nn.Module, pairs: Sequence[tuple[np.ndarray, np.ndarray]], round_seed: int) -> Any:
+        (x0, labels0), *rest = pairs  # x0 is x: the first pair is always the boxed image
+        return train(net, labels0, round_seed, pairs=rest)
+
+    run = run_boxes_many(
+        network, [x], [annotation], train_many, seed=seed, rounds=rounds, should_stop=should_stop,
+        on_round=(lambda r, labels: on_round(r, labels[0])) if on_round else None,
+        unlabeled=unlabeled, stage2_rounds=stage2_rounds, on_model=on_model,
+    )
+    run.labels = run.labels[0]
+    return run
+
+
+def run_boxes_many(
+    network: torch.nn.Module,
+    xs: Sequence[np.ndarray],
+    boxes_list: Sequence[Any],
+    train_many: TrainManyFn,
+    seed: int = 0,
+    rounds: int = 3,
+    should_stop: Callable[[], bool] | None = None,
+    on_round: Callable[[int, list[np.ndarray]], None] | None = None,
+    unlabeled: Sequence[np.ndarray] = (),
+    *,
+    stage2_rounds: int = STAGE2_ROUNDS,
+    on_model: OnModelFn | None = None,
+) -> WeakRun:
+    """Gupta et al.'s Stage 1 on several boxed ``(C, H, W)`` images ``xs`` (``boxes_list[i]``:
+    the ``(N_i, 4)`` boxes of ``xs[i]``), then Stage 2 on ``unlabeled`` if any.
+
+    ``train_many(net, [(x, labels), ...], seed)`` trains a copy of ``net`` on paint-convention
+    label maps (0 unlabeled, 1 background, 2 foreground) and returns a result with ``.network``
+    and ``.metrics``. Each round continues from the previous round's network; round ``r`` of
+    stage 1 uses seed ``seed + r``, round ``r`` of stage 2 ``seed + rounds + r``.
+
+    Returns a :class:`WeakRun` whose ``labels`` is the list of final Stage-1 pseudo-labels (one
+    per image), ``metrics["rounds"]`` the Stage-1 rounds, ``metrics["stage2"]`` the Stage-2
+    bounds and rounds (absent without ``unlabeled``) and ``rounds`` all rounds, each tagged with
+    its ``stage``. ``should_stop()`` true before a round (or inside training) raises
+    :class:`JobCancelled`; nothing is returned and ``network`` is never modified.
+    """
+    xs = [np.asarray(x) for x in xs]
+    if not xs or len(xs) != len(boxes_list):
+        raise ValueError(f"need one box array per image: {len(xs)} images, {len(boxes_list)} box arrays")
+    rounds = int(rounds)
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
     kind = "boxes"
-    boxes = np.asarray(annotation)
-    labels = round0_labels(boxes, spatial).astype(np.int64)  # validates: BoxError on bad boxes
-    n_boxes = int(len(boxes))
+    boxes = [np.asarray(b) for b in boxes_list]
+    round0 = [round0_labels(b, x.shape[1:]) for b, x in zip(boxes, xs)]  # validates: BoxError
+    labels = [r0.astype(np.int64) for r0 in round0]
+    n_boxes = int(sum(len(b) for b in boxes))
+
+    def check_stop() -> None:
+        if should_stop is not None and should_stop():
+            raise JobCancelled()
+
     history: list[dict[str, Any]] = []
     stopped_by_change = False
     net = network
     result = None
+    preds: list[np.ndarray] = []
     for r in range(rounds):
-        if should_stop is not None and should_stop():
-            raise JobCancelled()
+        check_stop()
         if on_round:
             on_round(r, labels)
-        result = train(net, labels, seed + r)
+        result = train_many(net, list(zip(xs, labels)), seed + r)
         net = result.network
-        pred = predict_labels(net, x)
-        new, resets = apply_cues1(pred, boxes, foreground=1, return_resets=True)
+        preds = [predict_labels(net, x) for x in xs]
+        new, resets = [], 0
+        for p, b in zip(preds, boxes):
+            lab, res = apply_cues1(p, b, foreground=1, return_resets=True)
+            new.append(lab.astype(np.int64))
+            resets += int(np.count_nonzero(res))
         frac = changed_fraction(labels, new)
-        history.append(
-            {
-                "round": r,
-                "changed_fraction": frac,
-                "boxes_reset": int(np.count_nonzero(resets)),
-                "foreground_pixels": int((new == FOREGROUND).sum()),
-                **{key: result.metrics.get(key) for key in ("best_val_dice", "epochs_done", "final_train_loss")},
-            }
-        )
-        labels = new.astype(np.int64)
+        info = {
+            "stage": 1,
+            "round": r,
+            "changed_fraction": frac,
+            "boxes_reset": resets,
+            "foreground_pixels": int(sum((n == FOREGROUND).sum() for n in new)),
+            **{key: result.metrics.get(key) for key in ("best_val_dice", "epochs_done", "final_train_loss")},
+        }
+        history.append(info)
+        labels = new
+        if on_model:
+            on_model(dict(info, pseudo_labels=labels), net)
         if frac < AUTO_STOP_FRACTION:
             stopped_by_change = True
             break
     assert result is not None
     if on_round:
         on_round(len(history), labels)  # the final pseudo-labels
+
+    stage2: dict[str, Any] | None = None
+    stage2_history: list[dict[str, Any]] = []
+    if len(unlabeled):
+        net, result, stage2, stage2_history = _stage2(
+            net, result, xs, boxes, preds, labels, unlabeled, train_many, seed + rounds,
+            int(stage2_rounds), check_stop, on_model,
+        )
+
     counts = {
         "kind": kind,
+        "images": len(xs),
         "boxes": n_boxes,
-        "box_pixels": int((round0_labels(boxes, spatial) == FOREGROUND).sum()),
-        "pseudo_foreground_pixels": int((labels == FOREGROUND).sum()),
-        "pseudo_background_pixels": int((labels == BACKGROUND).sum()),
+        "box_pixels": int(sum((r0 == FOREGROUND).sum() for r0 in round0)),
+        "pseudo_foreground_pixels": int(sum((lab == FOREGROUND).sum() for lab in labels)),
+        "pseudo_background_pixels": int(sum((lab == BACKGROUND).sum() for lab in labels)),
     }
+    if stage2 is not None:
+        counts["unlabeled_images"] = len(unlabeled)
     metrics = {
         "kind": kind,
         **result.metrics,
@@ -95,6 +199,100 @@ def run_boxes(
         "auto_stopped": stopped_by_change,
         "rounds": history,
     }
-    return WeakRun(net, kind, labels, counts, metrics, history)
+    if stage2 is not None:
+        metrics["stage2"] = stage2
+    return WeakRun(net, kind, labels, counts, metrics, history + stage2_history)
 
 
+def stage1_objects(pred: np.ndarray, boxes: Any) -> np.ndarray:
+    """The Stage-1 segmentation of a boxed image whose objects Cues 2 measures: the predicted
+    foreground (class 1) inside the boxes; predicted foreground outside every box is known to be
+    wrong (boxes are exhaustive, Cues 1) and would skew the statistics."""
+    inside = round0_labels(boxes, pred.shape) == FOREGROUND
+    return (np.asarray(pred) == 1) & inside
+
+
+def _stage2(
+    net: torch.nn.Module,
+    result: Any,
+    xs: list[np.ndarray],
+    boxes: list[np.ndarray],
+    stage1_preds: list[np.ndarray],
+    stage1_labels: list[np.ndarray],
+    unlabeled: Sequence[np.ndarray],
+    train_many: TrainManyFn,
+    seed: int,
+    max_rounds: int,
+    check_stop: Callable[[], None],
+    on_model: OnModelFn | None,
+) -> tuple[torch.nn.Module, Any, dict[str, Any], list[dict[str, Any]]]:
+    """Stage 2 (Cues 2); see the module docstring. Reads images only."""
+    if max_rounds < 1:
+        raise ValueError(f"stage2_rounds must be at least 1, got {max_rounds}")
+    us = [np.asarray(u, dtype=np.float32) for u in unlabeled]
+    for i, u in enumerate(us):
+        if u.shape[0] != xs[0].shape[0] or u.ndim != xs[0].ndim:
+            raise BoxError(
+                f"unlabeled image {i} has shape {u.shape}; the boxed images are {xs[0].shape} "
+                "(channels first, same channel count, 2-D)"
+            )
+    # Bounds from the final Stage-1 model's segmentations of the Stage-1 images only (BX-5).
+    bounds = cues2_bounds([stage1_objects(p, b) for p, b in zip(stage1_preds, boxes)])
+    stage1_pairs = list(zip(xs, stage1_labels))
+
+    def pseudo(model: torch.nn.Module) -> tuple[list[np.ndarray], int, int]:
+        out, kept, dropped = [], 0, 0
+        for u in us:
+            fg = predict_labels(model, u) == 1
+            _, areas, ecc = object_features(fg)
+            inside = sum(bounds.contains(a, e) for a, e in zip(areas, ecc))
+            kept += inside
+            dropped += len(areas) - inside
+            out.append(apply_cues2(fg, bounds, dropped=DROPPED_LABEL).astype(np.int64))
+        return out, kept, dropped
+
+    pl, kept, dropped = pseudo(net)
+    history: list[dict[str, Any]] = []
+    stopped_by_change = False
+    for r in range(max_rounds):
+        check_stop()
+        pairs = stage1_pairs + [(u, p) for u, p in zip(us, pl) if (p > 0).any()]
+        result = train_many(net, pairs, seed + r)
+        net = result.network
+        new, new_kept, new_dropped = pseudo(net)
+        frac = changed_fraction(pl, new)
+        info = {
+            "stage": 2,
+            "round": r,
+            "objects_kept": int(kept),  # in the pseudo-labels this round trained on
+            "objects_dropped": int(dropped),
+            "foreground_pixels": int(sum((p == FOREGROUND).sum() for p in pl)),
+            "ignored_pixels": int(sum((p == 0).sum() for p in pl)),
+            "changed_fraction": frac,  # of the unlabeled pseudo-labels, after this round
+            **{key: result.metrics.get(key) for key in ("best_val_dice", "epochs_done", "final_train_loss")},
+        }
+        history.append(info)
+        if on_model:
+            on_model(dict(info, pseudo_labels=new), net)
+        pl, kept, dropped = new, new_kept, new_dropped
+        if frac < AUTO_STOP_FRACTION:
+            stopped_by_change = True
+            break
+    summary = {
+        "bounds": {
+            "area": list(bounds.area),
+            "eccentricity": list(bounds.eccentricity),
+            "percentiles": list(bounds.percentiles),
+            "stage1_objects": bounds.n_objects,
+        },
+        "unlabeled_images": len(us),
+        "dropped_label": DROPPED_LABEL,
+        "rounds_done": len(history),
+        "rounds_max": max_rounds,
+        "auto_stopped": stopped_by_change,
+        "changed_fraction": [h["changed_fraction"] for h in history],
+        "final_objects_kept": int(kept),
+        "final_objects_dropped": int(dropped),
+        "rounds": history,
+    }
+    return net, result, summary, history

@@ -48,6 +48,8 @@ __all__ = [
     "load_annotation",
     "model_input",
     "predict_labels",
+    "predict_on_grid",
+    "slice_by_slice",
     "run_weak",
     "train_weak",
 ]
@@ -77,13 +79,19 @@ def _check_kind(kind: str) -> None:
         raise AnnotationError(f"unknown annotation kind {kind!r}; use one of {', '.join(KINDS)}")
 
 
+def slice_by_slice(image: MedImage, card: Any) -> bool:
+    """True for a volume and a 2-D model that segments volumes slice by slice (along axis 0)."""
+    return image.ndim == 3 and card.spatial_dims == 2 and card.slice_axis is not None
+
+
 def model_input(image: MedImage, card: Any) -> np.ndarray:
     """``(C, *spatial)`` float32 network input for ``image`` on its own grid, normalised as the
-    model ``card`` says. Refuses images of the wrong dimensionality or channel count."""
+    model ``card`` says. Refuses images of the wrong dimensionality or channel count; a volume
+    for a slice-by-slice 2-D model is accepted (strokes then train on its annotated slices)."""
     from medloop.plugins.segmentation.method import check_input, network_input
 
     check_input(image, card)
-    if image.ndim != card.spatial_dims:
+    if image.ndim != card.spatial_dims and not slice_by_slice(image, card):
         raise AnnotationError(
             f"model {card.name} is {card.spatial_dims}-D but the image is {image.ndim}-D; "
             "retrain on a single slice or pick a model of the image's dimensionality"
@@ -103,6 +111,14 @@ def predict_labels(network: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     finally:
         network.train(was_training)
     return labels
+
+
+def predict_on_grid(network: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    """Class indices of ``x`` (``(C, *spatial)``) on its own grid; a volume given to a 2-D
+    network is predicted slice by slice along axis 0."""
+    if _is_slice_input(network, x):
+        return np.stack([predict_labels(network, x[:, z]) for z in range(x.shape[1])])
+    return predict_labels(network, x)
 
 
 def _read_table(path: Path, columns: int, what: str, error: type[MedloopError]) -> np.ndarray:
@@ -194,6 +210,13 @@ def _num_classes(network: torch.nn.Module) -> int:
     return max(2, int(output_conv(network).out_channels))
 
 
+def _is_slice_input(network: torch.nn.Module, x: np.ndarray) -> bool:
+    """A (C, Z, Y, X) input for a network of 2-D convolutions: trained slice by slice."""
+    from medloop.plugins.correction.retrain import output_conv
+
+    return x.ndim == 4 and isinstance(output_conv(network), torch.nn.Conv2d)
+
+
 def _config(epochs: int | None, x: np.ndarray, card: Any, network: torch.nn.Module, config: Any) -> Any:
     from dataclasses import replace
 
@@ -204,7 +227,7 @@ def _config(epochs: int | None, x: np.ndarray, card: Any, network: torch.nn.Modu
         cfg = replace(cfg, epochs=int(epochs))
     if cfg.patch_size is None:
         roi = card.inference.get("roi_size") if card is not None else None
-        spatial = x.shape[1:]
+        spatial = x.shape[2:] if _is_slice_input(network, x) else x.shape[1:]
         if roi:
             roi = [int(roi)] * len(spatial) if np.isscalar(roi) else [int(r) for r in roi][-len(spatial) :]
             if any(s > r for s, r in zip(spatial, roi)):  # large image: train on tiles of the ROI size
@@ -288,7 +311,13 @@ def run_weak(
             from medloop.plugins.correction.boundary_training import boundary_loss_fn
 
             loss_fn = boundary_loss_fn(cfg, k)
-        result = train(network, s, seed, loss_fn=loss_fn)
+        if _is_slice_input(network, x):  # a volume and a slice-by-slice 2-D model
+            pairs = [(x[:, z], s[z]) for z in range(s.shape[0]) if s[z].any()]
+            if not pairs:
+                raise AnnotationError("the annotation layer is empty; paint strokes of at least two classes")
+            result = train(network, None, seed, loss_fn=loss_fn, pairs=pairs)
+        else:
+            result = train(network, s, seed, loss_fn=loss_fn)
         info = {"round": 0, **result.metrics}
         return WeakRun(
             result.network, kind, s,

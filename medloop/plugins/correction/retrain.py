@@ -421,6 +421,7 @@ def fine_tune(
     *,
     raise_on_stop: bool = False,
     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    label_values: int | None = None,
 ) -> FineTuneResult:
     """Fine-tune a copy of a network on stroke annotations.
 
@@ -441,6 +442,12 @@ def fine_tune(
         validation_fraction: share of each class's stroke components held out (seeded by
             ``seed``) to validate per epoch, keep the best weights and stop early
             (``config.early_stop_patience``). 0, or too few strokes, trains without validation.
+        label_values: the label maps are an encoding that ``loss_fn`` decodes (values
+            0..label_values-1, 0 = nothing known; e.g. point training's two pseudo-label maps in
+            one, so both are augmented together), not strokes: they are range-checked against
+            that instead of the model's classes and nothing is held out for validation.
+            None: ``loss_fn.label_values`` if the loss function has that attribute (how
+            ``run_weak``'s train callback, which passes only ``loss_fn``, gets it).
 
     Deterministic for a seed on the CPU.
     """
@@ -459,6 +466,11 @@ def fine_tune(
     config = default_fine_tune_config() if config is None else config
     config = replace(config, seed=int(seed), num_classes=config.num_classes or num_classes)
     k = config.num_classes or int(max(np.max(s) for _, s in pairs))
+
+    if label_values is None:
+        label_values = getattr(loss_fn, "label_values", None)
+    if label_values is not None:  # an encoded map: check its value range; no validation split
+        k, validation_fraction = int(label_values) - 1, 0.0
 
     gen = np.random.default_rng(seed)
     train_pairs, val_pairs = [], []

@@ -1,7 +1,10 @@
-"""Correction panel: paint strokes, watch the prediction follow (live), fine-tune, roll back.
+"""Correction panel: annotate with strokes, boxes or points; watch the prediction follow (live,
+strokes); fine-tune with a live loss/validation curve; roll back; correct masks with undoable tools.
 
-Annotations autosave as you paint and are restored when the layer is made again; neither live
-updates nor fine-tuning ever write to the annotation layer.
+Annotations (labels, boxes and points alike) autosave as you work and are restored when the
+layer is made again; neither live updates nor fine-tuning ever write to an annotation layer.
+Every fine-tune goes through :func:`~medloop.plugins.correction.headless.run_weak`, the code
+path of ``medloop train --weak``, so a session can be replayed headlessly.
 """
 
 from __future__ import annotations
@@ -10,20 +13,33 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+)
 
 from medloop.app.errors import MedloopError
+from medloop.app.gui.curve import CurvePlot
 from medloop.app.gui.layers import class_colors, layer_image
+from medloop.app.gui.mask_tools import CLASSES_KEY, MaskToolsBox
 from medloop.app.gui.panel import MethodPanel
 
 if TYPE_CHECKING:
     import napari
 
 BALANCING = ["auto", "mini-batch", "instance", "none"]
+KINDS = {"Strokes (paint labels)": "strokes", "Boxes (rectangles)": "boxes", "Points (one click per object)": "points"}
+LAYER_SUFFIX = {"strokes": "annotations", "boxes": "boxes", "points": "points"}
 
 
 class CorrectionPanel(MethodPanel):
-    """Strokes -> live head update or full fine-tune of the chosen model, with versions."""
+    """Weak annotations -> live head update or full fine-tune of the chosen model, with versions."""
 
     cancelled_message = "Cancelled; the model and the layers are unchanged."
 
@@ -38,8 +54,15 @@ class CorrectionPanel(MethodPanel):
         self.model_combo = QComboBox()
         self.legend = QLabel()
         self.legend.setWordWrap(True)
+        self.kind_combo = QComboBox()
+        self.kind_combo.addItems(list(KINDS))
         self.balancing_combo = QComboBox()
         self.balancing_combo.addItems(BALANCING)
+        self.boundary_check = QCheckBox("Boundary loss (small structures; fully painted tiles)")
+        self.rounds_spin = QSpinBox()
+        self.rounds_spin.setRange(1, 20)
+        self.rounds_spin.setValue(6)  # Gupta et al.'s best round
+        self.crf_check = QCheckBox("CRF-loss fine-tune stage")
         self.live_check = QCheckBox("Live: update the prediction after each stroke")
         self.live_check.setChecked(True)
         self.epochs_spin = QSpinBox()
@@ -48,14 +71,20 @@ class CorrectionPanel(MethodPanel):
         self.new_layer_button = QPushButton("New / restore annotation layer")
         self.finetune_button = QPushButton("Fine-tune model")
         self.start_buttons.append(self.finetune_button)
+        self.curve = CurvePlot()
         self.version_combo = QComboBox()
         self.rollback_button = QPushButton("Use this version")
+        self.tools = MaskToolsBox(napari_viewer, on_edit=self._layer_edited)
 
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
         form.addRow("Model", self.model_combo)
         form.addRow("", self.legend)
+        form.addRow("Annotate with", self.kind_combo)
         form.addRow("Balancing", self.balancing_combo)
+        form.addRow("", self.boundary_check)
+        form.addRow("Box rounds", self.rounds_spin)
+        form.addRow("", self.crf_check)
         form.addRow("Fine-tune epochs", self.epochs_spin)
         versions = QHBoxLayout()
         versions.addWidget(self.version_combo)
@@ -70,7 +99,9 @@ class CorrectionPanel(MethodPanel):
         layout.addWidget(self.live_check)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
+        layout.addWidget(self.curve)
         layout.addWidget(self.status)
+        layout.addWidget(self.tools)
         layout.addStretch(1)
 
         self.live_timer = QTimer(self)
@@ -84,12 +115,29 @@ class CorrectionPanel(MethodPanel):
         self.model_combo.addItems([m.name for m in self.models])
         self.refresh_layers()
         self.model_combo.currentIndexChanged.connect(self._model_changed)
+        self.kind_combo.currentIndexChanged.connect(self._kind_changed)
         self.new_layer_button.clicked.connect(self.annotation_layer)
         self.finetune_button.clicked.connect(self.fine_tune)
         self.rollback_button.clicked.connect(self.rollback)
         self._model_changed()
+        self._kind_changed()
 
     # -- state --------------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        return KINDS[self.kind_combo.currentText()]
+
+    def set_kind(self, kind: str) -> None:
+        self.kind_combo.setCurrentText(next(text for text, k in KINDS.items() if k == kind))
+
+    def _kind_changed(self, *_: Any) -> None:
+        strokes = self.kind == "strokes"
+        for widget in (self.balancing_combo, self.boundary_check, self.live_check):
+            widget.setEnabled(strokes)
+        self.rounds_spin.setEnabled(self.kind == "boxes")
+        self.crf_check.setEnabled(self.kind == "points")
+        self._model_changed()
+
     def _model_changed(self, *_: Any) -> None:
         from medloop.models.registry import user_models_dir
         from medloop.plugins.correction.versions import ModelVersions
@@ -101,10 +149,13 @@ class CorrectionPanel(MethodPanel):
             return
         self.versions = ModelVersions(user_models_dir() / "versions", entry)
         self._fill_versions()
-        self.legend.setText(
-            "Paint with " + ", ".join(f"{k + 1} = {name}" for k, name in sorted(entry.card.classes.items()))
-            + "; 0 = not annotated."
-        )
+        names = sorted(entry.card.classes.items())
+        if self.kind == "strokes":
+            self.legend.setText("Paint with " + ", ".join(f"{k + 1} = {n}" for k, n in names) + "; 0 = not annotated.")
+        elif self.kind == "boxes":
+            self.legend.setText("Draw a rectangle around every object (boxes must be exhaustive); needs a 2-class model.")
+        else:
+            self.legend.setText("Click once on every object (centre); needs a 2-class model.")
 
     def _fill_versions(self) -> None:
         self.version_combo.clear()
@@ -119,18 +170,19 @@ class CorrectionPanel(MethodPanel):
     def current_entry(self):
         return self.versions.current_entry if self.versions is not None else None
 
-    def _names(self) -> tuple[str, str]:
+    def _names(self, kind: str | None = None) -> tuple[str, str]:
         name = self.image_combo.currentText()
-        return f"{name} annotations", f"{name} prediction"
+        return f"{name} {LAYER_SUFFIX[kind or self.kind]}", f"{name} prediction"
 
     def _model_input(self, image) -> np.ndarray:
         from medloop.plugins.segmentation.method import network_input
 
         return network_input(image, self.current_entry().card)
 
-    # -- annotation layer and autosave --------------------------------------------------------
+    # -- annotation layers and autosave -------------------------------------------------------
     def annotation_layer(self):
-        """The annotation layer of the chosen image: made (and restored from autosave) if needed."""
+        """The chosen image's annotation layer of the chosen kind: made (and restored from
+        autosave) if needed."""
         from medloop.app.review.autosave import AnnotationStore, Autosaver
 
         layer = self.image_layer()
@@ -138,30 +190,73 @@ class CorrectionPanel(MethodPanel):
             self.status.setText("Open an image first.")
             return None
         ann_name, _ = self._names()
-        image = layer_image(layer)
-        spatial = image.shape[: image.ndim]
         if ann_name in self.viewer.layers:
             return self.viewer.layers[ann_name]
+        image = layer_image(layer)
         store = AnnotationStore.for_image(image)
-        saved = store.load(image, ann_name)
-        data = saved.astype(np.uint8) if saved is not None else np.zeros(spatial, np.uint8)
         kwargs = image.layer_kwargs()
         kwargs.pop("rgb", None)
-        ann = self.viewer.add_labels(data, name=ann_name, metadata={"medloop_image": image.with_array(data)}, **kwargs)
-        if self.current_entry() is not None:
-            ann.colormap = class_colors({k + 1: v for k, v in self.current_entry().card.classes.items()})
+        kind = self.kind
+        if kind == "strokes":
+            saved = store.load(image, ann_name)
+            data = saved.astype(np.uint8) if saved is not None else np.zeros(image.shape[: image.ndim], np.uint8)
+            ann = self.viewer.add_labels(data, name=ann_name, metadata={"medloop_image": image.with_array(data)}, **kwargs)
+            entry = self.current_entry()
+            if entry is not None:
+                classes = {k + 1: v for k, v in entry.card.classes.items()}
+                ann.colormap = class_colors(classes)
+                ann.metadata[CLASSES_KEY] = classes
+            getter = lambda: ann.data  # noqa: E731
+            ann.events.paint.connect(self._annotation_changed)
+            ann.events.data.connect(self._annotation_changed)
+            self._bind_undo(ann)
+        else:
+            saved = store.load_table(image, ann_name)
+            if kind == "boxes":
+                shapes = [_rectangle(row) for row in saved] if saved is not None and len(saved) else []
+                ann = self.viewer.add_shapes(
+                    shapes, shape_type="rectangle", name=ann_name, edge_color="#e69f00", face_color="transparent",
+                    edge_width=max(float(np.max(kwargs.get("scale", [1]))), 1.0), **kwargs,
+                )
+                ann.mode = "add_rectangle"
+                getter = lambda: _boxes_of(ann)  # noqa: E731
+            else:
+                points = saved if saved is not None and len(saved) else np.zeros((0, image.ndim))
+                ann = self.viewer.add_points(points, name=ann_name, face_color="#e69f00", size=3, **kwargs)
+                ann.mode = "add"
+                getter = lambda: np.asarray(ann.data)  # noqa: E731
+            ann.events.data.connect(self._annotation_changed)
         if self.saver is not None:
             self.saver.close()
-        self.saver = Autosaver(store, image, ann_name, lambda: ann.data)
-        ann.events.paint.connect(self._annotation_changed)
-        ann.events.data.connect(self._annotation_changed)
-        self.status.setText("Restored saved annotations." if saved is not None else "Paint strokes; they autosave.")
+        self.saver = Autosaver(store, image, ann_name, getter, table=kind != "strokes")
+        self.status.setText("Restored saved annotations." if saved is not None else "Annotate; it autosaves.")
+        self.viewer.layers.selection.active = ann
         return ann
+
+    def _bind_undo(self, layer) -> None:
+        """Ctrl+Z / Ctrl+Shift+Z on the annotation layer also tell autosave and live mode."""
+
+        def undo(layer=layer):
+            layer.undo()
+            self._annotation_changed()
+
+        def redo(layer=layer):
+            layer.redo()
+            self._annotation_changed()
+
+        layer.bind_key("Control-Z", undo, overwrite=True)
+        layer.bind_key("Control-Shift-Z", redo, overwrite=True)
+
+    def _layer_edited(self, layer) -> None:
+        """A mask tool changed ``layer``: autosave/live when it is the annotation layer."""
+        ann_name, _ = self._names("strokes")
+        if layer.name == ann_name:
+            self._annotation_changed()
 
     def _annotation_changed(self, *_: Any) -> None:
         if self.saver is not None:
             self.saver.changed()
-        if self.live_check.isChecked():
+        if self.kind == "strokes" and self.live_check.isChecked():
             self.live_timer.start()
 
     # -- live mode ----------------------------------------------------------------------------
@@ -179,7 +274,7 @@ class CorrectionPanel(MethodPanel):
             self.pending_live = True
             return
         layer, entry = self.image_layer(), self.current_entry()
-        ann_name, pred_name = self._names()
+        ann_name, pred_name = self._names("strokes")
         if layer is None or entry is None or ann_name not in self.viewer.layers:
             return
         image = layer_image(layer)
@@ -212,15 +307,18 @@ class CorrectionPanel(MethodPanel):
 
         return build_model(entry)
 
-    def _show_live(self, labels: np.ndarray, z: int | None, image, pred_name: str, entry) -> None:
+    def _prediction_layer(self, image, pred_name: str, entry):
         if pred_name not in self.viewer.layers:
             kwargs = image.layer_kwargs()
             kwargs.pop("rgb", None)
             self.viewer.add_labels(
                 np.zeros(image.shape[: image.ndim], np.uint8), name=pred_name, opacity=0.5,
-                colormap=class_colors(entry.card.classes), **kwargs,
+                colormap=class_colors(entry.card.classes), metadata={CLASSES_KEY: dict(entry.card.classes)}, **kwargs,
             )
-        pred = self.viewer.layers[pred_name]
+        return self.viewer.layers[pred_name]
+
+    def _show_live(self, labels: np.ndarray, z: int | None, image, pred_name: str, entry) -> None:
+        pred = self._prediction_layer(image, pred_name, entry)
         if z is None:
             pred.data = labels.astype(np.uint8)
         else:
@@ -230,49 +328,88 @@ class CorrectionPanel(MethodPanel):
         self.status.setText(f"Live update {self.session.updates}: {seconds:.2f} s.")
 
     # -- fine-tune ----------------------------------------------------------------------------
+    def _checked_annotation(self, image, entry) -> tuple[Any, dict[str, Any]]:
+        """The annotation of the chosen kind, validated on the GUI thread before any work."""
+        from medloop.plugins.correction.boxes import BoxError, boxes_from_shapes
+        from medloop.plugins.correction.points import clean_points
+        from medloop.plugins.correction.sparse import validate_strokes
+        from medloop.plugins.correction.weaklabels import AnnotationError
+
+        ann_name, _ = self._names()
+        if ann_name not in self.viewer.layers:
+            raise AnnotationError(f"make the {LAYER_SUFFIX[self.kind]} layer and annotate the image first")
+        ann = self.viewer.layers[ann_name]
+        card = entry.card
+        if self.kind == "strokes":
+            strokes = np.asarray(ann.data).copy()
+            return strokes, validate_strokes(strokes, len(card.classes), fine_tune=True)
+        if image.ndim != 2:
+            raise AnnotationError(f"{self.kind} work on 2-D images; {self.image_combo.currentText()} is {image.ndim}-D")
+        if len(card.classes) != 2:
+            raise AnnotationError(f"{self.kind} need a two-class (background / foreground) model; {card.name} has {len(card.classes)}")
+        if self.kind == "boxes":
+            boxes = boxes_from_shapes(ann.data, ann.shape_type, image.shape[:2], layer_name=ann.name)
+            if not len(boxes):
+                raise BoxError(f"Box layer {ann.name!r} is empty: draw a rectangle around every object.")
+            return boxes, {"boxes": int(len(boxes))}
+        points = clean_points(np.asarray(ann.data)[:, -2:], image.shape[:2])
+        return points.astype(float), {"points": int(len(points))}
+
     def fine_tune(self) -> None:
-        """Fine-tune the current version on every annotated slice/image; save a new version."""
+        """Fine-tune the current version on the annotation (every annotated slice of a volume);
+        save a new version and show its prediction."""
+        from dataclasses import replace
+
         from napari.utils.notifications import show_error
 
-        from medloop.plugins.correction.retrain import default_fine_tune_config, fine_tune
-        from medloop.plugins.correction.sparse import validate_strokes
+        from medloop.plugins.correction.headless import predict_on_grid, run_weak
+        from medloop.plugins.correction.retrain import default_fine_tune_config
 
         layer, entry = self.image_layer(), self.current_entry()
-        ann_name, _ = self._names()
-        if layer is None or entry is None or ann_name not in self.viewer.layers:
-            show_error("choose an image and a model, and paint strokes in its annotation layer first")
+        if layer is None or entry is None:
+            show_error("choose an image and a model first")
             return
         image = layer_image(layer)
-        strokes = np.asarray(self.viewer.layers[ann_name].data).copy()
-        card = entry.card
         try:
-            counts = validate_strokes(strokes, len(card.classes), fine_tune=True)
+            annotation, counts = self._checked_annotation(image, entry)
         except MedloopError as exc:
             show_error(str(exc))
             return
-        x = self._model_input(image)
-        if image.ndim == 3 and card.spatial_dims == 2:
-            pairs = [(x[:, k], strokes[k]) for k in range(strokes.shape[0]) if strokes[k].any()]
-        else:
-            pairs = [(x, strokes)]
-        config = default_fine_tune_config(epochs=self.epochs_spin.value())
-        mode = self.balancing_combo.currentText()
-        self.status.setText(f"Fine-tuning {entry.name} on {counts['counts']} annotated voxels ...")
+        kind, mode = self.kind, self.balancing_combo.currentText()
+        rounds, crf, boundary = self.rounds_spin.value(), self.crf_check.isChecked(), self.boundary_check.isChecked()
+        config = replace(default_fine_tune_config(), epochs=self.epochs_spin.value())
+        _, pred_name = self._names()
+        self.curve.clear()
+        self.status.setText(f"Fine-tuning {entry.name} on {kind} ...")
 
         def compute(progress, should_stop):
-            return fine_tune(entry, pairs, config, mode, progress=progress, should_stop=should_stop, raise_on_stop=True)
+            run = run_weak(
+                kind, image, annotation, entry, epochs=config.epochs, mode=mode, rounds=rounds,
+                progress=progress, should_stop=should_stop, config=config, crf=crf, boundary=boundary,
+            )
+            from medloop.plugins.correction.headless import model_input
 
-        self.start(compute, lambda result: self._save_version(result, counts))
+            return run, predict_on_grid(run.network, model_input(image, entry.card))
 
-    def _save_version(self, result, counts) -> None:
+        def done(result) -> None:
+            run, labels = result
+            self._save_version(run)
+            pred = self._prediction_layer(image, pred_name, entry)
+            pred.data = labels.astype(np.uint8)
+
+        self.start(compute, done, on_info=self.curve.add_epoch)
+
+    def _save_version(self, run) -> None:
         new = self.versions.save(
-            result.network, metrics={"best_validation_dice": result.best_val_dice}, annotation_counts=counts["counts"],
-            note="fine-tuned in the Correction panel",
+            run.network, metrics=run.metrics, annotation_counts=run.annotation_counts,
+            note=f"fine-tuned on {run.kind} in the Correction panel",
         )
         self.session = None
         self.session_key = None
         self._fill_versions()
-        self.status.setText(f"Saved {new.name} (validation Dice {result.best_val_dice:.3f}).")
+        dice = run.metrics.get("best_val_dice")
+        tail = f" (held-out stroke Dice {dice:.3f})" if isinstance(dice, float) else ""
+        self.status.setText(f"Saved {new.name}{tail}; the prediction shows it.")
 
     def rollback(self) -> None:
         text = self.version_combo.currentText()
@@ -293,3 +430,18 @@ class CorrectionPanel(MethodPanel):
         if self.pending_live:  # strokes came in while a job ran: catch up now
             self.pending_live = False
             self.live_update()
+
+
+def _rectangle(row: np.ndarray) -> np.ndarray:
+    y0, x0, y1, x1 = (float(v) for v in row)
+    return np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])
+
+
+def _boxes_of(layer) -> np.ndarray:
+    """``(N, 4)`` vertex extents (y0, x0, y1, x1) of a Shapes layer's shapes, for autosave (no
+    validation; a rotated rectangle comes back as its axis-aligned hull)."""
+    rows = []
+    for vertices in layer.data:
+        v = np.asarray(vertices)[:, -2:]
+        rows.append([v[:, 0].min(), v[:, 1].min(), v[:, 0].max(), v[:, 1].max()])
+    return np.asarray(rows, dtype=float).reshape(-1, 4)

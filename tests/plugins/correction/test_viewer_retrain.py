@@ -51,6 +51,7 @@ def test_live_and_full_retraining_on_the_sample(make_napari_viewer, qtbot, tmp_p
     data = np.zeros(ann.data.shape, np.uint8)
     data[z] = painted
     ann.data = data
+    painted_volume = data.copy()
     qtbot.waitUntil(lambda: panel.job is None and not panel.live_timer.isActive() and panel.session is not None, timeout=180_000)
     from medloop.plugins.correction.retrain import predict_with_head
 
@@ -68,5 +69,23 @@ def test_live_and_full_retraining_on_the_sample(make_napari_viewer, qtbot, tmp_p
     x = panel._model_input(viewer.layers["MNI152 T1 (2 mm)"].metadata["medloop_image"])[:, z]
     after = dice_per_class(predict_labels(panel.versions.load(), x), truth, 3)
     assert np.mean(list(after.values())) > np.mean(list(before.values())) + 0.2, (before, after)
+    # The prediction layer now shows the fine-tuned model on every slice.
+    shown = dice_per_class(np.asarray(viewer.layers["MNI152 T1 (2 mm) prediction"].data[z]), truth, 3)
+    assert shown == after
+    # Correct the prediction with a mask tool, copy it into the annotations, undo: one step each.
+    tools = panel.tools
+    tools.select_layer("MNI152 T1 (2 mm) annotations")
+    tools.tool_combo.setCurrentText("Copy from layer")
+    tools.source_combo.setCurrentText("MNI152 T1 (2 mm) prediction")
+    tools.label_combo.setCurrentText("1")
+    tools.apply()
+    qtbot.waitUntil(lambda: tools.job is None, timeout=60_000)
+    pred_all = np.asarray(viewer.layers["MNI152 T1 (2 mm) prediction"].data)
+    # every unannotated voxel takes the predicted class, renumbered to the paint convention
+    np.testing.assert_array_equal(ann.data, np.where(painted_volume == 0, pred_all + 1, painted_volume))
+    assert tools.last_changed == int((painted_volume == 0).sum())
+    assert panel.saver.dirty or panel.saver.saves > 0
+    tools.undo_button.click()
+    np.testing.assert_array_equal(ann.data, painted_volume)
     print("mean Dice: model", np.mean(list(before.values())), "live", np.mean(list(live.values())), "fine-tuned", np.mean(list(after.values())))
     np.testing.assert_array_equal(ann.data[z], painted)  # training never writes the annotations
