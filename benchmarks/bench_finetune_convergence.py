@@ -1,23 +1,27 @@
 """How long a full stroke fine-tune takes to converge: wall time until the test Dice first reaches
 0.95 x its final value (the issue's "full fine-tune time to reach 0.95x of its final Dice").
 
-Scenario: the packaged ``brain-tissue-t1`` model (2-D U-Net 16-128, GroupNorm, trained on axial
-slices of the MNI152 2 mm T1) applied to a slice along another array axis (``--axis``, default 2,
-where it scores mean tissue Dice ~0.44 at the centre: a real domain shift with something to learn).
-Strokes are drawn from the dense truth of that slice (``weaklabels.strokes``, coverage 5 %, margin 2,
-seeded), then ``retrain.fine_tune`` runs exactly as the Correction panel does
-(``default_fine_tune_config``: 20 epochs x 20 steps, batch 4, Adam 1e-3, 20 % of the stroke
+``retrain.fine_tune`` runs exactly as the Correction panel runs it (``default_fine_tune_config``:
+20 epochs x 20 steps, batch 4, Adam 1e-3, balanced stroke loss "mini-batch", 20 % of the stroke
 components held out to validate, best-validated weights kept, early stop after 3 validations
-without gain, 1 thread). A progress callback records, after every epoch, the training wall time
-(evaluation time subtracted), the stroke validation Dice and the test Dice (mean over grey and
-white matter) of the weights just trained against the dense truth of the annotated slice and of
-held-out slices (+-``--offset`` slices away).
+without gain, 1 thread) on one image's strokes, drawn from its dense truth with
+``weaklabels.strokes`` (coverage 5 %, seeded). A progress callback records after every epoch the
+training wall time (our evaluation time subtracted), the stroke validation Dice and the test Dice
+of the weights just trained against the dense truth of the annotated image and of held-out images.
+"final" = the model fine_tune returns (its best validated epoch). Scenarios:
 
-"final" = the model fine_tune returns (best validated epoch); the last epoch's value is printed too.
+* ``brain``: the packaged ``brain-tissue-t1`` model (2-D U-Net 16-128, GroupNorm, trained on
+  axial slices of the MNI152 2 mm T1) on a slice along another array axis (``--axis 2``,
+  ``--position 0.53``: mean grey/white Dice ~0.84 before fine-tuning); margin 1 px, as the cortex
+  is 1-3 voxels thick at 2 mm; held-out = the slices ``--offset`` away on both sides. Dice = mean
+  of grey and white matter.
+* ``mosaic``: generator (a) texture mosaic (K = 4), the spec's tiny U-Net from a seeded random
+  start, strokes (margin 3, skewed per-class counts as in bench_weak_supervision) on one image,
+  8 held-out images. Dice = mean over the 4 classes.
 
-    python benchmarks/bench_finetune_convergence.py               # 3 stroke seeds
+    python benchmarks/bench_finetune_convergence.py               # both, 3 stroke seeds
     python benchmarks/bench_finetune_convergence.py --quick       # 1 seed, 6 epochs
-    python benchmarks/bench_finetune_convergence.py --json /tmp/ft.json
+    python benchmarks/bench_finetune_convergence.py --scenario brain --json /tmp/ft.json
 """
 
 from __future__ import annotations
@@ -34,8 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-CLASSES = (1, 2)  # grey, white matter; background not averaged in
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def median(values) -> float:
@@ -43,45 +46,68 @@ def median(values) -> float:
     return float(np.median(v)) if v else float("nan")
 
 
-def load(axis: int, offset: int):
-    """Normalised slices (annotated one + held-out ones) and their truth along ``axis``."""
-    from medloop.app.engine.resample import normalise
-    from medloop.app.samples import load_brain_sample
-    from medloop.models.registry import get_model
-
-    entry = get_model("brain-tissue-t1")
-    t1, tissue = load_brain_sample()
-    vol = normalise(np.asarray(t1.array), entry.card.normalisation).astype(np.float32)
-    lab = np.asarray(tissue.array).astype(np.int64)
-    i = int(round(vol.shape[axis] * 0.35))  # off the midline: both tissues well present
-
-    def take(k: int):
-        return np.ascontiguousarray(np.take(vol, k, axis=axis)[None]), np.take(lab, k, axis=axis)
-
-    return entry, i, take(i), [take(i - offset), take(i + offset)]
-
-
-def mean_dice(net, items) -> float:
+def mean_dice(net, items, classes=(1, 2), k: int = 3) -> float:
+    """Mean Dice over ``classes`` of whole-image predictions, voxels of all ``items`` pooled."""
     from medloop.app.engine.metrics import dice_per_class
     from medloop.plugins.correction.headless import predict_labels
 
     preds = [predict_labels(net, x).ravel() for x, _ in items]
     truth = np.concatenate([y.ravel() for _, y in items])
-    d = dice_per_class(np.concatenate(preds), truth, 3, False)
-    return float(np.mean([d[c] for c in CLASSES]))
+    d = dice_per_class(np.concatenate(preds), truth, k, False)
+    return float(np.mean([d[c] for c in classes]))
 
 
-def run(seed: int, axis: int, offset: int, epochs: int | None, log) -> dict:
-    import torch
-
-    from medloop.models.registry import build_model
-    from medloop.plugins.correction.retrain import default_fine_tune_config, fine_tune
+def load_brain(axis: int, position: float, offset: int, seed: int):
+    """brain-tissue-t1, the slice at ``position`` along ``axis`` (+ held-out slices), its strokes."""
+    from medloop.app.engine.resample import normalise
+    from medloop.app.samples import load_brain_sample
+    from medloop.models.registry import build_model, get_model
     from medloop.plugins.correction.weaklabels import strokes
 
-    entry, index, (x, truth), held_out = load(axis, offset)
-    s, coverage = strokes(truth, coverage=0.05, margin=2, rng=seed)
-    net = build_model(entry)
-    start_same, start_held = mean_dice(net, [(x, truth)]), mean_dice(net, held_out)
+    entry = get_model("brain-tissue-t1")
+    t1, tissue = load_brain_sample()
+    vol = normalise(np.asarray(t1.array), entry.card.normalisation).astype(np.float32)
+    lab = np.asarray(tissue.array).astype(np.int64)
+    i = round((vol.shape[axis] - 1) * position)
+
+    def take(k: int):
+        return np.ascontiguousarray(np.take(vol, k, axis=axis)[None]), np.take(lab, k, axis=axis)
+
+    x, truth = take(i)
+    s, coverage = strokes(truth, coverage=0.05, margin=1, rng=seed)  # 2 mm voxels: cortex is thin
+    what = f"brain-tissue-t1, slice {i} along array axis {axis} {truth.shape}"
+    return what, build_model(entry), x, truth, s, coverage, [take(i - offset), take(i + offset)], (1, 2), 3
+
+
+def load_mosaic(seed: int, n_held_out: int = 8):
+    """Generator (a) mosaic (K = 4), the spec's tiny U-Net from a seeded random start, strokes on
+    one image (skewed per-class counts as in bench_weak_supervision), other images held out."""
+    import torch
+    from bench_weak_supervision import K_MOSAIC, STROKE_COUNTS, tiny_unet
+
+    from medloop.plugins.correction.synth import dataset
+    from medloop.plugins.correction.weaklabels import strokes
+
+    items = dataset("mosaic", 1 + n_held_out, seed=5000 + seed, num_classes=K_MOSAIC)
+    s, coverage = strokes(items[0].semantic, coverage=0.05, margin=3, per_class_counts=STROKE_COUNTS, rng=seed)
+    torch.manual_seed(seed)
+    net = tiny_unet(items[0].image.shape[0], K_MOSAIC)
+    held = [(i.image, i.semantic) for i in items[1:]]
+    what = f"mosaic K={K_MOSAIC}, tiny U-Net (random start), {items[0].semantic.shape}"
+    return what, net, items[0].image, items[0].semantic, s, coverage, held, tuple(range(K_MOSAIC)), K_MOSAIC
+
+
+def run(scenario: tuple, seed: int, epochs: int | None, log) -> dict:
+    import torch
+
+    from medloop.plugins.correction.retrain import default_fine_tune_config, fine_tune
+
+    what, net, x, truth, s, coverage, held_out, classes, k = scenario
+
+    def score(model, items) -> float:
+        return mean_dice(model, items, classes, k)
+
+    start_same, start_held = score(net, [(x, truth)]), score(net, held_out)
 
     holder: dict = {}
     # fine_tune trains a deep copy; a forward hook is copied with it and hands us the copy.
@@ -97,7 +123,7 @@ def run(seed: int, axis: int, offset: int, epochs: int | None, log) -> dict:
         model = holder["model"]
         was = model.training
         with torch.inference_mode():
-            same, held = mean_dice(model, [(x, truth)]), mean_dice(model, held_out)
+            same, held = score(model, [(x, truth)]), score(model, held_out)
         model.train(was)
         clock["eval"] += time.perf_counter() - t
         curve.append({"epoch": info["epoch"], "seconds": t_train, "steps": done, "val_dice": info.get("val_mean_dice"),
@@ -109,12 +135,12 @@ def run(seed: int, axis: int, offset: int, epochs: int | None, log) -> dict:
         result = fine_tune(net, [(x, s)], cfg, mode="mini-batch", progress=progress, seed=seed)
     handle.remove()
     total_train = time.perf_counter() - clock["t0"] - clock["eval"]
-    final_same, final_held = mean_dice(result.network, [(x, truth)]), mean_dice(result.network, held_out)
+    final_same, final_held = score(result.network, [(x, truth)]), score(result.network, held_out)
     target = 0.95 * final_same
     reach = next((c for c in curve if c["test_dice"] >= target), None)
     target_h = 0.95 * final_held
     reach_h = next((c for c in curve if c["held_out_dice"] >= target_h), None)
-    log(f"  [seed {seed}] slice {index} along axis {axis} {x.shape[1:]}, stroke coverage {coverage:.3f}; "
+    log(f"  [seed {seed}] {what}, stroke coverage {coverage:.3f}; "
         f"start Dice {start_same:.3f} (held-out slices {start_held:.3f})")
     for c in curve:
         val = "  n/a" if c["val_dice"] is None else f"{c['val_dice']:.3f}"
@@ -128,7 +154,7 @@ def run(seed: int, axis: int, offset: int, epochs: int | None, log) -> dict:
         + f"; held-out ({target_h:.3f}): "
         + (f"epoch {reach_h['epoch']}, {reach_h['seconds']:.1f} s" if reach_h else "never"))
     return {
-        "seed": seed, "slice": index, "coverage": coverage, "start_test": start_same, "start_held_out": start_held,
+        "seed": seed, "scenario": what, "coverage": coverage, "start_test": start_same, "start_held_out": start_held,
         "final_test": final_same, "final_held_out": final_held, "best_epoch": result.train.best_epoch,
         "epochs_done": result.train.epochs_done, "train_seconds": total_train,
         "t95_test": reach["seconds"] if reach else None, "epoch95_test": reach["epoch"] if reach else None,
@@ -141,8 +167,10 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="1 seed, 6 epochs")
     ap.add_argument("--seeds", type=int, default=None, help="stroke seeds (default 3, 1 with --quick)")
     ap.add_argument("--epochs", type=int, default=None, help="default: the panel's (20), 6 with --quick")
-    ap.add_argument("--axis", type=int, default=2)
-    ap.add_argument("--offset", type=int, default=6, help="held-out slices this many slices away")
+    ap.add_argument("--scenario", choices=("brain", "mosaic", "both"), default="both")
+    ap.add_argument("--axis", type=int, default=2, help="brain: array axis to slice along")
+    ap.add_argument("--position", type=float, default=0.53, help="brain: slice position along the axis (0-1)")
+    ap.add_argument("--offset", type=int, default=6, help="brain: held-out slices this many slices away")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
@@ -151,25 +179,32 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    log(f"fine-tune convergence, brain-tissue-t1, torch {torch.__version__}, 1 thread, {os.cpu_count()} CPUs "
-        f"({platform.machine()}), load average at start {load1:.2f}")
-    runs = [run(seed, args.axis, args.offset, epochs, log) for seed in seeds]
-    log("\nmedian over seeds:")
-    for key, what in [("start_test", "start test Dice"), ("final_test", "final test Dice"),
-                      ("start_held_out", "start held-out Dice"), ("final_held_out", "final held-out Dice"),
-                      ("t95_test", "time to 0.95 x final test Dice (s)"), ("epoch95_test", "epoch reaching it"),
-                      ("t95_held_out", "time to 0.95 x final held-out Dice (s)"), ("train_seconds", "whole fine-tune (s)")]:
-        vals = [r[key] for r in runs]
-        log(f"  {what:42s} {median([np.nan if v is None else v for v in vals]):8.3f}   per seed "
-            + " ".join("n/a" if v is None else f"{v:.3f}" for v in vals))
+    log(f"fine-tune convergence: torch {torch.__version__}, 1 thread, {os.cpu_count()} CPUs ({platform.machine()}), "
+        f"load average at start {os.getloadavg()[0]:.2f} (other jobs share the machine)")
+    out = {}
+    for name in ("brain", "mosaic") if args.scenario == "both" else (args.scenario,):
+        log(f"\n== {name} ==")
+        runs = []
+        for seed in seeds:
+            scenario = load_brain(args.axis, args.position, args.offset, seed) if name == "brain" else load_mosaic(seed)
+            runs.append(run(scenario, seed, epochs, log))
+        log(f"median over seeds ({name}):")
+        for key, what in [("start_test", "start test Dice"), ("final_test", "final test Dice"),
+                          ("start_held_out", "start held-out Dice"), ("final_held_out", "final held-out Dice"),
+                          ("t95_test", "time to 0.95 x final test Dice (s)"), ("epoch95_test", "epoch reaching it"),
+                          ("t95_held_out", "time to 0.95 x final held-out Dice (s)"),
+                          ("train_seconds", "whole fine-tune (s)")]:
+            vals = [r[key] for r in runs]
+            log(f"  {what:42s} {median([np.nan if v is None else v for v in vals]):8.3f}   per seed "
+                + " ".join("n/a" if v is None else f"{v:.3f}" for v in vals))
+        out[name] = runs
     log(f"load average at end {os.getloadavg()[0]:.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"runs": runs}, indent=1, default=str))
+        args.json.write_text(json.dumps(out, indent=1, default=str))
     return 0
 
 

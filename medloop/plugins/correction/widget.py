@@ -331,6 +331,7 @@ class CorrectionPanel(MethodPanel):
     def _checked_annotation(self, image, entry) -> tuple[Any, dict[str, Any]]:
         """The annotation of the chosen kind, validated on the GUI thread before any work."""
         from medloop.plugins.correction.boxes import BoxError, boxes_from_shapes
+        from medloop.plugins.correction.headless import model_input
         from medloop.plugins.correction.points import clean_points
         from medloop.plugins.correction.sparse import validate_strokes
         from medloop.plugins.correction.weaklabels import AnnotationError
@@ -340,8 +341,20 @@ class CorrectionPanel(MethodPanel):
             raise AnnotationError(f"make the {LAYER_SUFFIX[self.kind]} layer and annotate the image first")
         ann = self.viewer.layers[ann_name]
         card = entry.card
+        model_input(image, card)  # the image itself: channels, dimensionality, NaN/Inf
+        layer = self.image_layer()
+        if not (np.allclose(ann.scale[-image.ndim :], layer.scale[-image.ndim :]) and np.allclose(ann.translate[-image.ndim :], layer.translate[-image.ndim :])):
+            raise AnnotationError(
+                f"layer {ann.name!r} is not on the grid of {layer.name!r} (scale or translate differ); "
+                "annotate in the layer made by 'New / restore annotation layer'"
+            )
         if self.kind == "strokes":
             strokes = np.asarray(ann.data).copy()
+            if strokes.shape != image.shape[: image.ndim]:
+                raise AnnotationError(
+                    f"layer {ann.name!r} has shape {strokes.shape} but {layer.name!r} has {image.shape[: image.ndim]}; "
+                    "annotate in the layer made by 'New / restore annotation layer'"
+                )
             return strokes, validate_strokes(strokes, len(card.classes), fine_tune=True)
         if image.ndim != 2:
             raise AnnotationError(f"{self.kind} work on 2-D images; {self.image_combo.currentText()} is {image.ndim}-D")

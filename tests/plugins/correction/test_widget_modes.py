@@ -113,3 +113,26 @@ def test_bad_boxes_and_too_few_points_are_notifications(setup, qtbot, monkeypatc
         "Box layer 'cells boxes': shape 1 is not a rectangle (polygon), redraw it with the rectangle tool.",
         "need at least 2 points inside the image, got 1; click one point per nucleus",
     ]
+
+
+def test_annotation_off_the_image_grid_or_nan_image_is_refused(setup, qtbot, monkeypatch):
+    panel, viewer, truth, painted, tmp_path = setup
+    shown = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
+    panel.live_check.setChecked(False)
+    ann = panel.annotation_layer()
+    ann.data = painted
+    ann.scale = (1.0, 1.0)  # the image is at 0.5 x 0.5
+    panel.fine_tune()
+    ann.scale = (0.5, 0.5)
+    image = viewer.layers["cells"]
+    image.data = np.where(np.arange(image.data.size).reshape(image.data.shape) == 7, np.nan, image.data)
+    image.metadata.pop("medloop_image")
+    panel.fine_tune()
+    assert panel.job is None and panel.versions.list() == []
+    assert shown[0] == (
+        "layer 'cells annotations' is not on the grid of 'cells' (scale or translate differ); "
+        "annotate in the layer made by 'New / restore annotation layer'"
+    )
+    assert shown[1] == "the image contains NaN or infinite values; fix or mask them before segmenting"
+    np.testing.assert_array_equal(ann.data, painted)
