@@ -136,3 +136,26 @@ def test_annotation_off_the_image_grid_or_nan_image_is_refused(setup, qtbot, mon
     )
     assert shown[1] == "the image contains NaN or infinite values; fix or mask them before segmenting"
     np.testing.assert_array_equal(ann.data, painted)
+
+
+def test_panel_fine_tune_equals_the_headless_replay(setup, qtbot):
+    """The panel and `medloop train --weak` share one code path: the same strokes and seed give
+    bit-identical weights."""
+    import torch
+
+    from medloop.plugins.correction.headless import train_weak
+
+    panel, viewer, truth, painted, tmp_path = setup
+    panel.live_check.setChecked(False)
+    panel.annotation_layer().data = painted
+    panel.epochs_spin.setValue(2)
+    panel.fine_tune()
+    wait_idle(qtbot, panel)
+    gui = panel.versions.load().state_dict()
+    image = viewer.layers["cells"].metadata["medloop_image"]
+    entry = train_weak("strokes", image, painted, "tiny-threshold", tmp_path / "replay", models_dir=tmp_path / "zoo", epochs=2)
+    from medloop.models.registry import build_model
+
+    replay = build_model(entry).state_dict()
+    assert gui.keys() == replay.keys()
+    assert all(torch.equal(gui[k], replay[k]) for k in gui)
