@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--batch-size", type=int, default=2, help="tiles per forward pass")
     seg.add_argument("--probabilities", type=Path, metavar="PROBS", help="also write per-class probabilities here")
     seg.add_argument("--models-dir", type=Path, help="folder of registered models (default: your user data folder)")
+    seg.add_argument("--upscale", nargs="+", metavar="AXIS=K", help="output k times finer along these axes of the image (z, y, x), e.g. z=3: segment sub-voxel shifted copies and interleave (seed 000)")
+    seg.add_argument("--upscale-fusion", choices=["mean", "vote"], default="mean", help="--upscale --upscale-overlap: fuse by probability mean or majority vote")
+    seg.add_argument("--upscale-overlap", action="store_true", help="--upscale: predict every fine voxel from both neighbouring coarse voxels and fuse (2x the passes per axis)")
+    seg.add_argument("--upscale-align", choices=["centre", "start"], default="centre", help="--upscale: fine voxels centred in their coarse voxel (default) or starting at its centre (the paper's)")
     _add_read_options(seg)
 
     models = sub.add_parser("models", help="list the model zoo, or register your own model")
@@ -211,15 +215,21 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from medloop.app.io.write import write_image
     from medloop.plugins.segmentation.method import SegmentParams, segment
 
+    from medloop.plugins.segmentation.upscale import parse_factors
+
     image = _read(args, args.input)
     tile = tuple(args.tile) * (image.ndim if args.tile and len(args.tile) == 1 else 1) if args.tile else None
+    factors = parse_factors(args.upscale, image.ndim) if args.upscale else None
     params = SegmentParams(
         model=args.model, device=args.device, roi_size=tile, overlap=args.overlap, batch_size=args.batch_size,
-        probabilities=args.probabilities is not None, models_dir=args.models_dir,
+        probabilities=args.probabilities is not None, models_dir=args.models_dir, upscale=factors,
+        upscale_align=args.upscale_align, upscale_overlap=args.upscale_overlap, upscale_fusion=args.upscale_fusion,
     )
     if image.is_multiscale:
         from medloop.plugins.segmentation.method import segment_slide_file
 
+        if factors and any(k > 1 for k in factors):
+            raise MedloopError(f"--upscale works on volumes and 2-D images, not on the slide {args.input}; leave it out")
         prov = segment_slide_file(image, params, args.output, progress=_progress_printer("segment"))
         print(f"wrote {args.output} ({prov['seconds']} s on {prov['device']})")
         return 0
@@ -228,7 +238,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if result.probabilities is not None:
         write_image(result.probabilities, args.probabilities)
     counts = np.bincount(np.asarray(result.labels.array).ravel())
-    voxel_ml = float(np.prod(image.spacing)) / 1000.0 if image.unit == "mm" else None
+    voxel_ml = float(np.prod(result.labels.spacing)) / 1000.0 if image.unit == "mm" else None
     for k, name in result.provenance["classes"].items():
         n = int(counts[k]) if k < len(counts) else 0
         volume = f", {n * voxel_ml:.1f} mL" if voxel_ml and image.ndim == 3 else ""

@@ -13,7 +13,8 @@ from medloop.app.io.image import MedImage
 
 def to_model_grid(image: MedImage, spacing: tuple[float, ...] | None, orientation: str | None) -> MedImage:
     """``image`` reoriented to ``orientation`` (ITK code, e.g. "LPS") and resampled linearly to
-    ``spacing`` (x, y[, z]; None keeps the spacing). The grid keeps the image's extent."""
+    ``spacing`` (x, y[, z]; None keeps the spacing, and a None entry keeps that axis' spacing,
+    e.g. the slice axis of a 2-D model). The grid keeps the image's extent."""
     import SimpleITK as sitk
 
     from medloop.app.io.sitk_convert import from_sitk, to_sitk
@@ -21,6 +22,8 @@ def to_model_grid(image: MedImage, spacing: tuple[float, ...] | None, orientatio
     img = to_sitk(image.with_array(np.asarray(image.array, dtype=np.float32)))
     if orientation and image.ndim == 3:
         img = sitk.DICOMOrient(img, orientation)
+    if spacing is not None:
+        spacing = tuple(float(img.GetSpacing()[i]) if v is None else float(v) for i, v in enumerate(spacing))
     if spacing is not None and not np.allclose(img.GetSpacing(), spacing, rtol=1e-6):
         old_size = np.asarray(img.GetSize(), dtype=float)
         new_size = np.maximum(1, np.round(old_size * np.asarray(img.GetSpacing()) / np.asarray(spacing))).astype(int)

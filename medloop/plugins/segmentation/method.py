@@ -14,6 +14,7 @@ import numpy as np
 
 from medloop.app.errors import MedloopError
 from medloop.app.io.image import MedImage
+from medloop.plugins.segmentation import upscale
 
 
 class SegmentationInputError(MedloopError):
@@ -32,6 +33,11 @@ class SegmentParams:
     amp: bool | None = None
     probabilities: bool = False
     models_dir: Path | None = None
+    #: Output upscaling factors per array axis of the image (seed 000), e.g. (3, 1, 1) for z x3.
+    upscale: tuple[int, ...] | None = None
+    upscale_align: str = "centre"
+    upscale_overlap: bool = False
+    upscale_fusion: str = "mean"
 
 
 @dataclass
@@ -93,32 +99,40 @@ def segment(
     started = time.perf_counter()
     if network is None:
         network = build_model(entry, device)
-    grid = to_model_grid(_scalar(image), card.spacing, card.orientation)
+    factors = _upscale_factors(image, params)
+    slices = image.ndim == 3 and card.spatial_dims == 2
+    grid = to_model_grid(_scalar(image), _model_spacing(card, slices), card.orientation)
     inputs = network_input(grid, card)
+    grid_factors = upscale.model_axis_factors(image, grid, factors)
+    offsets = upscale.shift_offsets(grid_factors, params.upscale_align, params.upscale_overlap)
+    copies = upscale.shifted_copies(inputs, offsets)  # (S, C, *spatial); S = 1 without upscaling
+    inputs = copies.reshape(-1, *copies.shape[2:])
     inference = card.inference
     roi = tuple(params.roi_size or inference.get("roi_size") or grid.shape[: grid.ndim])
     overlap = params.overlap if params.overlap is not None else float(inference.get("overlap", 0.25))
     predictor, divisor = network, int(getattr(network, "divisible_by", 1))
-    if grid.ndim == 3 and card.spatial_dims == 2:
+    if slices:
         roi_2d = tuple(-(-r // divisor) * divisor for r in roi[-2:])
         inputs, predictor, roi = _slice_by_slice(inputs, network, roi_2d, card.slice_axis)
         divisor = 1  # the 2-D tile is already divisible; the slice axis stays 1 thick
     probs = sliding_window_inference(
         inputs,
-        predictor,
+        upscale.stacked_predictor(predictor, len(offsets)),  # softmax per copy, all copies in one call
         roi_size=roi,
         overlap=overlap,
         batch_size=params.batch_size,
         device=device,
         amp=params.amp,
         divisible_by=divisor,
-        activation="softmax",
+        activation=None,
         progress=progress,
         should_stop=should_stop,
     )
-    if grid.ndim == 3 and card.spatial_dims == 2:
+    if slices:
         probs = np.moveaxis(probs, 1, 1 + card.slice_axis)
-    probs = probabilities_to_grid(probs, grid, image)
+    probs = upscale.fuse(probs.reshape(len(offsets), -1, *probs.shape[1:]), offsets, grid_factors, params.upscale_fusion)
+    target = upscale.fine_grid(image, factors, params.upscale_align)
+    probs = probabilities_to_grid(probs, upscale.fine_grid(grid, grid_factors, params.upscale_align), target)
     labels = predict_labels(probs)
     provenance = {
         "model": card.name,
@@ -130,7 +144,12 @@ def segment(
         "seconds": round(time.perf_counter() - started, 3),
         "classes": card.classes,
     }
-    geometry_only = _scalar(image)
+    if any(k > 1 for k in factors):
+        provenance["upscale"] = {
+            "factors": list(factors), "align": params.upscale_align, "overlap": params.upscale_overlap,
+            "fusion": params.upscale_fusion, "copies": len(offsets),
+        }
+    geometry_only = _scalar(target)
     return SegmentResult(
         labels=geometry_only.with_array(labels, metadata={"provenance": provenance, "classes": card.classes}),
         probabilities=(
@@ -190,6 +209,27 @@ def segment_slide_file(
         "device": str(device), "roi_size": list(roi), "overlap": overlap, "level": level,
         "seconds": round(time.perf_counter() - started, 3), "classes": card.classes,
     }
+
+
+def _upscale_factors(image: MedImage, params: SegmentParams) -> tuple[int, ...]:
+    factors = tuple(int(k) for k in (params.upscale or (1,) * image.ndim))
+    if len(factors) != image.ndim or any(k < 1 for k in factors):
+        raise upscale.UpscaleError(
+            f"upscale factors {factors} do not fit a {image.ndim}-D image; give one whole number >= 1 per axis"
+        )
+    return factors
+
+
+def _model_spacing(card, slices: bool) -> tuple[float | None, ...] | None:
+    """The model's grid spacing; a 2-D model run slice by slice keeps the volume's own slice
+    spacing (its slices are segmented independently: resampling between them is the job of
+    output upscaling, not of the model grid)."""
+    spacing = card.spacing
+    if spacing is None or not slices or len(spacing) != 3:
+        return spacing
+    out: list[float | None] = list(spacing)
+    out[2 - card.slice_axis] = None  # ITK (x, y, z) order
+    return tuple(out)
 
 
 def network_input(image: MedImage, card) -> np.ndarray:

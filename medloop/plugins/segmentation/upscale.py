@@ -1,0 +1,200 @@
+"""Cost-free output upscaling (seed 000, Pellicer-Valero et al.): any trained model gives labels
+on a grid k times finer along chosen axes by segmenting sub-voxel shifted copies of its input
+and interleaving the outputs.
+
+For factors ``k`` per axis, the input is resampled (linear interpolation in the image domain,
+edges clamped) at every combination of the shifts ``t_j = (j + a) / k`` voxels, ``j = 0..k-1``;
+the output voxel ``n`` of shift ``j`` is the fine voxel ``n * k + j``. ``align="centre"``
+(``a = -(k - 1) / 2``, the default) puts the ``k`` fine voxels symmetrically inside their coarse
+voxel, so the fine grid covers exactly the coarse grid's extent (what any resampler's finer
+grid of the same extent is); ``align="start"`` (``a = 0``) is the paper's literal choice, whose
+fine grid starts at the first coarse voxel centre. With ``overlap=True`` every fine voxel is
+also predicted from the neighbouring coarse voxel (shift ``t_j - 1``) and the two predictions
+are fused: probability averaging (``fusion="mean"``) or a majority vote of the predicted
+classes (``fusion="vote"``, ties to the higher mean probability). That doubles the passes per
+axis, like test-time augmentation.
+
+All shifted copies go through the network together: the copies are stacked along the
+channel axis, one tiled pass reads each tile once and the network sees ``batch x copies``
+tiles per call, so the cost stays below ``prod(k)`` single passes.
+
+Qt-free; :func:`~medloop.plugins.segmentation.method.segment` uses it for the panel and the CLI.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from medloop.app.errors import MedloopError
+from medloop.app.io.image import MedImage
+
+ALIGNS = ("centre", "start")
+FUSIONS = ("mean", "vote")
+AXIS_NAMES = {2: ("y", "x"), 3: ("z", "y", "x")}
+
+
+class UpscaleError(MedloopError, ValueError):
+    """Upscaling factors or options that cannot be used with this image."""
+
+
+def parse_factors(text: str | Sequence[str] | None, ndim: int) -> tuple[int, ...]:
+    """Factors per array axis from ``"z=3"``, ``"z=3,y=2"`` or ``["z=3", "x=2"]`` (axis names
+    of the image's own array axes: z, y, x for volumes; y, x for 2-D images). None or empty: 1s."""
+    names = AXIS_NAMES.get(ndim)
+    if names is None:
+        raise UpscaleError(f"upscaling needs a 2-D or 3-D image, not {ndim}-D")
+    factors = dict.fromkeys(names, 1)
+    parts = [text] if isinstance(text, str) else list(text or [])
+    items = [p.strip() for part in parts for p in str(part).split(",") if p.strip()]
+    for item in items:
+        axis, _, value = item.partition("=")
+        axis = axis.strip().lower()
+        if axis not in factors or not value.strip():
+            raise UpscaleError(
+                f"cannot read upscale factor {item!r}; write AXIS=K with AXIS one of {', '.join(names)} (e.g. z=3)"
+            )
+        try:
+            k = int(value)
+        except ValueError:
+            raise UpscaleError(f"upscale factor {item!r} is not a whole number; write e.g. {axis}=3") from None
+        if not 1 <= k <= 16:
+            raise UpscaleError(f"upscale factor {item!r} must be between 1 and 16")
+        factors[axis] = k
+    return tuple(factors[n] for n in names)
+
+
+def shift_offsets(factors: Sequence[int], align: str = "centre", overlap: bool = False) -> list[tuple[tuple[float, int], ...]]:
+    """Every combination of per-axis shifts, as ``((t, fine_offset), ...)`` per axis: the input
+    is sampled at ``n + t`` and that output voxel ``n`` lands on fine index ``n * k + fine_offset``.
+    Ordered with the last axis fastest (row-major over ``j``)."""
+    if align not in ALIGNS:
+        raise UpscaleError(f"align must be one of {', '.join(ALIGNS)}, got {align!r}")
+    per_axis = []
+    for k in factors:
+        k = int(k)
+        a = -(k - 1) / 2 if align == "centre" else 0.0
+        shifts = [((j + a) / k, j) for j in range(k)]
+        if overlap and k > 1:  # the same fine voxels seen from the next coarse voxel
+            shifts += [((j + a) / k - 1.0, j - k) for j in range(k)]
+        per_axis.append(shifts)
+    return list(itertools.product(*per_axis))
+
+
+def shifted_copies(x: np.ndarray, offsets: Sequence[tuple[tuple[float, int], ...]], order: int = 1) -> np.ndarray:
+    """``(S, C, *spatial)`` float32: ``x`` (``(C, *spatial)``) sampled at ``n + t`` for each
+    offset (spline ``order``; 1 = linear; edges clamped). A zero shift is an exact copy."""
+    out = np.empty((len(offsets), *x.shape), np.float32)
+    for s, combo in enumerate(offsets):
+        t = np.array([shift for shift, _ in combo])
+        if not np.any(t):
+            out[s] = x
+            continue
+        for c in range(x.shape[0]):  # ndimage.shift: out(n) = in(n - shift)
+            out[s, c] = ndimage.shift(x[c].astype(np.float32), -t, order=order, mode="nearest", prefilter=order > 1)
+    return out
+
+
+def fuse(outputs: np.ndarray, offsets: Sequence[tuple[tuple[float, int], ...]], factors: Sequence[int], fusion: str = "mean") -> np.ndarray:
+    """``(K, *spatial * k)`` fine probabilities from ``(S, K, *spatial)`` per-shift outputs:
+    output voxel ``n`` of shift ``(t, f)`` lands on fine index ``n * k + f`` (dropped when that
+    lies outside the fine grid). Fine voxels seen more than once are averaged (``"mean"``) or
+    take the majority class (``"vote"``; returned as vote shares, ties to the higher mean)."""
+    if fusion not in FUSIONS:
+        raise UpscaleError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    outputs = np.asarray(outputs, dtype=np.float32)
+    spatial = outputs.shape[2:]
+    fine = tuple(int(d) * int(k) for d, k in zip(spatial, factors))
+    k_classes = outputs.shape[1]
+    total = np.zeros((k_classes, *fine), np.float32)
+    votes = np.zeros((k_classes, *fine), np.float32) if fusion == "vote" else None
+    count = np.zeros(fine, np.float32)
+    for out, combo in zip(outputs, offsets):
+        src, dst = [], []
+        for d, k, (_, f) in zip(spatial, factors, combo):
+            idx = np.arange(d) * int(k) + f
+            keep = (idx >= 0) & (idx < d * int(k))
+            src.append(np.flatnonzero(keep))
+            dst.append(idx[keep])
+        block = out[(slice(None), *np.ix_(*src))]
+        where = np.ix_(*dst)
+        total[(slice(None), *where)] += block
+        count[where] += 1
+        if votes is not None:
+            winner = block.argmax(axis=0)
+            votes[(slice(None), *where)] += winner[None] == np.arange(k_classes).reshape(-1, *([1] * len(spatial)))
+    count = np.maximum(count, 1)
+    mean = total / count
+    if votes is None:
+        return mean
+    shares = votes / count
+    return shares + 1e-4 * mean  # ties go to the higher mean probability
+
+
+def interleave(outputs: np.ndarray, factors: Sequence[int], align: str = "centre") -> np.ndarray:
+    """Fine ``(K, *spatial * k)`` from the ``(S, K, *spatial)`` outputs of :func:`shift_offsets`'
+    shifts (no overlap): output ``n`` of shift ``j`` at fine index ``n * k + j``."""
+    return fuse(outputs, shift_offsets(factors, align), factors)
+
+
+def fine_grid(image: MedImage, factors: Sequence[int], align: str = "centre") -> MedImage:
+    """An empty image on ``image``'s grid refined by ``factors`` (per array axis): spacing / k,
+    shape * k, origin moved so fine voxel ``m`` sits at coarse continuous index
+    ``(m + a) / k`` (``a`` as in :func:`shift_offsets`)."""
+    if align not in ALIGNS:
+        raise UpscaleError(f"align must be one of {', '.join(ALIGNS)}, got {align!r}")
+    ks = np.asarray([int(k) for k in factors], float)  # array axis order
+    spacing_arr = np.asarray(image.spacing, float)[::-1]
+    first = -(ks - 1) / 2 / ks if align == "centre" else np.zeros_like(ks)  # coarse index of fine voxel 0
+    direction = np.asarray(image.direction, float).reshape(image.ndim, image.ndim)
+    shift_xyz = (first * spacing_arr)[::-1]
+    origin = np.asarray(image.origin, float) + direction @ shift_xyz
+    shape = tuple(int(s * k) for s, k in zip(image.shape[: image.ndim], ks.astype(int)))
+    return replace(
+        image,
+        array=np.zeros(shape, np.uint8),
+        spacing=tuple(float(v) for v in (spacing_arr / ks)[::-1]),
+        origin=tuple(float(v) for v in origin),
+        channel_axis=False,
+        pyramid=(),
+    )
+
+
+def stacked_predictor(predictor: Callable[[torch.Tensor], torch.Tensor], copies: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A predictor for ``(B, copies * C, *roi)`` tiles: runs ``predictor`` on all ``B * copies``
+    tiles at once and returns their softmax probabilities as ``(B, copies * K, *roi)``."""
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        b, sc = x.shape[:2]
+        roi = x.shape[2:]
+        y = predictor(x.reshape(b * copies, sc // copies, *roi))
+        y = torch.softmax(y.float(), dim=1)
+        return y.reshape(b, copies * y.shape[1], *roi)
+
+    return predict
+
+
+def model_axis_factors(image: MedImage, grid: MedImage, factors: Sequence[int]) -> tuple[int, ...]:
+    """``factors`` (per array axis of ``image``) carried to the array axes of ``grid`` (the same
+    image reoriented for the model): each grid axis takes the factor of the image axis whose
+    direction it is closest to."""
+    n = image.ndim
+    d_img = np.asarray(image.direction, float).reshape(n, n)
+    d_grid = np.asarray(grid.direction, float).reshape(n, n)
+    match = np.abs(d_grid.T @ d_img)  # [grid xyz axis, image xyz axis]
+    img_xyz = list(factors)[::-1]
+    grid_xyz = [img_xyz[int(np.argmax(match[i]))] for i in range(n)]
+    return tuple(grid_xyz[::-1])
+
+
+def upscale_cost_note(factors: Sequence[int], overlap: bool) -> str:
+    """A short description for provenance and the status line."""
+    copies = int(np.prod([k * (2 if overlap and k > 1 else 1) for k in factors]))
+    axes = AXIS_NAMES[len(factors)]
+    text = ", ".join(f"{a} x{k}" for a, k in zip(axes, factors) if k > 1) or "none"
+    return f"{text} ({copies} shifted copies)"
