@@ -15,11 +15,14 @@ of the weights just trained against the dense truth of the annotated image and o
   ``--position 0.53``: mean grey/white Dice ~0.84 before fine-tuning); margin 1 px, as the cortex
   is 1-3 voxels thick at 2 mm; held-out = the slices ``--offset`` away on both sides. Dice = mean
   of grey and white matter.
+* ``brain-dense``: the same with the slice's whole truth as the annotation (the panel's other
+  flow: correct the prediction everywhere, retrain); the held-out share is then whole connected
+  regions of a class.
 * ``mosaic``: generator (a) texture mosaic (K = 4), the spec's tiny U-Net from a seeded random
   start, strokes (margin 3, skewed per-class counts as in bench_weak_supervision) on one image,
   8 held-out images. Dice = mean over the 4 classes.
 
-    python benchmarks/bench_finetune_convergence.py               # both, 3 stroke seeds
+    python benchmarks/bench_finetune_convergence.py               # all three, 3 seeds
     python benchmarks/bench_finetune_convergence.py --quick       # 1 seed, 6 epochs
     python benchmarks/bench_finetune_convergence.py --scenario brain --json /tmp/ft.json
 """
@@ -41,6 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+SCENARIOS = ("brain", "brain-dense", "mosaic")
+
+
 def median(values) -> float:
     v = [x for x in values if x is not None and np.isfinite(x)]
     return float(np.median(v)) if v else float("nan")
@@ -57,8 +63,9 @@ def mean_dice(net, items, classes=(1, 2), k: int = 3) -> float:
     return float(np.mean([d[c] for c in classes]))
 
 
-def load_brain(axis: int, position: float, offset: int, seed: int):
-    """brain-tissue-t1, the slice at ``position`` along ``axis`` (+ held-out slices), its strokes."""
+def load_brain(axis: int, position: float, offset: int, seed: int, dense: bool = False):
+    """brain-tissue-t1, the slice at ``position`` along ``axis`` (+ held-out slices), its strokes
+    (``dense``: the whole truth as the annotation, as after correcting the full prediction)."""
     from medloop.app.engine.resample import normalise
     from medloop.app.samples import load_brain_sample
     from medloop.models.registry import build_model, get_model
@@ -74,8 +81,11 @@ def load_brain(axis: int, position: float, offset: int, seed: int):
         return np.ascontiguousarray(np.take(vol, k, axis=axis)[None]), np.take(lab, k, axis=axis)
 
     x, truth = take(i)
-    s, coverage = strokes(truth, coverage=0.05, margin=1, rng=seed)  # 2 mm voxels: cortex is thin
-    what = f"brain-tissue-t1, slice {i} along array axis {axis} {truth.shape}"
+    if dense:
+        s, coverage = truth + 1, 1.0
+    else:
+        s, coverage = strokes(truth, coverage=0.05, margin=1, rng=seed)  # 2 mm voxels: cortex is thin
+    what = f"brain-tissue-t1, slice {i} along array axis {axis} {truth.shape}" + (", dense annotation" if dense else "")
     return what, build_model(entry), x, truth, s, coverage, [take(i - offset), take(i + offset)], (1, 2), 3
 
 
@@ -167,7 +177,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="1 seed, 6 epochs")
     ap.add_argument("--seeds", type=int, default=None, help="stroke seeds (default 3, 1 with --quick)")
     ap.add_argument("--epochs", type=int, default=None, help="default: the panel's (20), 6 with --quick")
-    ap.add_argument("--scenario", choices=("brain", "mosaic", "both"), default="both")
+    ap.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all")
     ap.add_argument("--axis", type=int, default=2, help="brain: array axis to slice along")
     ap.add_argument("--position", type=float, default=0.53, help="brain: slice position along the axis (0-1)")
     ap.add_argument("--offset", type=int, default=6, help="brain: held-out slices this many slices away")
@@ -186,11 +196,14 @@ def main(argv=None) -> int:
     log(f"fine-tune convergence: torch {torch.__version__}, 1 thread, {os.cpu_count()} CPUs ({platform.machine()}), "
         f"load average at start {os.getloadavg()[0]:.2f} (other jobs share the machine)")
     out = {}
-    for name in ("brain", "mosaic") if args.scenario == "both" else (args.scenario,):
+    for name in SCENARIOS if args.scenario == "all" else (args.scenario,):
         log(f"\n== {name} ==")
         runs = []
         for seed in seeds:
-            scenario = load_brain(args.axis, args.position, args.offset, seed) if name == "brain" else load_mosaic(seed)
+            if name == "mosaic":
+                scenario = load_mosaic(seed)
+            else:
+                scenario = load_brain(args.axis, args.position, args.offset, seed, dense=name == "brain-dense")
             runs.append(run(scenario, seed, epochs, log))
         log(f"median over seeds ({name}):")
         for key, what in [("start_test", "start test Dice"), ("final_test", "final test Dice"),

@@ -196,7 +196,10 @@ def crf_fine_tune(net, pairs, steps: int, seed: int, value_range: float):
 
     from medloop.app.engine.train import train_segmentation
     from medloop.plugins.correction.point_training import (
-        CRF_EPOCH_FRACTION, CRF_LR_FACTOR, CrfPointLoss, InputStash,
+        CRF_EPOCH_FRACTION,
+        CRF_LR_FACTOR,
+        CrfPointLoss,
+        InputStash,
     )
 
     net = copy.deepcopy(net).train()

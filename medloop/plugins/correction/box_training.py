@@ -71,6 +71,7 @@ def run_boxes(
     *,
     stage2_rounds: int = STAGE2_ROUNDS,
     on_model: OnModelFn | None = None,
+    auto_stop: float | None = AUTO_STOP_FRACTION,
 ) -> WeakRun:
     """Stage 1 on the ``(N, 4)`` boxes ``(y0, x0, y1, x1)`` of the ``(C, H, W)`` input ``x``;
     each round continues from the previous round's network. ``unlabeled``: ``(C, H, W)`` inputs
@@ -78,13 +79,13 @@ def run_boxes(
     of ``x`` and finally the last pseudo-labels. See :func:`run_boxes_many`."""
 
     def train_many(net: torch.nn.Module, pairs: Sequence[tuple[np.ndarray, np.ndarray]], round_seed: int) -> Any:
-        (x0, labels0), *rest = pairs  # x0 is x: the first pair is always the boxed image
+        (_, labels0), *rest = pairs  # the first pair is always (x, its labels)
         return train(net, labels0, round_seed, pairs=rest)
 
     run = run_boxes_many(
         network, [x], [annotation], train_many, seed=seed, rounds=rounds, should_stop=should_stop,
         on_round=(lambda r, labels: on_round(r, labels[0])) if on_round else None,
-        unlabeled=unlabeled, stage2_rounds=stage2_rounds, on_model=on_model,
+        unlabeled=unlabeled, stage2_rounds=stage2_rounds, on_model=on_model, auto_stop=auto_stop,
     )
     run.labels = run.labels[0]
     return run
@@ -103,6 +104,7 @@ def run_boxes_many(
     *,
     stage2_rounds: int = STAGE2_ROUNDS,
     on_model: OnModelFn | None = None,
+    auto_stop: float | None = AUTO_STOP_FRACTION,
 ) -> WeakRun:
     """Gupta et al.'s Stage 1 on several boxed ``(C, H, W)`` images ``xs`` (``boxes_list[i]``:
     the ``(N_i, 4)`` boxes of ``xs[i]``), then Stage 2 on ``unlabeled`` if any.
@@ -115,7 +117,11 @@ def run_boxes_many(
     Returns a :class:`WeakRun` whose ``labels`` is the list of final Stage-1 pseudo-labels (one
     per image), ``metrics["rounds"]`` the Stage-1 rounds, ``metrics["stage2"]`` the Stage-2
     bounds and rounds (absent without ``unlabeled``) and ``rounds`` all rounds, each tagged with
-    its ``stage``. ``should_stop()`` true before a round (or inside training) raises
+    its ``stage``. ``auto_stop``: a stage ends once fewer than this share of its pseudo-label
+    pixels changed in a round (default 1 %; None runs every round, as the paper's fixed
+    schedule). ``on_model(info, network)`` is called after every training round with the round's
+    info (plus ``pseudo_labels``: the labels that network produced) for evaluation or display.
+    ``should_stop()`` true before a round (or inside training) raises
     :class:`JobCancelled`; nothing is returned and ``network`` is never modified.
     """
     xs = [np.asarray(x) for x in xs]
@@ -129,6 +135,7 @@ def run_boxes_many(
     round0 = [round0_labels(b, x.shape[1:]) for b, x in zip(boxes, xs)]  # validates: BoxError
     labels = [r0.astype(np.int64) for r0 in round0]
     n_boxes = int(sum(len(b) for b in boxes))
+    _check_unlabeled(xs, unlabeled)  # before any training
 
     def check_stop() -> None:
         if should_stop is not None and should_stop():
@@ -164,7 +171,7 @@ def run_boxes_many(
         labels = new
         if on_model:
             on_model(dict(info, pseudo_labels=labels), net)
-        if frac < AUTO_STOP_FRACTION:
+        if auto_stop is not None and frac < auto_stop:
             stopped_by_change = True
             break
     assert result is not None
@@ -176,7 +183,7 @@ def run_boxes_many(
     if len(unlabeled):
         net, result, stage2, stage2_history = _stage2(
             net, result, xs, boxes, preds, labels, unlabeled, train_many, seed + rounds,
-            int(stage2_rounds), check_stop, on_model,
+            int(stage2_rounds), check_stop, on_model, auto_stop,
         )
 
     counts = {
@@ -212,6 +219,17 @@ def stage1_objects(pred: np.ndarray, boxes: Any) -> np.ndarray:
     return (np.asarray(pred) == 1) & inside
 
 
+def _check_unlabeled(xs: list[np.ndarray], unlabeled: Sequence[np.ndarray]) -> list[np.ndarray]:
+    us = [np.asarray(u, dtype=np.float32) for u in unlabeled]
+    for i, u in enumerate(us):
+        if u.ndim != xs[0].ndim or u.shape[0] != xs[0].shape[0]:
+            raise BoxError(
+                f"unlabeled image {i} has shape {u.shape}; the boxed images are {xs[0].shape} "
+                "(channels first, same channel count, 2-D)"
+            )
+    return us
+
+
 def _stage2(
     net: torch.nn.Module,
     result: Any,
@@ -225,17 +243,12 @@ def _stage2(
     max_rounds: int,
     check_stop: Callable[[], None],
     on_model: OnModelFn | None,
+    auto_stop: float | None,
 ) -> tuple[torch.nn.Module, Any, dict[str, Any], list[dict[str, Any]]]:
     """Stage 2 (Cues 2); see the module docstring. Reads images only."""
     if max_rounds < 1:
         raise ValueError(f"stage2_rounds must be at least 1, got {max_rounds}")
-    us = [np.asarray(u, dtype=np.float32) for u in unlabeled]
-    for i, u in enumerate(us):
-        if u.shape[0] != xs[0].shape[0] or u.ndim != xs[0].ndim:
-            raise BoxError(
-                f"unlabeled image {i} has shape {u.shape}; the boxed images are {xs[0].shape} "
-                "(channels first, same channel count, 2-D)"
-            )
+    us = _check_unlabeled(xs, unlabeled)
     # Bounds from the final Stage-1 model's segmentations of the Stage-1 images only (BX-5).
     bounds = cues2_bounds([stage1_objects(p, b) for p, b in zip(stage1_preds, boxes)])
     stage1_pairs = list(zip(xs, stage1_labels))
@@ -275,7 +288,7 @@ def _stage2(
         if on_model:
             on_model(dict(info, pseudo_labels=new), net)
         pl, kept, dropped = new, new_kept, new_dropped
-        if frac < AUTO_STOP_FRACTION:
+        if auto_stop is not None and frac < auto_stop:
             stopped_by_change = True
             break
     summary = {

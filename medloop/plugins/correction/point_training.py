@@ -35,9 +35,9 @@ __all__ = [
     "CRF_BETA",
     "CRF_EPOCH_FRACTION",
     "CRF_LR_FACTOR",
+    "LABEL_VALUES",
     "CrfPointLoss",
     "InputStash",
-    "LABEL_VALUES",
     "PointLoss",
     "decode_maps",
     "encode_maps",
@@ -211,7 +211,7 @@ def run_points(
     rounds = [info]
     counts = {
         "kind": "points",
-        "points": int(len(pts)),
+        "points": len(pts),
         "voronoi_pixels": int((vor > 0).sum()),
         "cluster_pixels": int((clu > 0).sum()),
         "conflicting_pixels": int(((vor > 0) & (clu > 0) & (vor != clu)).sum()),

@@ -115,19 +115,20 @@ def fuse(outputs: np.ndarray, offsets: Sequence[tuple[tuple[float, int], ...]], 
     votes = np.zeros((k_classes, *fine), np.float32) if fusion == "vote" else None
     count = np.zeros(fine, np.float32)
     for out, combo in zip(outputs, offsets):
+        # n * k + f for n = first..d-1 is a strided slice of the fine axis (f > -k, so only
+        # n = 0 can fall off the start): views, no index arrays.
         src, dst = [], []
         for d, k, (_, f) in zip(spatial, factors, combo):
-            idx = np.arange(d) * int(k) + f
-            keep = (idx >= 0) & (idx < d * int(k))
-            src.append(np.flatnonzero(keep))
-            dst.append(idx[keep])
-        block = out[(slice(None), *np.ix_(*src))]
-        where = np.ix_(*dst)
-        total[(slice(None), *where)] += block
-        count[where] += 1
+            first = 1 if f < 0 else 0
+            src.append(slice(first, d))
+            dst.append(slice(first * int(k) + f, d * int(k), int(k)))
+        block = out[(slice(None), *src)]
+        total[(slice(None), *dst)] += block
+        count[tuple(dst)] += 1
         if votes is not None:
             winner = block.argmax(axis=0)
-            votes[(slice(None), *where)] += winner[None] == np.arange(k_classes).reshape(-1, *([1] * len(spatial)))
+            for c in range(k_classes):
+                votes[(c, *dst)] += winner == c
     count = np.maximum(count, 1)
     mean = total / count
     if votes is None:

@@ -12,6 +12,7 @@ from qtpy.QtWidgets import (
 
 from medloop.app.errors import MedloopError
 from medloop.app.gui.layers import class_colors, layer_image
+from medloop.app.gui.mask_tools import CLASSES_KEY
 from medloop.app.gui.panel import MethodPanel
 
 if TYPE_CHECKING:
@@ -48,6 +49,17 @@ class SegmentationPanel(MethodPanel):
         self.overlap_spin.setRange(0.0, 0.9)
         self.overlap_spin.setSingleStep(0.05)
         self.probabilities_check = QCheckBox("Also show class probabilities")
+        # Seed 000: output k times finer per axis (z, y, x) from sub-voxel shifted inputs.
+        self.upscale_spins = {}
+        for axis in ("z", "y", "x"):
+            spin = QSpinBox()
+            spin.setRange(1, 8)
+            spin.setPrefix(f"{axis} ×")
+            spin.setToolTip(f"Output {axis} resolution factor: segments sub-voxel shifted copies and interleaves them")
+            self.upscale_spins[axis] = spin
+        self.fusion_combo = QComboBox()
+        self.fusion_combo.addItems(["no overlap", "overlap, mean", "overlap, vote"])
+        self.fusion_combo.setToolTip("Predict every fine voxel from both neighbouring voxels (2x passes) and fuse")
         self.run_button = QPushButton("Run")
         self.start_buttons.append(self.run_button)
 
@@ -58,6 +70,11 @@ class SegmentationPanel(MethodPanel):
         form.addRow("Device", self.device_combo)
         form.addRow("Tile (voxels)", self.tile_spin)
         form.addRow("Overlap", self.overlap_spin)
+        upscale_row = QHBoxLayout()
+        for spin in self.upscale_spins.values():
+            upscale_row.addWidget(spin)
+        upscale_row.addWidget(self.fusion_combo)
+        form.addRow("Upscale output", upscale_row)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -134,12 +151,19 @@ class SegmentationPanel(MethodPanel):
             overlap=self.overlap_spin.value(),
             probabilities=self.probabilities_check.isChecked(),
             models_dir=None if entry.packaged else entry.folder.parent,
+            upscale=self.upscale_factors(image.ndim),
+            upscale_overlap=self.fusion_combo.currentIndex() > 0,
+            upscale_fusion="vote" if self.fusion_combo.currentIndex() == 2 else "mean",
         )
         self.status.setText(f"Segmenting {name} with {entry.name} ...")
         self.start(
             lambda progress, should_stop: segment(image, params, progress, should_stop),
             lambda result: self._show_result(name, result),
         )
+
+    def upscale_factors(self, ndim: int) -> tuple[int, ...]:
+        """The factors per array axis of an ``ndim``-D image (z, y, x or y, x)."""
+        return tuple(spin.value() for spin in list(self.upscale_spins.values())[-ndim:])
 
     def _show_result(self, image_name: str, result) -> None:
         """Create the result layers, or update them in place on a re-run."""
@@ -148,9 +172,13 @@ class SegmentationPanel(MethodPanel):
         labels_name = f"{image_name} {prov['model']}"
         kwargs = result.labels.layer_kwargs()
         metadata = {"medloop_image": result.labels, "provenance": prov, "classes": prov["classes"]}
+        metadata[CLASSES_KEY] = dict(prov["classes"])
         if labels_name in self.viewer.layers:
             layer = self.viewer.layers[labels_name]
             layer.data = result.labels.array
+            for key in ("scale", "translate", "affine"):  # an upscaled re-run changes the grid
+                if key in kwargs:
+                    setattr(layer, key, kwargs[key])
             layer.metadata.update(metadata)
         else:
             self.viewer.add_labels(
@@ -168,4 +196,7 @@ class SegmentationPanel(MethodPanel):
                 else:
                     self.viewer.add_image(probs[k], name=pname, colormap="magma", opacity=0.6,
                                           contrast_limits=(0, 1), visible=False, **kwargs)
-        self.status.setText(f"Done in {prov['seconds']} s on {prov['device']}.")
+        extra = ""
+        if "upscale" in prov:
+            extra = f" Upscaled {' x '.join(str(k) for k in prov['upscale']['factors'])} from {prov['upscale']['copies']} shifted copies."
+        self.status.setText(f"Done in {prov['seconds']} s on {prov['device']}.{extra}")

@@ -16,8 +16,16 @@ from skimage.draw import ellipse
 
 from medloop.app.engine.jobs import JobCancelled
 from medloop.plugins.correction import box_training, synth
-from medloop.plugins.correction.box_training import run_boxes, run_boxes_many, stage1_objects
-from medloop.plugins.correction.boxes import BoxError, boxes_from_instances, cues2_bounds
+from medloop.plugins.correction.box_training import (
+    run_boxes,
+    run_boxes_many,
+    stage1_objects,
+)
+from medloop.plugins.correction.boxes import (
+    BoxError,
+    boxes_from_instances,
+    cues2_bounds,
+)
 from medloop.plugins.correction.headless import run_weak
 
 H = W = 64
@@ -151,6 +159,11 @@ def test_stage2_auto_stops_when_pseudo_labels_settle(monkeypatch):
     run = run_boxes_many(FakeNet(), [image(1.0)], [boxes], FakeTrain(), rounds=3, unlabeled=[image(2.0)],
                          stage2_rounds=2)
     assert run.metrics["stage2"]["rounds_done"] == 2 and not run.metrics["stage2"]["auto_stopped"]
+    # auto_stop=None: every round of both stages runs (the paper's fixed schedule).
+    run = run_boxes_many(FakeNet(), [image(1.0)], [boxes], FakeTrain(), rounds=3, unlabeled=[image(2.0)],
+                         auto_stop=None)
+    assert run.metrics["rounds_done"] == 3 and run.metrics["stage2"]["rounds_done"] == 5
+    assert run.metrics["changed_fraction"][1:] == [0.0, 0.0] and not run.metrics["auto_stopped"]
 
 
 def test_bx5_bounds_come_from_stage1_images_only(monkeypatch):
@@ -177,7 +190,12 @@ def test_bx5_bounds_come_from_stage1_images_only(monkeypatch):
     np.testing.assert_array_equal(stage1_objects(((STAGE1 > 0) | stray).astype(int), boxes), STAGE1 > 0)
 
 
-def test_stage2_without_stage1_objects_is_an_error(monkeypatch):
+def test_stage2_errors(monkeypatch):
+    train = FakeTrain()
+    with pytest.raises(BoxError, match="unlabeled image 0"):  # refused before any training
+        run_boxes_many(FakeNet(), [image(1.0)], [boxes_from_instances(STAGE1)], train, rounds=1,
+                       unlabeled=[np.zeros((2, H, W), np.float32)])
+    assert train.calls == []
     force(monkeypatch, {1.0: lambda net: np.zeros((H, W), bool), 2.0: lambda net: STAGE1 > 0})
     with pytest.raises(BoxError, match="no objects"):
         run_boxes_many(FakeNet(), [image(1.0)], [boxes_from_instances(STAGE1)], FakeTrain(), rounds=1,

@@ -367,11 +367,13 @@ def test_bad_box_arrays_are_rejected():
 
 def test_changed_fraction():
     a = np.ones((10, 10), np.uint8)
+    a[2:7, 2:6] = 2  # 20 foreground pixels
     b = a.copy()
-    b[0, :2] = 2
-    assert changed_fraction(a, b) == pytest.approx(0.02)
+    b[0, :2] = 2  # 2 new foreground pixels: 2 changed of 22 foreground in either round
+    assert changed_fraction(a, b) == pytest.approx(2 / 22)
     assert changed_fraction(a, a) == 0.0
-    assert changed_fraction([a, a], [b, a]) == pytest.approx(0.01)
+    assert changed_fraction([a, a], [b, a]) == pytest.approx(2 / 42)
+    assert changed_fraction(np.ones((4, 4)), np.ones((4, 4))) == 0.0  # no foreground at all
     assert changed_fraction([], []) == 0.0
     assert AUTO_STOP_FRACTION == 0.01
     with pytest.raises(ValueError, match="differ in shape"):

@@ -167,37 +167,56 @@ def test_pt5_training_sees_only_the_image_and_the_clicks():
 # --- training on generator (b) -------------------------------------------------------------------
 
 EPOCHS = 10  # x 20 steps x batch 4 on one 64 x 64 image
-F1_MIN = 0.80  # measured 0.876-0.901 on train_seed 0/1/2 below (and 0.80-0.85 on a held-out image)
+# Measured on synth.nuclei(3), seed 0: 0.860 (0.941 with the CRF stage). Other samples: nuclei(0)
+# 0.942 / 0.942, nuclei(1) 0.740 / 0.937; the CRF stage never lowered F1 there.
+F1_MIN = 0.78
 
 
 @pytest.fixture(scope="module")
 def point_runs():
+    """One run_weak("points", crf=True); fine_tune is wrapped to keep each stage's result, so the
+    stage-1 network (what crf=False returns: same seed, same calls) comes without a second run."""
+    from medloop.plugins.correction import retrain
+
     torch.set_num_threads(1)
     s = synth.nuclei(3)
     pts = points(s.instances)
     cfg = default_fine_tune_config(epochs=EPOCHS)
     net = tiny_unet()
-    with warnings.catch_warnings():
+    stages = []
+
+    def recording_fine_tune(*args, **kwargs):
+        stages.append(fine_tune(*args, **kwargs))
+        return stages[-1]
+
+    with warnings.catch_warnings(), pytest.MonkeyPatch.context() as mp:
         warnings.simplefilter("ignore")
-        plain = run_weak("points", s.image, pts, net, seed=0, config=cfg)
+        mp.setattr(retrain, "fine_tune", recording_fine_tune)
         with_crf = run_weak("points", s.image, pts, net, seed=0, config=cfg, crf=True)
-    return s, cfg, net, plain, with_crf
+    assert len(stages) == 2
+    return s, cfg, net, stages[0], with_crf
 
 
 def test_points_training_reaches_pixel_f1(point_runs):
-    s, cfg, net, plain, _ = point_runs
+    s, cfg, net, stage1, run = point_runs
     before = pixel_f1(predict_labels(net, s.image.astype(np.float32)), s.semantic)
-    after = pixel_f1(predict_labels(plain.network, s.image.astype(np.float32)), s.semantic)
+    after = pixel_f1(predict_labels(stage1.network, s.image.astype(np.float32)), s.semantic)
     assert after >= F1_MIN and after > before + 0.3, (before, after)
-    (info,) = plain.rounds
+    info = run.rounds[0]
     assert info["stage"] == "points" and info["steps_done"] == EPOCHS * cfg.steps_per_epoch
-    assert plain.annotation_counts["validation_pixels"] == 0
-    # Deterministic for a seed.
+    assert info["final_train_loss"] == stage1.metrics["final_train_loss"]
+    assert run.annotation_counts["validation_pixels"] == 0
+    assert run.annotation_counts["voronoi_pixels"] > 0 and run.annotation_counts["cluster_pixels"] > 0
+
+
+def test_points_training_is_deterministic_for_a_seed():
+    s = synth.nuclei(5)
+    cfg = default_fine_tune_config(epochs=1, steps_per_epoch=5, batch_size=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        again = run_weak("points", s.image, points(s.instances), net, seed=0, config=cfg)
-    for a, b in zip(plain.network.state_dict().values(), again.network.state_dict().values()):
-        assert torch.equal(a, b)
+        a, b = (run_weak("points", s.image, points(s.instances), tiny_unet(), seed=2, config=cfg, crf=True) for _ in range(2))
+    for u, v in zip(a.network.state_dict().values(), b.network.state_dict().values()):
+        assert torch.equal(u, v)
 
 
 def test_crf_stage_changes_the_weights_and_keeps_f1(point_runs):
@@ -208,7 +227,7 @@ def test_crf_stage_changes_the_weights_and_keeps_f1(point_runs):
     f1_plain, f1_crf = pixel_f1(predict_labels(plain.network, x), s.semantic), pixel_f1(predict_labels(with_crf.network, x), s.semantic)
     assert f1_crf >= f1_plain - 0.01, (f1_plain, f1_crf)
     first, crf = with_crf.rounds
-    assert first == {**plain.rounds[0], "seconds": first["seconds"]}  # stage 1 identical to the plain run
+    assert first["stage"] == "points" and first["lr"] == pytest.approx(cfg.lr)
     assert crf["stage"] == "crf" and crf["epochs_done"] == max(1, round(EPOCHS / 6))
     assert crf["lr"] == pytest.approx(cfg.lr * CRF_LR_FACTOR)
     assert with_crf.metrics["crf"] is True and with_crf.metrics["crf_stage"] == crf

@@ -88,3 +88,28 @@ def test_unsuitable_layer_is_a_notification_and_nothing_starts(panel, qtbot, mon
     panel.run()
     assert panel.job is None and panel.run_button.isEnabled()
     assert shown == ["model tiny-threshold segments 3-D images but the image is 2-D; pick a model for this kind of image"]
+
+
+def test_upscaled_rerun_moves_the_layer_to_the_fine_grid(qtbot, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    weights, card = make_tiny_model(tmp_path / "src")
+    registry.register_model(weights, card, tmp_path / "zoo")
+    monkeypatch.setattr(registry, "user_models_dir", lambda: tmp_path / "zoo")
+    viewer = ViewerModel()
+    viewer.add_image(np.random.default_rng(0).random((8, 20, 24)).astype(np.float32), name="vol",
+                     scale=(3.0, 1.0, 1.0), translate=(5.0, -3.0, 1.0))
+    panel = SegmentationPanel(viewer)
+    qtbot.addWidget(panel)
+    panel.model_combo.setCurrentText("tiny-threshold")
+    panel.run()
+    qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
+    panel.upscale_spins["z"].setValue(3)
+    panel.run()
+    qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
+    layer = viewer.layers["vol tiny-threshold"]
+    assert layer.data.shape == (24, 20, 24)
+    np.testing.assert_allclose(layer.scale, (1.0, 1.0, 1.0))
+    # fine slice 0 is centred one fine slice below the first coarse slice: 5 - 1
+    np.testing.assert_allclose(layer.translate, (4.0, -3.0, 1.0))
+    np.testing.assert_allclose(layer.data_to_world((1, 0, 0)), viewer.layers["vol"].data_to_world((0, 0, 0)))
+    assert panel.status.text().endswith("Upscaled 3 x 1 x 1 from 3 shifted copies.")
