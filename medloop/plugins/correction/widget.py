@@ -62,6 +62,7 @@ class CorrectionPanel(MethodPanel):
         self.rounds_spin = QSpinBox()
         self.rounds_spin.setRange(1, 20)
         self.rounds_spin.setValue(6)  # Gupta et al.'s best round
+        self.stage2_check = QCheckBox("Stage 2: also learn from the other open images (Cues 2)")
         self.crf_check = QCheckBox("CRF-loss fine-tune stage")
         self.live_check = QCheckBox("Live: update the prediction after each stroke")
         self.live_check.setChecked(True)
@@ -84,6 +85,7 @@ class CorrectionPanel(MethodPanel):
         form.addRow("Balancing", self.balancing_combo)
         form.addRow("", self.boundary_check)
         form.addRow("Box rounds", self.rounds_spin)
+        form.addRow("", self.stage2_check)
         form.addRow("", self.crf_check)
         form.addRow("Fine-tune epochs", self.epochs_spin)
         versions = QHBoxLayout()
@@ -135,6 +137,7 @@ class CorrectionPanel(MethodPanel):
         for widget in (self.balancing_combo, self.boundary_check, self.live_check):
             widget.setEnabled(strokes)
         self.rounds_spin.setEnabled(self.kind == "boxes")
+        self.stage2_check.setEnabled(self.kind == "boxes")
         self.crf_check.setEnabled(self.kind == "points")
         self._model_changed()
 
@@ -391,6 +394,7 @@ class CorrectionPanel(MethodPanel):
         kind, mode = self.kind, self.balancing_combo.currentText()
         rounds, crf, boundary = self.rounds_spin.value(), self.crf_check.isChecked(), self.boundary_check.isChecked()
         config = replace(default_fine_tune_config(), epochs=self.epochs_spin.value())
+        unlabeled = self._unlabeled_images(layer) if kind == "boxes" and self.stage2_check.isChecked() else []
         _, pred_name = self._names()
         self.curve.clear()
         self.status.setText(f"Fine-tuning {entry.name} on {kind} ...")
@@ -399,6 +403,7 @@ class CorrectionPanel(MethodPanel):
             run = run_weak(
                 kind, image, annotation, entry, epochs=config.epochs, mode=mode, rounds=rounds,
                 progress=progress, should_stop=should_stop, config=config, crf=crf, boundary=boundary,
+                unlabeled=unlabeled,
             )
             from medloop.plugins.correction.headless import model_input
 
@@ -411,6 +416,21 @@ class CorrectionPanel(MethodPanel):
             pred.data = labels.astype(np.uint8)
 
         self.start(compute, done, on_info=self.curve.add_epoch)
+
+    def _unlabeled_images(self, layer) -> list:
+        """The other open image layers of the same kind (dimensionality, channels): stage 2's
+        unlabelled images."""
+        image = layer_image(layer)
+        others = []
+        for other in self.viewer.layers:
+            if other is layer or other._type_string != "image":
+                continue
+            candidate = layer_image(other)
+            if candidate.ndim == image.ndim and candidate.channel_axis == image.channel_axis and (
+                not image.channel_axis or candidate.shape[-1] == image.shape[-1]
+            ):
+                others.append(candidate)
+        return others
 
     def _save_version(self, run) -> None:
         new = self.versions.save(

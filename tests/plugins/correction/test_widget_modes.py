@@ -159,3 +159,37 @@ def test_panel_fine_tune_equals_the_headless_replay(setup, qtbot):
     replay = build_model(entry).state_dict()
     assert gui.keys() == replay.keys()
     assert all(torch.equal(gui[k], replay[k]) for k in gui)
+
+
+def test_boxes_stage2_uses_the_other_open_images(setup, qtbot):
+    from scipy import ndimage
+
+    from medloop.app.io.image import MedImage
+    from medloop.plugins.correction.synth import nuclei
+
+    panel, viewer, truth, painted, tmp_path = setup
+    for seed in (11, 12):
+        other = nuclei(np.random.default_rng(seed), channels=1)
+        img = MedImage.from_array(other.image[0], spacing=(0.5, 0.5))
+        viewer.add_image(img.array, name=f"other {seed}", metadata={"medloop_image": img}, **img.layer_kwargs())
+    panel.image_combo.setCurrentText("cells")
+    assert [i.shape for i in panel._unlabeled_images(viewer.layers["cells"])] == [(64, 64), (64, 64)]
+    inst, n = ndimage.label(truth)
+    panel.set_kind("boxes")
+    panel.annotation_layer().add_rectangles(boxes_to_shapes(boxes(inst)))
+    panel.epochs_spin.setValue(2)
+    panel.rounds_spin.setValue(1)
+    panel.stage2_check.setChecked(True)
+    panel.fine_tune()
+    wait_idle(qtbot, panel)
+    metrics = panel.versions.current_entry.card.raw["training"]["metrics"]
+    assert metrics["stage2"]["rounds"], metrics.get("stage2")
+    assert _prediction_dice(viewer, truth) > _base_dice_of_base(panel, truth)
+
+
+def _base_dice_of_base(panel, truth):
+    from medloop.models.registry import build_model
+    from medloop.plugins.correction.headless import model_input, predict_on_grid
+
+    image = panel.image_layer().metadata["medloop_image"]
+    return dice_per_class(predict_on_grid(build_model(panel.base_entry()), model_input(image, panel.base_entry().card)), truth, 2)[1]
