@@ -35,21 +35,38 @@ def _to_sitk(nifti_img, array):
     return img
 
 
-def main() -> None:
-    import SimpleITK as sitk
-    from nilearn import __version__ as nilearn_version
+def mni_arrays(resolution: int):
+    """nilearn's MNI152 2009 T1 (x1000, int16) and tissue labels at ``resolution`` mm, with the
+    nilearn image whose geometry they share (nilearn reads its package data: no download)."""
     from nilearn import datasets
 
-    t1 = datasets.load_mni152_template(resolution=2)
-    gm = np.asarray(datasets.load_mni152_gm_template(resolution=2).dataobj, dtype=np.float32)
-    wm = np.asarray(datasets.load_mni152_wm_template(resolution=2).dataobj, dtype=np.float32)
-    mask = np.asarray(datasets.load_mni152_brain_mask(resolution=2).dataobj) > 0
+    t1 = datasets.load_mni152_template(resolution=resolution)
+    gm = np.asarray(datasets.load_mni152_gm_template(resolution=resolution).dataobj, dtype=np.float32)
+    wm = np.asarray(datasets.load_mni152_wm_template(resolution=resolution).dataobj, dtype=np.float32)
+    mask = np.asarray(datasets.load_mni152_brain_mask(resolution=resolution).dataobj) > 0
 
     t1_data = np.asarray(t1.dataobj, dtype=np.float32)
     t1_i16 = np.round(np.clip(t1_data, 0, None) * 1000).astype(np.int16)
     probs = np.stack([np.clip(1 - gm - wm, 0, 1), gm, wm])
     labels = np.argmax(probs, axis=0).astype(np.uint8)
     labels[~mask] = 0
+    return t1, t1_i16, labels
+
+
+def load_mni(resolution: int):
+    """``(t1, tissue)`` MedImages of the MNI152 2009 template at ``resolution`` mm (dev extra:
+    needs nilearn); the packaged sample is the 2 mm version."""
+    from medloop.app.io.sitk_convert import from_sitk
+
+    t1, t1_i16, labels = mni_arrays(resolution)
+    return from_sitk(_to_sitk(t1, t1_i16)), from_sitk(_to_sitk(t1, labels))
+
+
+def main() -> None:
+    import SimpleITK as sitk
+    from nilearn import __version__ as nilearn_version
+
+    t1, t1_i16, labels = mni_arrays(2)
 
     OUT.mkdir(parents=True, exist_ok=True)
     files = {}

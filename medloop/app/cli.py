@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--upscale-fusion", choices=["mean", "vote"], default="mean", help="--upscale --upscale-overlap: fuse by probability mean or majority vote")
     seg.add_argument("--upscale-overlap", action="store_true", help="--upscale: predict every fine voxel from both neighbouring coarse voxels and fuse (2x the passes per axis)")
     seg.add_argument("--upscale-align", choices=["centre", "start"], default="centre", help="--upscale: fine voxels centred in their coarse voxel (default) or starting at its centre (the paper's)")
+    seg.add_argument("--upscale-order", type=int, choices=[1, 3], default=3, help="--upscale: image interpolation of the shifted copies (3 cubic B-spline, 1 linear)")
     _add_read_options(seg)
 
     models = sub.add_parser("models", help="list the model zoo, or register your own model")
@@ -224,6 +225,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         model=args.model, device=args.device, roi_size=tile, overlap=args.overlap, batch_size=args.batch_size,
         probabilities=args.probabilities is not None, models_dir=args.models_dir, upscale=factors,
         upscale_align=args.upscale_align, upscale_overlap=args.upscale_overlap, upscale_fusion=args.upscale_fusion,
+        upscale_order=args.upscale_order,
     )
     if image.is_multiscale:
         from medloop.plugins.segmentation.method import segment_slide_file

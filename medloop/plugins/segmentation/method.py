@@ -38,6 +38,7 @@ class SegmentParams:
     upscale_align: str = "centre"
     upscale_overlap: bool = False
     upscale_fusion: str = "mean"
+    upscale_order: int = 3  # image interpolation of the shifted copies: 3 cubic B-spline, 1 linear
 
 
 @dataclass
@@ -105,7 +106,7 @@ def segment(
     inputs = network_input(grid, card)
     grid_factors = upscale.model_axis_factors(image, grid, factors)
     offsets = upscale.shift_offsets(grid_factors, params.upscale_align, params.upscale_overlap)
-    copies = upscale.shifted_copies(inputs, offsets)  # (S, C, *spatial); S = 1 without upscaling
+    copies = upscale.shifted_copies(inputs, offsets, params.upscale_order)  # (S, C, *spatial); S = 1 without upscaling
     inputs = copies.reshape(-1, *copies.shape[2:])
     inference = card.inference
     roi = tuple(params.roi_size or inference.get("roi_size") or grid.shape[: grid.ndim])
@@ -147,7 +148,7 @@ def segment(
     if any(k > 1 for k in factors):
         provenance["upscale"] = {
             "factors": list(factors), "align": params.upscale_align, "overlap": params.upscale_overlap,
-            "fusion": params.upscale_fusion, "copies": len(offsets),
+            "fusion": params.upscale_fusion, "order": params.upscale_order, "copies": len(offsets),
         }
     geometry_only = _scalar(target)
     return SegmentResult(

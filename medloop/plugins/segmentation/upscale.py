@@ -2,8 +2,8 @@
 on a grid k times finer along chosen axes by segmenting sub-voxel shifted copies of its input
 and interleaving the outputs.
 
-For factors ``k`` per axis, the input is resampled (linear interpolation in the image domain,
-edges clamped) at every combination of the shifts ``t_j = (j + a) / k`` voxels, ``j = 0..k-1``;
+For factors ``k`` per axis, the input is resampled (cubic B-spline or linear interpolation in
+the image domain, edges clamped) at every combination of the shifts ``t_j = (j + a) / k`` voxels, ``j = 0..k-1``;
 the output voxel ``n`` of shift ``j`` is the fine voxel ``n * k + j``. ``align="centre"``
 (``a = -(k - 1) / 2``, the default) puts the ``k`` fine voxels symmetrically inside their coarse
 voxel, so the fine grid covers exactly the coarse grid's extent (what any resampler's finer
@@ -86,17 +86,52 @@ def shift_offsets(factors: Sequence[int], align: str = "centre", overlap: bool =
     return list(itertools.product(*per_axis))
 
 
-def shifted_copies(x: np.ndarray, offsets: Sequence[tuple[tuple[float, int], ...]], order: int = 1) -> np.ndarray:
+def _bspline3(s: float) -> float:
+    s = abs(s)
+    return 2 / 3 - s * s + s**3 / 2 if s < 1 else ((2 - s) ** 3 / 6 if s < 2 else 0.0)
+
+
+def shift_axis(x: np.ndarray, t: float, axis: int, order: int = 3) -> np.ndarray:
+    """``x`` sampled at ``n + t`` along ``axis`` (float32): linear (``order=1``) or cubic
+    B-spline (``order=3``) interpolation. A constant sub-voxel shift is a fixed 2- or 4-tap
+    filter (after the B-spline prefilter), so this costs a few passes over the array instead of
+    a full N-D spline evaluation. Positions beyond the first/last voxel take the edge value."""
+    if order not in (1, 3):
+        raise UpscaleError(f"interpolation order must be 1 (linear) or 3 (cubic), got {order}")
+    n = x.shape[axis]
+    f = int(np.floor(t))
+    u = t - f
+    if order == 1:
+        coeffs, taps = x.astype(np.float64), [(0, 1.0 - u), (1, u)]
+    else:
+        coeffs = ndimage.spline_filter1d(x, order=3, axis=axis, mode="nearest", output=np.float64)
+        taps = [(i, _bspline3(u - i)) for i in (-1, 0, 1, 2)]
+    out = np.zeros(x.shape, np.float64)
+    base = np.arange(n) + f
+    for i, weight in taps:
+        if weight:
+            out += weight * np.take(coeffs, np.clip(base + i, 0, n - 1), axis=axis)
+    position = np.arange(n) + t
+    shape = [1] * x.ndim
+    shape[axis] = n
+    low, high = (position < 0).reshape(shape), (position > n - 1).reshape(shape)
+    out = np.where(low, np.take(x, [0], axis=axis), out)
+    out = np.where(high, np.take(x, [n - 1], axis=axis), out)
+    return out.astype(np.float32)
+
+
+def shifted_copies(x: np.ndarray, offsets: Sequence[tuple[tuple[float, int], ...]], order: int = 3) -> np.ndarray:
     """``(S, C, *spatial)`` float32: ``x`` (``(C, *spatial)``) sampled at ``n + t`` for each
-    offset (spline ``order``; 1 = linear; edges clamped). A zero shift is an exact copy."""
+    offset, one axis at a time (:func:`shift_axis`; ``order`` 3 = cubic B-spline, the default:
+    on thick-slice brain MRI it placed boundaries better than linear, see
+    ``benchmarks/bench_upscale.py``). A zero shift is an exact copy."""
     out = np.empty((len(offsets), *x.shape), np.float32)
     for s, combo in enumerate(offsets):
-        t = np.array([shift for shift, _ in combo])
-        if not np.any(t):
-            out[s] = x
-            continue
-        for c in range(x.shape[0]):  # ndimage.shift: out(n) = in(n - shift)
-            out[s, c] = ndimage.shift(x[c].astype(np.float32), -t, order=order, mode="nearest", prefilter=order > 1)
+        shifted = np.asarray(x, np.float32)
+        for axis, (t, _) in enumerate(combo):
+            if t:
+                shifted = shift_axis(shifted, t, axis + 1, order)
+        out[s] = shifted
     return out
 
 
@@ -121,7 +156,7 @@ def fuse(outputs: np.ndarray, offsets: Sequence[tuple[tuple[float, int], ...]], 
         for d, k, (_, f) in zip(spatial, factors, combo):
             first = 1 if f < 0 else 0
             src.append(slice(first, d))
-            dst.append(slice(first * int(k) + f, d * int(k), int(k)))
+            dst.append(slice(first * int(k) + f, (d - 1) * int(k) + f + 1, int(k)))
         block = out[(slice(None), *src)]
         total[(slice(None), *dst)] += block
         count[tuple(dst)] += 1

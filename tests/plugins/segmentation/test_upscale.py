@@ -30,6 +30,19 @@ def test_interleaving_puts_output_n_of_shift_j_at_n_k_plus_j():
     np.testing.assert_array_equal(fine, 1000 * m0 + m1)
 
 
+def test_overlap_predicts_every_fine_voxel_from_both_neighbours():
+    # k = 2, overlap: shift t lands on n * 2 + j, shift t - 1 on (n - 1) * 2 + j.
+    offsets = upscale.shift_offsets((2,), "centre", overlap=True)
+    d = 4
+    outputs = np.zeros((4, 1, d), np.float32)
+    for s, ((t, f),) in enumerate(offsets):
+        outputs[s, 0] = np.arange(d) * 2 + f  # encodes its own fine index
+    counts = upscale.fuse(np.ones_like(outputs), offsets, (2,))
+    np.testing.assert_array_equal(counts[0], np.ones(8))
+    fused = upscale.fuse(outputs, offsets, (2,))
+    np.testing.assert_array_equal(fused[0], np.arange(8))  # every contribution landed where it encodes
+
+
 def test_shifts_are_j_over_k_and_centred_shifts_are_symmetric():
     start = [t for ((t, _),) in upscale.shift_offsets((3,), "start")]
     centre = [t for ((t, _),) in upscale.shift_offsets((3,), "centre")]
@@ -42,11 +55,22 @@ def test_shifts_are_j_over_k_and_centred_shifts_are_symmetric():
 def test_shifted_copies_sample_the_image_between_voxels():
     x = np.arange(10, dtype=np.float32)[None, :, None] * np.ones((1, 10, 4), np.float32)  # ramp along axis 0
     offsets = upscale.shift_offsets((4, 1), "start")
-    copies = upscale.shifted_copies(x, offsets)
+    copies = upscale.shifted_copies(x, offsets, order=1)
     for s, ((t, _), _) in enumerate(offsets):
         np.testing.assert_allclose(copies[s, 0, :9, 0], np.arange(9) + t, atol=1e-5)  # linear between voxels
         assert copies[s, 0, 9, 0] == 9.0  # the edge is clamped, not zero-filled
     np.testing.assert_array_equal(copies[0], x)  # shift 0 is an exact copy
+    # Cubic B-splines reproduce a ramp exactly away from the edges, and equal scipy's N-D
+    # spline evaluation there on any image.
+    ramp = np.arange(40, dtype=np.float32)[None, :, None] * np.ones((1, 40, 2), np.float32)
+    cubic = upscale.shifted_copies(ramp, offsets, order=3)
+    np.testing.assert_allclose(cubic[1, 0, 15:25, 0], np.arange(15, 25) + 0.25, atol=1e-5)
+    from scipy import ndimage
+
+    noise = np.random.default_rng(0).random((1, 30, 8, 6)).astype(np.float32)
+    both = upscale.shifted_copies(noise, [((0.4, 1), (-0.3, 0), (0.0, 0))], order=3)[0, 0]
+    ref = ndimage.shift(noise[0], (-0.4, 0.3, 0.0), order=3, mode="nearest")
+    np.testing.assert_allclose(both[8:22, 3:5], ref[8:22, 3:5], atol=1e-5)
 
 
 def test_fusion_mean_and_vote():
@@ -57,6 +81,7 @@ def test_fusion_mean_and_vote():
     two = np.concatenate([outputs, np.array([[[0.4, 0.4], [0.6, 0.6]]], np.float32)])
     mean = upscale.fuse(two, offsets, (1,), "mean")
     np.testing.assert_allclose(mean[:, 0], [(0.9 + 0.4) / 2, (0.1 + 0.6) / 2])
+    np.testing.assert_array_equal(mean[:, 1], np.float32([0.9, 0.1]))  # seen once: the first output alone
     vote = upscale.fuse(two, offsets, (1,), "vote")
     assert vote[:, 0].argmax() == 0 and vote[:, 1].argmax() == 0  # voxel 1: only the first output
     three = np.concatenate([two, np.array([[[0.3, 0.3], [0.7, 0.7]]], np.float32)])
@@ -150,7 +175,7 @@ def test_upscaled_grid_is_exact_and_boundaries_land_between_slices(model_dir):
     assert np.all(column[first_fg:] == 1) and np.all(column[:first_fg] == 0)
     position = (first_fg - 1) / 3  # coarse index of the first foreground fine voxel
     assert 6.3 <= position < 6.3 + 1 / 3 + 1e-9, position
-    assert result.provenance["upscale"] == {"factors": [3, 1, 1], "align": "centre", "overlap": False, "fusion": "mean", "copies": 3}
+    assert result.provenance["upscale"] == {"factors": [3, 1, 1], "align": "centre", "overlap": False, "fusion": "mean", "order": 3, "copies": 3}
 
 
 def test_cli_upscale_writes_the_fine_grid(cli, tmp_path):
