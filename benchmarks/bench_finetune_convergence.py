@@ -108,7 +108,7 @@ def load_mosaic(seed: int, n_held_out: int = 8):
     return what, net, items[0].image, items[0].semantic, s, coverage, held, tuple(range(K_MOSAIC)), K_MOSAIC
 
 
-def run(scenario: tuple, seed: int, epochs: int | None, every: int, log) -> dict:
+def run(scenario: tuple, seed: int, epochs: int | None, every: int, log, anchor: float | None = None, lr: float | None = None) -> dict:
     import torch
 
     from medloop.plugins.correction.retrain import default_fine_tune_config, fine_tune
@@ -148,7 +148,12 @@ def run(scenario: tuple, seed: int, epochs: int | None, every: int, log) -> dict
     cfg = default_fine_tune_config() if epochs is None else default_fine_tune_config(epochs=epochs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = fine_tune(net, [(x, s)], cfg, mode="mini-batch", progress=progress, seed=seed)
+        if lr is not None:
+            from dataclasses import replace
+
+            cfg = replace(cfg, lr=lr)
+        extra = {} if anchor is None else {"anchor": anchor}
+        result = fine_tune(net, [(x, s)], cfg, mode="mini-batch", progress=progress, seed=seed, **extra)
     handle.remove()
     total_train = time.perf_counter() - clock["t0"] - clock["eval"]
     final_same, final_held = score(result.network, [(x, truth)]), score(result.network, held_out)
@@ -195,6 +200,8 @@ def main(argv=None) -> int:
     ap.add_argument("--offset", type=int, default=6, help="brain: held-out slices this many slices away")
     ap.add_argument("--every", type=int, default=5, help="evaluate the test Dice every this many steps")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--anchor", type=float, default=None, help="fine_tune's anchor weight (default: fine_tune's default)")
+    ap.add_argument("--lr", type=float, default=None, help="learning rate (default: the panel's)")
     args = ap.parse_args(argv)
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
     epochs = args.epochs or (6 if args.quick else None)
@@ -217,7 +224,7 @@ def main(argv=None) -> int:
                 scenario = load_mosaic(seed)
             else:
                 scenario = load_brain(args.axis, args.position, args.offset, seed, dense=name == "brain-dense")
-            runs.append(run(scenario, seed, epochs, args.every, log))
+            runs.append(run(scenario, seed, epochs, args.every, log, args.anchor, args.lr))
         log(f"median over seeds ({name}):")
         for key, what in [("start_test", "start test Dice"), ("final_test", "final test Dice"),
                           ("start_held_out", "start held-out Dice"), ("final_held_out", "final held-out Dice"),

@@ -269,7 +269,7 @@ def run_weak(
     """
     from medloop.app.engine.jobs import JobCancelled
     from medloop.models.registry import ModelEntry, build_model
-    from medloop.plugins.correction.retrain import fine_tune
+    from medloop.plugins.correction.retrain import DEFAULT_ANCHOR, fine_tune
 
     _check_kind(kind)
     card = base.card if isinstance(base, ModelEntry) else None
@@ -289,12 +289,17 @@ def run_weak(
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
 
-    def train(net: torch.nn.Module, labels: np.ndarray | None, round_seed: int, loss_fn: Any = None, pairs: Any = ()):
-        """Fine-tune a copy of ``net`` on ``(x, labels)`` (skipped when None) and ``pairs``."""
+    def train(
+        net: torch.nn.Module, labels: np.ndarray | None, round_seed: int, loss_fn: Any = None, pairs: Any = (),
+        anchor: float = 0.0,
+    ):
+        """Fine-tune a copy of ``net`` on ``(x, labels)`` (skipped when None) and ``pairs``.
+        ``anchor`` (strokes only: box and point pseudo-labels are dense) keeps the starting
+        model's confident predictions on unannotated pixels."""
         todo = ([(x, labels)] if labels is not None else []) + list(pairs)
         return fine_tune(
             net, todo, cfg, mode=mode, progress=progress, should_stop=should_stop,
-            seed=round_seed, raise_on_stop=True, loss_fn=loss_fn,
+            seed=round_seed, raise_on_stop=True, loss_fn=loss_fn, anchor=anchor,
         )
 
     if kind == "strokes":
@@ -315,9 +320,9 @@ def run_weak(
             pairs = [(x[:, z], s[z]) for z in range(s.shape[0]) if s[z].any()]
             if not pairs:
                 raise AnnotationError("the annotation layer is empty; paint strokes of at least two classes")
-            result = train(network, None, seed, loss_fn=loss_fn, pairs=pairs)
+            result = train(network, None, seed, loss_fn=loss_fn, pairs=pairs, anchor=DEFAULT_ANCHOR)
         else:
-            result = train(network, s, seed, loss_fn=loss_fn)
+            result = train(network, s, seed, loss_fn=loss_fn, anchor=DEFAULT_ANCHOR)
         info = {"round": 0, **result.metrics}
         return WeakRun(
             result.network, kind, s,

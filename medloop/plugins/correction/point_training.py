@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from medloop.plugins.correction.headless import WeakRun
+from medloop.plugins.correction.retrain import InputStash
 from medloop.plugins.correction.points import crf_loss, point_loss
 
 __all__ = [
@@ -97,30 +98,6 @@ class PointLoss:
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         vor, clu = self.maps(target)
         return point_loss(logits, vor, clu)
-
-
-class InputStash:
-    """Keeps the latest input batch of a network: ``attach(net)`` registers a forward pre-hook
-    (returns its handle); ``latest`` is the last ``(N, C, *s)`` input seen by ``net`` or by a
-    deep copy of it made while attached."""
-
-    def __init__(self) -> None:
-        self._box: list[torch.Tensor] = []
-        box = self._box
-
-        def hook(module: torch.nn.Module, args: tuple) -> None:  # a plain function: deepcopy shares it
-            box[:] = [args[0].detach()]
-
-        self._hook = hook
-
-    def attach(self, network: torch.nn.Module) -> Any:
-        return network.register_forward_pre_hook(self._hook)
-
-    @property
-    def latest(self) -> torch.Tensor:
-        if not self._box:
-            raise RuntimeError("the network has not run since the input stash was attached")
-        return self._box[0]
 
 
 class CrfPointLoss(PointLoss):

@@ -291,3 +291,47 @@ def test_fine_tune_accepts_a_config_and_reports_progress():
         r = fine_tune(net(3, features=(4, 8)), pairs, config, mode="instance", seed=1,
                       progress=lambda done, total, info: seen.append((done, total)))
     assert r.metrics["steps_done"] == 2 and seen[-1][0] == 2 and r.metrics["mode"] == "instance"
+
+
+def test_anchored_loss_pulls_unannotated_confident_pixels_to_the_parent():
+    import torch
+
+    from medloop.plugins.correction.retrain import AnchoredLoss, InputStash
+
+    torch.manual_seed(0)
+    parent = torch.nn.Conv2d(1, 2, 1)
+    with torch.no_grad():
+        parent.weight[:] = torch.tensor([[[[10.0]]], [[[-10.0]]]])  # confident where |x| is large
+        parent.bias.zero_()
+    stash = InputStash()
+    x = torch.tensor([[[[1.0, -1.0, 0.01, 2.0]]]])  # pixel 2: the parent is unsure (p ~ 0.6)
+    student = torch.nn.Conv2d(1, 2, 1)
+    stash.attach(student)
+    logits = student(x)
+    target = torch.tensor([[[2, 0, 0, 0]]])  # pixel 0 annotated (class 1), the rest not
+    weight = (target > 0).float()
+    loss = AnchoredLoss(lambda lg, t, w: lg.sum() * 0, parent, stash, weight=0.5, confidence=0.9)
+    value = loss(logits, target, weight)
+    soft = torch.softmax(parent(x), 1)
+    ce = -(soft * torch.log_softmax(logits, 1)).sum(1)[0, 0]
+    expected = 0.5 * (ce[1] + ce[3]) / 3  # unannotated: pixels 1-3; confident: 1 and 3
+    assert torch.allclose(value, expected, atol=1e-6)
+    value.backward()
+
+
+def test_fine_tune_with_anchor_returns_a_hook_free_copy(tmp_path):
+    import torch
+
+    from medloop.plugins.correction.retrain import default_fine_tune_config, fine_tune
+    from medloop.models.nets import build_network
+
+    torch.manual_seed(0)
+    net = build_network("unet2d", spatial_dims=2, in_channels=1, out_channels=2, features=[4, 8], norm="group")
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = np.random.default_rng(0).random((1, 32, 32)).astype(np.float32)
+    s = np.zeros((32, 32), np.int64)
+    s[2:6, 2:10], s[20:24, 20:30] = 1, 2
+    result = fine_tune(net, [(x, s)], default_fine_tune_config(epochs=1, steps_per_epoch=3), anchor=0.5, validation_fraction=0)
+    assert not result.network._forward_pre_hooks and not net._forward_pre_hooks
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert result.metrics["anchor"] == 0.5
