@@ -51,12 +51,13 @@ def probabilities_to_grid(probabilities: np.ndarray, source: MedImage, target: M
     if same_grid:
         return probabilities.astype(np.float32, copy=False)
     reference = to_sitk(target.with_array(np.zeros(target.shape[: target.ndim], np.uint8)))
-    out = []
+    out = np.empty((len(probabilities), *target.shape[: target.ndim]), np.float32)
     for k, channel in enumerate(probabilities):
         moving = to_sitk(source.with_array(np.ascontiguousarray(channel, dtype=np.float32)))
         default = 1.0 if k == 0 else 0.0
-        out.append(sitk.GetArrayFromImage(sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, default)))
-    return np.stack(out).astype(np.float32, copy=False)
+        resampled = sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, default)
+        out[k] = sitk.GetArrayViewFromImage(resampled)  # the view needs ``resampled`` alive: copied here
+    return out
 
 
 def normalise(array: np.ndarray, spec: dict) -> np.ndarray:

@@ -1,0 +1,337 @@
+"""Segment-then-segment (seed 002, Benčević et al. 2022) for 2-D images: a coarse model on the
+whole image downscaled to its input size S finds the objects; each object is cropped from the
+full-resolution image, segmented by a fine model at the same input size S, and the crops'
+outputs are pasted back and fused. Small networks keep the full-resolution detail of the
+objects because the crops, not the whole image, are resized to S.
+
+Crop boxes (:func:`crop_boxes`), for every connected component (8-connected) of the coarse
+foreground (argmax != background):
+
+1. its bounding box on the coarse grid is scaled to the full-resolution grid (outward: a coarse
+   pixel covers ``[r * H / h, (r + 1) * H / h)``);
+2. components whose scaled box is narrower or lower than ``min_size`` (5) pixels are dropped:
+   the paper's noise filter. It is applied to the object's box *before* padding, since a padded
+   crop is never under ``2 k`` pixels, and once more to the final crop (an image under 5 px);
+3. the box is padded by ``k`` on all four sides (default ``S // 8``, as the paper's code),
+   squared to its larger side (the shorter side grows around its centre, the extra odd pixel
+   after it), and shifted, keeping its size, to lie inside the image; a side larger than the
+   image is clipped to the image instead (that crop is then not square).
+
+Resizing: image crops (and the whole image for the coarse stage) are resized to S x S with
+bilinear interpolation, antialiased when shrinking (``F.interpolate(mode="bilinear",
+antialias=True, align_corners=False)``; the paper's nearest neighbour aliases when shrinking
+8x). Probabilities go back to the crop's size the same way (bilinear, so boundaries fall between
+the coarse pixels), and labels are their argmax.
+
+Fusion (:func:`fuse_crops`): each pixel takes the class probabilities of the crop with the
+highest foreground probability ``1 - p(background)`` there, i.e. the maximum probability of
+the foreground over overlapping crops; for two classes its label is exactly the logical OR of
+the crops' masks. Pixels outside every crop are background (probability 1): the coarse
+foreground lies inside the crops except for components dropped as too small.
+
+K classes: both models must have the same classes; "foreground" is any class but 0, a crop is
+made per connected component of the coarse foreground, and the winning crop's whole class
+vector is kept (for K = 2 this is the paper's OR). One-channel (sigmoid) outputs count as
+(1 - p, p).
+
+Training the fine model (:func:`fine_training_pairs`): crops of the ground truth's connected
+components, each box coordinate and size jittered by a uniform random whole number in
+``[-jitter, jitter]`` full-resolution pixels (default ``k // 2``; the paper's code: ±16 px with
+k = 16) before squaring and padding, resized to S; images without objects give the whole image
+resized to S, as in the paper.
+
+Qt-free; :func:`~medloop.plugins.segmentation.method.segment` runs it for the panel and the CLI
+(``medloop segment --model COARSE --cascade FINE``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from medloop.app.engine.jobs import check_stop
+
+MIN_CROP = 5
+Box = tuple[int, int, int, int]
+"""``(y0, x0, y1, x1)``: rows ``y0:y1`` and columns ``x0:x1`` of the full-resolution image."""
+
+
+@dataclass
+class CascadeResult:
+    probabilities: np.ndarray  # (K, H, W) float32 on the image's grid
+    boxes: list[Box] = field(default_factory=list)  # the crops the fine model segmented
+    coarse_probabilities: np.ndarray | None = None  # (K, S, S) of the coarse stage
+
+
+def default_padding(input_size: int | Sequence[int]) -> int:
+    """The paper's code pads by S // 8 full-resolution pixels."""
+    return int(_size2(input_size)[0]) // 8
+
+
+# ------------------------------------------------------------------------------------- boxes
+
+
+def component_boxes(mask: np.ndarray) -> list[Box]:
+    """Bounding box ``(y0, x0, y1, x1)`` (end exclusive) of every 8-connected component of
+    ``mask > 0``, in label order (row-major by first pixel)."""
+    labels, n = ndimage.label(np.asarray(mask) > 0, structure=np.ones((3, 3), bool))
+    return [(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in ndimage.find_objects(labels) if s is not None][:n]
+
+
+def expand_box(box: Sequence[int], image_shape: Sequence[int], padding: int) -> Box:
+    """Pad ``box`` by ``padding`` on every side, square it to its larger side and shift it
+    inside ``image_shape`` (clipped to the image where it is larger than the image)."""
+    y0, x0, y1, x1 = (int(v) for v in box)
+    y0, x0, y1, x1 = y0 - padding, x0 - padding, y1 + padding, x1 + padding
+    h, w = y1 - y0, x1 - x0
+    side = max(h, w)
+    y0 -= (side - h) // 2
+    x0 -= (side - w) // 2
+    out = []
+    for start, n in ((y0, image_shape[0]), (x0, image_shape[1])):
+        if side >= n:
+            out.append((0, int(n)))
+        else:
+            start = min(max(start, 0), int(n) - side)
+            out.append((start, start + side))
+    (y0, y1), (x0, x1) = out
+    return y0, x0, y1, x1
+
+
+def scale_box(box: Sequence[int], scale: tuple[float, float]) -> Box:
+    """A coarse-grid box on the full-resolution grid (outward rounding)."""
+    y0, x0, y1, x1 = box
+    sy, sx = scale
+    return (int(np.floor(y0 * sy + 1e-9)), int(np.floor(x0 * sx + 1e-9)),
+            int(np.ceil(y1 * sy - 1e-9)), int(np.ceil(x1 * sx - 1e-9)))
+
+
+def crop_boxes(
+    coarse_mask: np.ndarray, image_shape: Sequence[int], padding: int, min_size: int = MIN_CROP
+) -> list[Box]:
+    """The crops for a coarse foreground mask (on any grid covering the image's extent): see
+    the module docstring for the steps."""
+    coarse_mask = np.asarray(coarse_mask)
+    scale = (image_shape[0] / coarse_mask.shape[0], image_shape[1] / coarse_mask.shape[1])
+    boxes = []
+    for box in component_boxes(coarse_mask):
+        y0, x0, y1, x1 = scale_box(box, scale)
+        if y1 - y0 < min_size or x1 - x0 < min_size:
+            continue
+        crop = expand_box((y0, x0, y1, x1), image_shape, padding)
+        if crop[2] - crop[0] >= min_size and crop[3] - crop[1] >= min_size:
+            boxes.append(crop)
+    return boxes
+
+
+# ----------------------------------------------------------------------------------- resizing
+
+
+def _size2(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    size = tuple(int(s) for s in size)
+    return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
+
+
+def resize(x: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
+    """``(N, C, h, w)`` float tensor resized to ``size``: bilinear, antialiased when shrinking.
+    The same size returns ``x`` unchanged."""
+    size = _size2(size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def resize_mask(mask: np.ndarray, size: int | Sequence[int], num_classes: int | None = None) -> np.ndarray:
+    """A label map resized like probabilities: per-class indicator maps resized bilinearly
+    (antialiased), then argmax (for two classes: foreground where its area fraction > 0.5)."""
+    mask = np.asarray(mask)
+    k = int(num_classes or max(int(mask.max()) + 1, 2))
+    onehot = torch.from_numpy((mask[None] == np.arange(k)[:, None, None]).astype(np.float32))[None]
+    return resize(onehot, size)[0].argmax(0).numpy().astype(np.int64)
+
+
+def to_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over K, or (1 - p, p) of a one-channel sigmoid output."""
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits)
+        return torch.cat([1 - p, p], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+# ------------------------------------------------------------------------------------- fusion
+
+
+def fuse_crops(shape: Sequence[int], crops: Sequence[np.ndarray], boxes: Sequence[Box]) -> np.ndarray:
+    """``(K, H, W)`` probabilities from per-crop probabilities ``(K, h_i, w_i)`` (already at
+    their boxes' sizes): each pixel keeps the crop with the highest foreground probability
+    ``1 - p0`` (the first crop wins ties); pixels outside every crop are background."""
+    if not crops:
+        out = np.zeros((2, *shape), np.float32)
+        out[0] = 1.0
+        return out
+    k = crops[0].shape[0]
+    out = np.zeros((k, *shape), np.float32)
+    out[0] = 1.0
+    best = np.full(tuple(shape), -1.0, np.float32)
+    for p, (y0, x0, y1, x1) in zip(crops, boxes):
+        fg = 1.0 - p[0]
+        region = best[y0:y1, x0:x1]
+        win = fg > region
+        region[win] = fg[win]
+        out[:, y0:y1, x0:x1][:, win] = p[:, win]
+    return out
+
+
+# ---------------------------------------------------------------------------------- inference
+
+
+def _device_of(predictor: Any, device: Any) -> torch.device:
+    from medloop.app.engine.devices import choose_device
+
+    if device is not None:
+        return device if isinstance(device, torch.device) else choose_device(device)
+    if isinstance(predictor, torch.nn.Module):
+        param = next(itertools.chain(predictor.parameters(), predictor.buffers()), None)
+        if param is not None:
+            return param.device
+    return torch.device("cpu")
+
+
+def predict_resized(
+    image: np.ndarray, predictor: Callable[[torch.Tensor], torch.Tensor], input_size: int | Sequence[int],
+    device: Any = None, amp: bool | None = None,
+) -> np.ndarray:
+    """A "model at input size S": ``image`` ``(C, H, W)`` resized to S, one forward pass,
+    probabilities ``(K, H, W)`` resized back (bilinear)."""
+    probs = _predict_batch(torch.from_numpy(np.ascontiguousarray(image, np.float32))[None], predictor, input_size, device, amp)
+    return resize(probs, image.shape[-2:])[0].numpy()
+
+
+def _predict_batch(x: torch.Tensor, predictor, input_size, device, amp) -> torch.Tensor:
+    """Probabilities ``(N, K, S, S)`` on the CPU for a batch ``(N, C, S', S')`` resized to S."""
+    from medloop.app.engine.devices import autocast_for
+
+    dev = _device_of(predictor, device)
+    with torch.inference_mode():
+        x = resize(x.to(dev, torch.float32), input_size)
+        with autocast_for(dev, amp):
+            logits = predictor(x)
+        return to_probabilities(logits.float()).cpu()
+
+
+def cascade_predict(
+    image: np.ndarray,
+    coarse: Callable[[torch.Tensor], torch.Tensor],
+    fine: Callable[[torch.Tensor], torch.Tensor],
+    input_size: int | Sequence[int],
+    padding: int | None = None,
+    min_size: int = MIN_CROP,
+    batch_size: int = 8,
+    fine_input_size: int | Sequence[int] | None = None,
+    fine_image: np.ndarray | None = None,
+    device: Any = None,
+    amp: bool | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> CascadeResult:
+    """Segment-then-segment of one 2-D image ``(C, H, W)`` (float32, normalised for the models).
+
+    ``coarse`` / ``fine`` map ``(B, C, S, S)`` tensors to logits ``(B, K, S, S)`` (networks or
+    any callables). ``input_size`` is the coarse model's S, ``fine_input_size`` the fine
+    model's (default: the same); ``padding`` k in full-resolution pixels (default S // 8);
+    ``fine_image`` is the image as the fine model wants it normalised (default ``image``).
+    The fine model sees the crops ``batch_size`` at a time. ``progress(done, total)`` after the
+    coarse pass and after every fine batch (total = 1 + batches); ``should_stop()`` is polled
+    before each pass and raises :class:`~medloop.app.engine.jobs.JobCancelled`.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3:
+        raise ValueError(f"cascade_predict needs a (C, H, W) image, got shape {image.shape}")
+    fine_image = image if fine_image is None else np.asarray(fine_image, dtype=np.float32)
+    shape = image.shape[1:]
+    fine_size = _size2(fine_input_size or input_size)
+    k = default_padding(input_size) if padding is None else int(padding)
+    check_stop(should_stop)
+    coarse_probs = _predict_batch(torch.from_numpy(image)[None], coarse, input_size, device, amp)[0]
+    boxes = crop_boxes(coarse_probs.argmax(0).numpy() > 0, shape, k, min_size)
+    batches = [boxes[i : i + batch_size] for i in range(0, len(boxes), batch_size)]
+    total = 1 + len(batches)
+    if progress is not None:
+        progress(1, total)
+    crops: list[np.ndarray] = []
+    source = torch.from_numpy(fine_image)
+    for done, batch in enumerate(batches, start=2):
+        check_stop(should_stop)
+        x = torch.stack([resize(source[None, :, y0:y1, x0:x1], fine_size)[0] for y0, x0, y1, x1 in batch])
+        probs = _predict_batch(x, fine, fine_size, device, amp)
+        for p, (y0, x0, y1, x1) in zip(probs, batch):
+            crops.append(resize(p[None], (y1 - y0, x1 - x0))[0].numpy())
+        if progress is not None:
+            progress(done, total)
+    fused = fuse_crops(shape, crops, boxes)
+    if not crops and coarse_probs.shape[0] != 2:  # no crop: background in the models' K classes
+        fused = np.zeros((coarse_probs.shape[0], *shape), np.float32)
+        fused[0] = 1.0
+    return CascadeResult(probabilities=fused, boxes=boxes, coarse_probabilities=coarse_probs.numpy())
+
+
+# ----------------------------------------------------------------------------------- training
+
+
+def jitter_box(box: Sequence[int], jitter: int, rng: np.random.Generator) -> Box:
+    """``box`` with a uniform random whole number in ``[-jitter, jitter]`` added to its top,
+    left, height and width (height and width kept >= 1)."""
+    y0, x0, y1, x1 = (int(v) for v in box)
+    if jitter <= 0:
+        return y0, x0, y1, x1
+    dy, dx, dh, dw = (int(v) for v in rng.integers(-jitter, jitter + 1, size=4))
+    h, w = max(1, y1 - y0 + dh), max(1, x1 - x0 + dw)
+    return y0 + dy, x0 + dx, y0 + dy + h, x0 + dx + w
+
+
+def fine_training_pairs(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    input_size: int | Sequence[int],
+    padding: int | None = None,
+    jitter: int | None = None,
+    rng: int | np.random.Generator | None = None,
+    per_image: int | None = None,
+    min_size: int = MIN_CROP,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Training pairs ``(image (C, S, S) float32, label (S, S) int64)`` for the fine model:
+    ground-truth crops of every connected component of ``mask > 0`` (at most ``per_image``
+    random ones per image), boxes jittered by up to ``jitter`` pixels (default ``padding // 2``)
+    then padded, squared and shifted inside as at inference; an image without objects gives
+    the whole image resized to S."""
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    size = _size2(input_size)
+    k = default_padding(input_size) if padding is None else int(padding)
+    j = k // 2 if jitter is None else int(jitter)
+    pairs = []
+    for image, mask in zip(images, masks):
+        image = np.asarray(image, dtype=np.float32)
+        mask = np.asarray(mask)
+        if image.ndim == 2:
+            image = image[None]
+        num_classes = max(int(mask.max()) + 1, 2)
+        boxes = [b for b in component_boxes(mask) if b[2] - b[0] >= min_size and b[3] - b[1] >= min_size]
+        if not boxes:
+            boxes_out = [(0, 0, *mask.shape)]
+        else:
+            if per_image is not None and len(boxes) > per_image:
+                boxes = [boxes[i] for i in sorted(gen.choice(len(boxes), per_image, replace=False))]
+            boxes_out = [expand_box(jitter_box(b, j, gen), mask.shape, k) for b in boxes]
+        for y0, x0, y1, x1 in boxes_out:
+            crop = torch.from_numpy(np.ascontiguousarray(image[:, y0:y1, x0:x1]))[None]
+            pairs.append((resize(crop, size)[0].numpy(), resize_mask(mask[y0:y1, x0:x1], size, num_classes)))
+    return pairs
