@@ -108,8 +108,8 @@ def dice_ce_loss(logits, target, weight):
 
 def train(pairs, steps: int, seed: int, init=None, patch=None, fg=0.0, lr=LR):
     import torch
-
     from bench_weak_supervision import tiny_unet, train_config
+
     from medloop.app.engine.train import train_segmentation
 
     torch.manual_seed(seed)
@@ -155,16 +155,22 @@ def main(argv=None) -> int:
     import torch
 
     from medloop.app.engine.tiling import sliding_window_inference
-    from medloop.plugins.segmentation.cascade import cascade_predict, fine_training_pairs, predict_resized, resize, resize_mask
+    from medloop.plugins.segmentation.cascade import (
+        cascade_predict,
+        fine_training_pairs,
+        predict_resized,
+        resize,
+        resize_mask,
+    )
 
     torch.set_num_threads(1)
     size = 1024
     if args.quick:
-        n_train, n_test, steps = 6, 3, {"a256": 40, "b256": 40, "c": 40, "a128": 80, "b128": 80}
+        n_train, n_test, steps = 6, 3, {"a256": 40, "b256": 40, "c": 60, "a128": 150, "b128": 150}
     else:
-        n_train, n_test, steps = 24, 8, {"a256": 250, "b256": 250, "c": 300, "a128": 700, "b128": 700}
+        n_train, n_test, steps = 24, 8, {"a256": 200, "b256": 200, "c": 300, "a128": 500, "b128": 500}
     seed = args.seed
-    log = lambda s: print(s, flush=True)  # noqa: E731
+    log = lambda s: print(s, flush=True)
     t_all = time.perf_counter()
     train_set = make_set(n_train, 1000 + seed, size)
     test_set = make_set(n_test, 2000 + seed, size)

@@ -61,13 +61,17 @@ def resample_onto(values, source, target, linear: bool) -> np.ndarray:
 
 
 def scores(pred: np.ndarray, truth: np.ndarray, spacing) -> dict[str, float]:
-    from medloop.app.engine.metrics import dice_per_class, hausdorff95
+    """Dice, HD95 and the average symmetric surface distance (ASSD: HD95 on a 1 mm grid moves in
+    steps of sqrt(integer) mm, so ties are common; the mean separates them)."""
+    from medloop.app.engine.metrics import dice_per_class, hausdorff95, surface_distances
 
     dice = dice_per_class(pred, truth, 3)
-    return {
-        "dice_gm": dice[1], "dice_wm": dice[2],
-        "hd95_gm": hausdorff95(pred == 1, truth == 1, spacing), "hd95_wm": hausdorff95(pred == 2, truth == 2, spacing),
-    }
+    out = {"dice_gm": dice[1], "dice_wm": dice[2]}
+    for c, name in ((1, "gm"), (2, "wm")):
+        out[f"hd95_{name}"] = hausdorff95(pred == c, truth == c, spacing)
+        d1, d2 = surface_distances(pred == c, truth == c, spacing)
+        out[f"assd_{name}"] = float(np.concatenate([d1, d2]).mean())
+    return out
 
 
 def timed(fn, repeats: int):
@@ -123,6 +127,7 @@ def main(argv=None) -> int:
         row = {"strategy": name, **s, "seconds": seconds, "time_ratio": seconds / t_plain}
         rows.append(row)
         print(f"  {name:34s} Dice GM {s['dice_gm']:.4f} WM {s['dice_wm']:.4f} | HD95 GM {s['hd95_gm']:.2f} WM {s['hd95_wm']:.2f} mm"
+              f" | ASSD GM {s['assd_gm']:.3f} WM {s['assd_wm']:.3f} mm"
               f" | time {seconds:.2f} s = {seconds / t_plain:.2f}x plain")
 
     # (b) nearest-neighbour and (c) linear upsampling of the plain 6 mm result onto the 2 mm grid
@@ -156,13 +161,15 @@ def main(argv=None) -> int:
     a, b = rows[0], next(r for r in rows if r["strategy"].startswith("(b)"))
     dice_ok = a["dice_gm"] > b["dice_gm"] and a["dice_wm"] > b["dice_wm"]
     hd_ok = a["hd95_gm"] <= b["hd95_gm"] and a["hd95_wm"] <= b["hd95_wm"]
-    print(f"seed 000 (centred) beats nearest-neighbour on Dice (GM and WM): {'PASS' if dice_ok else 'FAIL'}; "
-          f"on HD95 (not worse, GM and WM): {'PASS' if hd_ok else 'FAIL'}")
+    hd_strict = a["hd95_gm"] < b["hd95_gm"] and a["hd95_wm"] < b["hd95_wm"]
+    assd_ok = a["assd_gm"] < b["assd_gm"] and a["assd_wm"] < b["assd_wm"]
+    print(f"seed 000 (centred) vs nearest-neighbour, GM and WM: Dice higher {'PASS' if dice_ok else 'FAIL'}; "
+          f"HD95 lower {'PASS' if hd_strict else ('TIE' if hd_ok else 'FAIL')}; ASSD lower {'PASS' if assd_ok else 'FAIL'}")
     copies_cost = a["time_ratio"]
     print(f"{k} shifted copies in one batched pass cost {copies_cost:.2f}x one plain pass (target: below {k}x)")
     if args.json:
         args.json.write_text(json.dumps({"factor": k, "resolution": args.resolution, "rows": rows}, indent=1))
-    return 0 if dice_ok and hd_ok else 1
+    return 0 if dice_ok and hd_ok and assd_ok else 1
 
 
 if __name__ == "__main__":

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--upscale-overlap", action="store_true", help="--upscale: predict every fine voxel from both neighbouring coarse voxels and fuse (2x the passes per axis)")
     seg.add_argument("--upscale-align", choices=["centre", "start"], default="centre", help="--upscale: fine voxels centred in their coarse voxel (default) or starting at its centre (the paper's)")
     seg.add_argument("--upscale-order", type=int, choices=[1, 3], default=3, help="--upscale: image interpolation of the shifted copies (3 cubic B-spline, 1 linear)")
+    seg.add_argument("--cascade", metavar="FINE_MODEL", help="segment-then-segment (seed 002, 2-D images): --model finds the objects on the image resized to its input size, FINE_MODEL segments a crop around each")
+    seg.add_argument("--cascade-padding", type=int, metavar="K", help="--cascade: pixels added around each object's box (default: input size / 8)")
     _add_read_options(seg)
 
     models = sub.add_parser("models", help="list the model zoo, or register your own model")
@@ -225,13 +227,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
         model=args.model, device=args.device, roi_size=tile, overlap=args.overlap, batch_size=args.batch_size,
         probabilities=args.probabilities is not None, models_dir=args.models_dir, upscale=factors,
         upscale_align=args.upscale_align, upscale_overlap=args.upscale_overlap, upscale_fusion=args.upscale_fusion,
-        upscale_order=args.upscale_order,
+        upscale_order=args.upscale_order, cascade=args.cascade, cascade_padding=args.cascade_padding,
     )
+    if args.cascade_padding is not None and not args.cascade:
+        raise MedloopError("--cascade-padding needs --cascade FINE_MODEL; add it or leave the padding out")
     if image.is_multiscale:
         from medloop.plugins.segmentation.method import segment_slide_file
 
         if factors and any(k > 1 for k in factors):
             raise MedloopError(f"--upscale works on volumes and 2-D images, not on the slide {args.input}; leave it out")
+        if args.cascade:
+            raise MedloopError(f"--cascade works on 2-D images, not on the slide {args.input}; leave it out")
         prov = segment_slide_file(image, params, args.output, progress=_progress_printer("segment"))
         print(f"wrote {args.output} ({prov['seconds']} s on {prov['device']})")
         return 0
@@ -245,6 +251,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         n = int(counts[k]) if k < len(counts) else 0
         volume = f", {n * voxel_ml:.1f} mL" if voxel_ml and image.ndim == 3 else ""
         print(f"{k} {name}: {n} voxels{volume}")
+    if "cascade" in result.provenance:
+        print(f"cascade: {result.provenance['cascade']['crops']} crops segmented by {args.cascade}")
     print(f"wrote {args.output} ({result.provenance['seconds']} s on {result.provenance['device']})")
     return 0
 

@@ -21,6 +21,10 @@ class SegmentationInputError(MedloopError):
     """The image does not fit the model (dimensionality, channels, values)."""
 
 
+class CascadeInputError(SegmentationInputError):
+    """Segment-then-segment (seed 002) cannot run on this image with these two models."""
+
+
 @dataclass(frozen=True)
 class SegmentParams:
     """What to run and how; ``None`` takes the model card's default."""
@@ -39,6 +43,9 @@ class SegmentParams:
     upscale_overlap: bool = False
     upscale_fusion: str = "mean"
     upscale_order: int = 3  # image interpolation of the shifted copies: 3 cubic B-spline, 1 linear
+    #: Segment-then-segment (seed 002): name of the fine model; ``model`` is then the coarse one.
+    cascade: str | None = None
+    cascade_padding: int | None = None  # k in image pixels; None: S // 8
 
 
 @dataclass
@@ -82,10 +89,13 @@ def segment(
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     network: Any = None,
+    fine_network: Any = None,
 ) -> SegmentResult:
     """Segment ``image`` with ``params.model``; labels come back on ``image``'s exact grid.
 
-    ``network`` lets a caller reuse an already-loaded network of the same model.
+    ``network`` lets a caller reuse an already-loaded network of the same model (with
+    ``params.cascade``: the coarse one; ``fine_network`` the fine one). A card with
+    ``inference.input_size`` [S, S] is run on the whole image resized to S x S (no tiling).
     Raises ``JobCancelled`` (from the engine) when ``should_stop()`` turns true.
     """
     from medloop.app.engine.devices import choose_device
@@ -93,9 +103,13 @@ def segment(
     from medloop.app.engine.tiling import predict_labels, sliding_window_inference
     from medloop.models.registry import build_model, get_model
 
+    if params.cascade is not None:
+        return _segment_cascade(image, params, progress, should_stop, network, fine_network)
     entry = get_model(params.model, params.models_dir)
     card = entry.card
     check_input(image, card)
+    if "input_size" in card.inference:
+        return _segment_resized(image, params, card, entry, progress, should_stop, network)
     device = choose_device(params.device)
     started = time.perf_counter()
     if network is None:
@@ -158,6 +172,137 @@ def segment(
         ),
         provenance=provenance,
     )
+
+
+def input_size_of(card) -> tuple[int, int] | None:
+    """The card's ``inference.input_size`` (S, S): the model sees the whole image resized to it."""
+    size = card.inference.get("input_size")
+    if size is None:
+        return None
+    size = [int(v) for v in (size if isinstance(size, (list, tuple)) else [size])]
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) < 1:
+        raise SegmentationInputError(f"model {card.name}: inference.input_size must be [S, S] (two positive whole numbers), got {card.inference['input_size']}")
+    return size[0], size[1]
+
+
+def _check_resized(image: MedImage, params: SegmentParams, card, what: str) -> None:
+    where = image.path or "the image"
+    if image.ndim != 2 or card.spatial_dims != 2:
+        raise SegmentationInputError(
+            f"{what} {card.name} segments whole 2-D images resized to its input size, but {where} is {image.ndim}-D; "
+            "pick a model for this kind of image"
+        )
+    if params.upscale is not None and any(int(k) > 1 for k in params.upscale):
+        raise SegmentationInputError(
+            f"{what} {card.name} predicts at its input size and resizes back; --upscale does not apply, leave it out"
+        )
+
+
+def _result(image: MedImage, probs: np.ndarray, params: SegmentParams, provenance: dict[str, Any], classes) -> SegmentResult:
+    from medloop.app.engine.tiling import predict_labels
+
+    geometry_only = _scalar(image)
+    labels = predict_labels(probs)
+    return SegmentResult(
+        labels=geometry_only.with_array(labels, metadata={"provenance": provenance, "classes": classes}),
+        probabilities=(
+            geometry_only.with_array(np.moveaxis(probs, 0, -1), channel_axis=True) if params.probabilities else None
+        ),
+        provenance=provenance,
+    )
+
+
+def _segment_resized(image, params, card, entry, progress, should_stop, network) -> SegmentResult:
+    """A model at input size S (card ``inference.input_size``): the whole 2-D image resized to
+    S x S (bilinear, antialiased), one forward pass, probabilities resized back (bilinear)."""
+    from medloop.app.engine.devices import choose_device
+    from medloop.app.engine.jobs import check_stop
+    from medloop.models.registry import build_model
+    from medloop.plugins.segmentation.cascade import predict_resized
+
+    _check_resized(image, params, card, "model")
+    size = input_size_of(card)
+    device = choose_device(params.device)
+    started = time.perf_counter()
+    if network is None:
+        network = build_model(entry, device)
+    check_stop(should_stop)
+    probs = predict_resized(network_input(_scalar(image), card), network, size, device=device, amp=params.amp)
+    if progress is not None:
+        progress(1, 1)
+    provenance = {
+        "model": card.name, "model_version": card.version, "weights_sha256": card.weights_sha256,
+        "device": str(device), "input_size": list(size), "seconds": round(time.perf_counter() - started, 3),
+        "classes": card.classes,
+    }
+    return _result(image, probs, params, provenance, card.classes)
+
+
+def _segment_cascade(image, params, progress, should_stop, network, fine_network) -> SegmentResult:
+    """Segment-then-segment (seed 002): ``params.model`` coarse at its input size S, then
+    ``params.cascade`` on every crop (see :mod:`medloop.plugins.segmentation.cascade`)."""
+    from medloop.app.engine.devices import choose_device
+    from medloop.models.registry import build_model, get_model
+    from medloop.plugins.segmentation.cascade import cascade_predict, default_padding
+
+    coarse_entry = get_model(params.model, params.models_dir)
+    fine_entry = get_model(params.cascade, params.models_dir)
+    coarse, fine = coarse_entry.card, fine_entry.card
+    where = image.path or "the image"
+    if image.ndim != 2:
+        raise CascadeInputError(
+            f"segment-then-segment (--cascade) works on 2-D images but {where} is {image.ndim}-D; "
+            "segment it without --cascade"
+        )
+    for card, role in ((coarse, "coarse"), (fine, "fine")):
+        if card.spatial_dims != 2:
+            raise CascadeInputError(
+                f"the {role} model {card.name} is a {card.spatial_dims}-D model; --cascade needs two 2-D models"
+            )
+        check_input(image, card)
+    if params.upscale is not None and any(int(k) > 1 for k in params.upscale):
+        raise CascadeInputError("--cascade and --upscale cannot be combined; leave one out")
+    size = input_size_of(coarse)
+    if size is None:
+        raise CascadeInputError(
+            f"the coarse model {coarse.name} has no inference.input_size in its card; --model must be a model "
+            "trained on whole images resized to S x S (card inference.input_size: [S, S])"
+        )
+    if coarse.classes != fine.classes:
+        raise CascadeInputError(
+            f"the coarse model {coarse.name} and the fine model {fine.name} segment different classes "
+            f"({coarse.classes} vs {fine.classes}); pick a fine model trained for the coarse model's classes"
+        )
+    fine_size = input_size_of(fine) or size
+    padding = default_padding(size) if params.cascade_padding is None else int(params.cascade_padding)
+    if padding < 0:
+        raise CascadeInputError(f"cascade padding must be >= 0 pixels, got {padding}")
+    device = choose_device(params.device)
+    started = time.perf_counter()
+    if network is None:
+        network = build_model(coarse_entry, device)
+    if fine_network is None:
+        fine_network = build_model(fine_entry, device)
+    scalar = _scalar(image)
+    result = cascade_predict(
+        network_input(scalar, coarse), network, fine_network, size, padding=padding,
+        batch_size=params.batch_size, fine_input_size=fine_size, fine_image=network_input(scalar, fine),
+        device=device, amp=params.amp, progress=progress, should_stop=should_stop,
+    )
+    provenance = {
+        "model": coarse.name, "model_version": coarse.version, "weights_sha256": coarse.weights_sha256,
+        "device": str(device), "input_size": list(size), "seconds": round(time.perf_counter() - started, 3),
+        "classes": coarse.classes,
+        "cascade": {
+            "coarse": {"model": coarse.name, "version": coarse.version, "weights_sha256": coarse.weights_sha256},
+            "fine": {"model": fine.name, "version": fine.version, "weights_sha256": fine.weights_sha256},
+            "input_size": list(size), "fine_input_size": list(fine_size), "padding": padding,
+            "crops": len(result.boxes), "boxes": [list(b) for b in result.boxes],
+        },
+    }
+    return _result(image, result.probabilities, params, provenance, coarse.classes)
 
 
 def segment_slide_file(

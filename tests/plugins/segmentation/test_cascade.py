@@ -1,0 +1,309 @@
+"""Seed 002 segment-then-segment: crop boxes (scaled, padded, squared, inside, tiny ones
+dropped), OR-fusion, the whole cascade with threshold "networks", cancel, training crops,
+segment() and the CLI with registered models, and the refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medloop.app.engine.jobs import JobCancelled
+from medloop.app.io.image import MedImage
+from medloop.models import registry
+from medloop.plugins.segmentation import cascade
+from medloop.plugins.segmentation.method import (
+    CascadeInputError,
+    SegmentationInputError,
+    SegmentParams,
+    segment,
+)
+from tests.models.tiny import make_tiny_model
+
+torch.set_num_threads(1)
+
+
+class Threshold(torch.nn.Module):
+    """Logits (0, 50 (x - 0.5)): class 1 exactly where the input is above 0.5."""
+
+    divisible_by = 1
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[1] = 50.0
+            self.conv.bias.copy_(torch.tensor([0.0, -25.0]))
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+# --- crop boxes --------------------------------------------------------------------------------
+
+
+def test_box_is_padded_by_k_and_squared_around_its_centre():
+    mask = np.zeros((40, 40), bool)
+    mask[10:16, 12:20] = True  # 6 x 8; padded by 3: rows 7:19, cols 9:23 (12 x 14) -> square 14
+    assert cascade.crop_boxes(mask, (40, 40), padding=3) == [(6, 9, 20, 23)]
+    assert cascade.crop_boxes(mask, (40, 40), padding=0) == [(9, 12, 17, 20)]  # 8 x 8
+
+
+def test_box_near_the_border_is_shifted_inside_keeping_its_size():
+    mask = np.zeros((40, 40), bool)
+    mask[0:6, 35:40] = True  # padded by 2: rows -2:8, cols 33:42 -> square 10 -> shifted to 0:10, 30:40
+    assert cascade.crop_boxes(mask, (40, 40), padding=2) == [(0, 30, 10, 40)]
+
+
+def test_components_under_5_px_are_dropped():
+    mask = np.zeros((40, 40), bool)
+    mask[30:33, 5:8] = True  # 3 x 3
+    mask[30:33, 20:30] = True  # 3 x 10: too low
+    mask[5:10, 5:10] = True  # 5 x 5: kept
+    assert cascade.crop_boxes(mask, (40, 40), padding=2) == [(3, 3, 12, 12)]
+
+
+def test_coarse_boxes_are_scaled_to_the_full_grid_before_the_5_px_test():
+    coarse = np.zeros((10, 10), bool)
+    coarse[2:4, 5:6] = True  # full res rows 8:16, cols 20:24: 4 px wide -> dropped
+    coarse[7:9, 1:3] = True  # full res rows 28:36, cols 4:12 -> padded by 1 -> (27, 3, 37, 13)
+    assert cascade.crop_boxes(coarse, (40, 40), padding=1) == [(27, 3, 37, 13)]
+
+
+def test_box_larger_than_the_image_is_clipped_to_it():
+    mask = np.zeros((12, 30), bool)
+    mask[2:10, 5:25] = True  # padded by 2: 12 x 24 -> square 24 > 12 rows: rows clipped to 0:12
+    assert cascade.crop_boxes(mask, (12, 30), padding=2) == [(0, 3, 12, 27)]
+
+
+def test_every_box_is_square_inside_and_contains_its_padded_component():
+    rng = np.random.default_rng(0)
+    mask = rng.random((24, 32)) > 0.93
+    for y0, x0, y1, x1 in cascade.crop_boxes(mask, (96, 128), padding=5):
+        assert 0 <= y0 < y1 <= 96 and 0 <= x0 < x1 <= 128
+        assert y1 - y0 == x1 - x0 >= 5 + 2 * 5
+
+
+# --- fusion ------------------------------------------------------------------------------------
+
+
+def test_overlapping_crops_fuse_by_max_foreground_probability():
+    a = np.stack([np.full((4, 4), 0.3), np.full((4, 4), 0.7)]).astype(np.float32)
+    b = np.stack([np.full((4, 4), 0.6), np.full((4, 4), 0.4)]).astype(np.float32)
+    b[:, 1, 1] = (0.1, 0.9)  # image pixel (3, 3), inside both crops
+    fused = cascade.fuse_crops((6, 6), [a, b], [(0, 0, 4, 4), (2, 2, 6, 6)])
+    expected = np.zeros((6, 6), np.float32)
+    expected[0:4, 0:4] = 0.7
+    expected[4:6, 2:6] = 0.4
+    expected[2:4, 4:6] = 0.4
+    expected[3, 3] = 0.9
+    np.testing.assert_array_equal(fused[1], expected)
+    np.testing.assert_array_equal(fused[0] + fused[1], np.ones((6, 6), np.float32))
+    assert fused[0, 5, 0] == 1.0 and fused[0, 0, 5] == 1.0  # outside every crop: background
+
+
+def test_fused_labels_are_the_or_of_the_crops_masks():
+    rng = np.random.default_rng(1)
+    boxes = [(0, 0, 10, 10), (5, 5, 15, 15), (3, 8, 13, 18), (10, 0, 20, 10)]
+    crops, union = [], np.zeros((20, 20), bool)
+    for y0, x0, y1, x1 in boxes:
+        p1 = rng.random((y1 - y0, x1 - x0)).astype(np.float32)
+        crops.append(np.stack([1 - p1, p1]))
+        union[y0:y1, x0:x1] |= p1 > 0.5
+    fused = cascade.fuse_crops((20, 20), crops, boxes)
+    np.testing.assert_array_equal(fused.argmax(0) == 1, union)
+
+
+# --- the whole cascade -------------------------------------------------------------------------
+
+
+def _scene() -> np.ndarray:
+    image = np.zeros((64, 64), np.float32)
+    image[8:16, 8:16] = 1.0  # coarse (S = 16) pixels 2:4 -> crop (4, 4, 20, 20), 16 x 16 = S
+    image[40:48, 44:52] = 0.9
+    image[43, 47] = 0.2  # a hole only the full-resolution crop can see
+    image[5, 5] = 0.8  # in the first crop: the fine model finds it
+    image[60, 2] = 1.0  # a speck the coarse model misses: outside every crop, background
+    return image
+
+
+def test_cascade_segments_the_crops_at_full_resolution_and_nothing_else():
+    image = _scene()
+    calls = []
+    result = cascade.cascade_predict(image[None], Threshold(), Threshold(), 16, padding=4,
+                                     progress=lambda d, t: calls.append((d, t)))
+    assert result.boxes == [(4, 4, 20, 20), (36, 40, 52, 56)]
+    inside = np.zeros(image.shape, bool)
+    for y0, x0, y1, x1 in result.boxes:
+        inside[y0:y1, x0:x1] = True
+    expected = (image > 0.5) & inside
+    np.testing.assert_array_equal(result.probabilities.argmax(0) == 1, expected)
+    assert result.probabilities.shape == (2, 64, 64)
+    assert calls == [(1, 2), (2, 2)]
+    assert result.coarse_probabilities.shape == (2, 16, 16)
+
+
+def test_cascade_runs_crops_in_batches():
+    image = _scene()
+    sizes = []
+
+    class Counting(Threshold):
+        def forward(self, x):
+            sizes.append(x.shape[0])
+            return super().forward(x)
+
+    calls = []
+    cascade.cascade_predict(image[None], Threshold(), Counting(), 16, padding=4, batch_size=1,
+                            progress=lambda d, t: calls.append((d, t)))
+    assert sizes == [1, 1] and calls == [(1, 3), (2, 3), (3, 3)]
+
+
+@pytest.mark.parametrize("stop_after", [0, 1])
+def test_cancel_raises_and_returns_nothing(stop_after):
+    polls = []
+
+    def should_stop():
+        polls.append(1)
+        return len(polls) > stop_after
+
+    calls = []
+    with pytest.raises(JobCancelled):
+        cascade.cascade_predict(_scene()[None], Threshold(), Threshold(), 16, padding=4,
+                                progress=lambda d, t: calls.append(d), should_stop=should_stop)
+    assert calls == ([] if stop_after == 0 else [1])
+
+
+def test_no_objects_gives_all_background():
+    result = cascade.cascade_predict(np.zeros((1, 32, 32), np.float32), Threshold(), Threshold(), 8)
+    assert result.boxes == []
+    assert (result.probabilities[0] == 1).all()
+
+
+# --- fine training pairs -----------------------------------------------------------------------
+
+
+def test_jitter_stays_in_range_and_reaches_both_ends():
+    rng = np.random.default_rng(0)
+    deltas = np.array([np.subtract(cascade.jitter_box((10, 10, 30, 40), 3, rng), (10, 10, 30, 40)) for _ in range(400)])
+    assert deltas[:, :2].min() == -3 and deltas[:, :2].max() == 3
+    dh, dw = deltas[:, 2] - deltas[:, 0], deltas[:, 3] - deltas[:, 1]
+    assert dh.min() == -3 and dh.max() == 3 and dw.min() == -3 and dw.max() == 3
+    assert cascade.jitter_box((10, 10, 30, 40), 0, rng) == (10, 10, 30, 40)
+
+
+def test_training_pairs_are_gt_crops_resized_and_whole_empty_images():
+    image = np.arange(64 * 64, dtype=np.float32).reshape(1, 64, 64) / 4096
+    mask = np.zeros((64, 64), np.int64)
+    mask[8:16, 8:16] = 1
+    pairs = cascade.fine_training_pairs([image, image], [mask, np.zeros_like(mask)], 16, padding=4, jitter=0, rng=0)
+    assert len(pairs) == 2
+    (x0, y0), (x1, y1) = pairs
+    np.testing.assert_array_equal(x0, image[:, 4:20, 4:20])  # the crop is 16 x 16 = S: no resizing
+    np.testing.assert_array_equal(y0, mask[4:20, 4:20])
+    assert x1.shape == (1, 16, 16) and y1.shape == (16, 16) and not y1.any()
+    np.testing.assert_allclose(x1, torch.nn.functional.interpolate(
+        torch.from_numpy(image)[None], size=(16, 16), mode="bilinear", antialias=True, align_corners=False)[0].numpy())
+    jittered = cascade.fine_training_pairs([image] * 20, [mask] * 20, 16, padding=4, jitter=2, rng=1)
+    assert all(x.shape == (1, 16, 16) and y.shape == (16, 16) and y.any() for x, y in jittered)
+
+
+# --- segment() and the CLI with registered models ----------------------------------------------
+
+
+def _register(tmp_path, name, input_size=None, classes=None):
+    weights, card_path = make_tiny_model(tmp_path / "src" / name, spatial_dims=2, name=name)
+    card = json.loads(card_path.read_text())
+    if input_size is not None:
+        card["inference"] = {"input_size": input_size}
+    if classes is not None:
+        card["medical"]["classes"] = classes
+    card_path.write_text(json.dumps(card))
+    registry.register_model(weights, card_path, tmp_path / "zoo")
+    return tmp_path / "zoo"
+
+
+@pytest.fixture
+def zoo(tmp_path):
+    _register(tmp_path, "coarse", input_size=[16, 16])
+    _register(tmp_path, "fine", input_size=[16, 16])
+    _register(tmp_path, "tiled")
+    return _register(tmp_path, "other-classes", input_size=[16, 16], classes={"0": "background", "1": "a", "2": "b"})
+
+
+def test_model_at_input_size_resizes_the_whole_image(zoo):
+    image = MedImage.from_array(_scene(), spacing=(0.5, 0.5))
+    result = segment(image, SegmentParams(model="coarse", models_dir=zoo, probabilities=True), network=Threshold())
+    probs = cascade.predict_resized(_scene()[None], Threshold(), 16)
+    np.testing.assert_array_equal(np.moveaxis(np.asarray(result.probabilities.array), -1, 0), probs)
+    np.testing.assert_array_equal(result.labels.array, probs.argmax(0))
+    assert result.labels.shape == (64, 64) and result.provenance["input_size"] == [16, 16]
+
+
+def test_segment_with_cascade_gives_labels_on_the_image_grid_with_provenance(zoo):
+    image = MedImage.from_array(_scene(), spacing=(0.5, 0.7), origin=(3.0, -2.0))
+    params = SegmentParams(model="coarse", cascade="fine", cascade_padding=4, models_dir=zoo)
+    result = segment(image, params, network=Threshold(), fine_network=Threshold())
+    expected = cascade.cascade_predict(_scene()[None], Threshold(), Threshold(), 16, padding=4)
+    np.testing.assert_array_equal(result.labels.array, expected.probabilities.argmax(0))
+    np.testing.assert_allclose(result.labels.spacing, image.spacing)
+    np.testing.assert_allclose(result.labels.origin, image.origin)
+    info = result.provenance["cascade"]
+    assert info["coarse"]["model"] == "coarse" and info["fine"]["model"] == "fine"
+    assert info["crops"] == 2 and info["boxes"] == [[4, 4, 20, 20], [36, 40, 52, 56]] and info["padding"] == 4
+
+
+def test_cascade_refusals_name_the_input_and_what_to_do(zoo):
+    flat = MedImage.from_array(_scene(), spacing=(1.0, 1.0))
+    volume = MedImage.from_array(np.zeros((4, 16, 16), np.float32), spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(CascadeInputError) as e:
+        segment(volume, SegmentParams(model="coarse", cascade="fine", models_dir=zoo))
+    assert str(e.value) == "segment-then-segment (--cascade) works on 2-D images but the image is 3-D; segment it without --cascade"
+    with pytest.raises(CascadeInputError) as e:
+        segment(flat, SegmentParams(model="tiled", cascade="fine", models_dir=zoo))
+    assert str(e.value) == (
+        "the coarse model tiled has no inference.input_size in its card; --model must be a model trained on whole "
+        "images resized to S x S (card inference.input_size: [S, S])"
+    )
+    with pytest.raises(CascadeInputError) as e:
+        segment(flat, SegmentParams(model="coarse", cascade="other-classes", models_dir=zoo))
+    assert str(e.value) == (
+        "the coarse model coarse and the fine model other-classes segment different classes "
+        "({0: 'background', 1: 'bright'} vs {0: 'background', 1: 'a', 2: 'b'}); "
+        "pick a fine model trained for the coarse model's classes"
+    )
+    with pytest.raises(CascadeInputError) as e:
+        segment(flat, SegmentParams(model="coarse", cascade="fine", upscale=(2, 2), models_dir=zoo))
+    assert str(e.value) == "--cascade and --upscale cannot be combined; leave one out"
+    with pytest.raises(SegmentationInputError) as e:
+        segment(volume, SegmentParams(model="coarse", models_dir=zoo))
+    assert str(e.value) == "model coarse segments 2-D images but the image is 3-D; pick a model for this kind of image"
+    with pytest.raises(SegmentationInputError) as e:
+        segment(flat, SegmentParams(model="coarse", upscale=(2, 1), models_dir=zoo))
+    assert str(e.value) == "model coarse predicts at its input size and resizes back; --upscale does not apply, leave it out"
+
+
+def test_cli_cascade_end_to_end(cli, tmp_path, zoo):
+    from medloop.app.io.read import read_image
+    from medloop.app.io.write import write_image
+
+    image = MedImage.from_array(_scene(), spacing=(0.5, 0.7), origin=(3.0, -2.0))
+    write_image(image, tmp_path / "in.nii.gz")
+    out = cli("segment", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "out.nii.gz"), "--model", "coarse",
+              "--cascade", "fine", "--models-dir", str(zoo))
+    assert out.returncode == 0, out.stderr
+    assert "crops segmented by fine" in out.stdout
+    labels = read_image(tmp_path / "out.nii.gz")
+    assert labels.shape == (64, 64)
+    np.testing.assert_allclose(labels.spacing, (0.5, 0.7), atol=1e-6)
+    bad = cli("segment", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "o2.nii.gz"), "--model", "tiled",
+              "--cascade", "fine", "--models-dir", str(zoo))
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("medloop: error: the coarse model tiled has no inference.input_size")
+    assert not (tmp_path / "o2.nii.gz").exists()
+    pad = cli("segment", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "o3.nii.gz"), "--model", "coarse",
+              "--cascade-padding", "4", "--models-dir", str(zoo))
+    assert pad.returncode == 2
+    assert pad.stderr.strip() == "medloop: error: --cascade-padding needs --cascade FINE_MODEL; add it or leave the padding out"
