@@ -213,7 +213,7 @@ def main(argv=None) -> int:
 
         crops = []
 
-        def run_b(img, net_a=net_a, net_b=net_b, S=S):
+        def run_b(img, net_a=net_a, net_b=net_b, S=S, crops=crops):
             r = cascade_predict(img, net_a, net_b, S, device="cpu", batch_size=8)
             crops.append(len(r.boxes))
             return r.probabilities.argmax(0)
