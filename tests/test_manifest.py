@@ -27,7 +27,7 @@ def test_npe2_validate_catches_a_broken_command(tmp_path):
     """The check above is meaningful: a manifest pointing at a missing callable fails it."""
     from importlib.resources import files
 
-    text = (files("medloop") / "napari.yaml").read_text()
+    text = (files("medloop") / "napari.yaml").read_text(encoding="utf-8")
     broken = tmp_path / "napari.yaml"
     broken.write_text(text.replace("medloop.app.gui.home:HomePanel", "medloop.app.gui.home:NoSuchPanel"))
     result = npe2_validate("--imports", str(broken))
@@ -39,5 +39,5 @@ def test_manifest_contributions():
     manifest = load_manifest()
     assert manifest.name == "napari-medloop"
     assert [s.key for s in manifest.contributions.sample_data] == ["brain-t1"]
-    assert [w.display_name for w in manifest.contributions.widgets] == ["medloop", "Segmentation", "Correction"]
-    assert [m.display_name for m in method_panels()] == ["Segmentation", "Correction"]  # the home panel is not a method
+    assert [w.display_name for w in manifest.contributions.widgets] == ["medloop", "Segmentation", "Correction", "Review"]
+    assert [m.display_name for m in method_panels()] == ["Segmentation", "Correction", "Review"]  # the home panel is not a method

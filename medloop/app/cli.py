@@ -17,6 +17,7 @@ import numpy as np
 
 from medloop import __version__
 from medloop.app.errors import MedloopError, MedloopWarning
+from medloop.app.review.review_cli import add_review_parser, cmd_review
 
 EXIT_USAGE = 2
 
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--unlabeled", type=Path, nargs="+", default=[], metavar="IMG", help="--weak boxes: unannotated images for stage 2 (Cues 2)")
     train.add_argument("--crf", action="store_true", help="--weak points: add the CRF-loss fine-tune stage")
     train.add_argument("--boundary-loss", action="store_true", help="--weak strokes: generalised Dice + boundary loss on fully annotated tiles (small structures)")
+    add_review_parser(sub)
     return parser
 
 
@@ -333,7 +335,7 @@ def _train_weak(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "info": cmd_info, "gui": cmd_gui, "demo": cmd_demo, "convert": cmd_convert, "segment": cmd_segment,
-    "models": cmd_models, "train": cmd_train,
+    "models": cmd_models, "train": cmd_train, "review": cmd_review,
 }
 
 

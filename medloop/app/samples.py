@@ -25,7 +25,7 @@ def sample_manifest() -> dict[str, Any]:
     """The sample manifest: file names, sha256 sums, provenance."""
     path = sample_dir() / "manifest.json"
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ResourceError(f"sample manifest {path} is missing or damaged ({exc}); reinstall medloop") from None
 

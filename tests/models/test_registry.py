@@ -61,7 +61,7 @@ def test_pickled_objects_are_never_loaded(tmp_path):
 
     weights, card = make_tiny_model(tmp_path / "src")
     torch.save({"state_dict": Evil()}, weights)
-    raw = json.loads(card.read_text())
+    raw = json.loads(card.read_text(encoding="utf-8"))
     entry = register_model(weights, card, tmp_path / "zoo")
     assert entry.card.weights_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
     with pytest.raises(ResourceError, match=r"cannot be loaded \(.*Weights only load failed"):

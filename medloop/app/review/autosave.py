@@ -227,7 +227,7 @@ class AnnotationStore:
         if not p.is_file():
             return None
         try:
-            lines = p.read_text().splitlines()
+            lines = p.read_text(encoding="utf-8").splitlines()
             columns = len(lines[0].split(",")) if lines and lines[0].strip() else 0
             body = [line for line in lines[1:] if line.strip()]
             rows = np.loadtxt(body, delimiter=",", ndmin=2) if body else np.zeros((0, columns))

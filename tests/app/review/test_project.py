@@ -42,7 +42,7 @@ def project(tmp_path) -> ReviewProject:
 
 
 def test_manifest_keeps_paths_relative_inside_the_project(tmp_path, project):
-    manifest = json.loads((project.folder / MANIFEST_NAME).read_text())
+    manifest = json.loads((project.folder / MANIFEST_NAME).read_text(encoding="utf-8"))
     assert manifest["created_by"] == "tester"
     case = manifest["cases"][0]
     assert case["image"] == "data/case0.nii.gz" and case["predictions"][0]["path"] == "data/case0_pred.nii.gz"

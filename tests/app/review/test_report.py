@@ -48,7 +48,7 @@ def test_thumbnail_keeps_physical_aspect_and_colours_the_mask():
 
 def test_csv_and_html_carry_the_numbers(reviewed, tmp_path):
     files = write_report(reviewed, tmp_path / "rep")
-    rows = {r["case"]: r for r in csv.DictReader(io.StringIO(files.csv.read_text()))}
+    rows = {r["case"]: r for r in csv.DictReader(io.StringIO(files.csv.read_text(encoding="utf-8")))}
     dice = 2 * 108 / (144 + 108)
     assert rows["case0"]["status"] == "edited" and float(rows["case0"]["edit_dice"]) == pytest.approx(dice, abs=1e-6)
     assert rows["case0"]["voxels_changed"] == "36" and rows["case0"]["seconds"] == "30"
@@ -58,7 +58,7 @@ def test_csv_and_html_carry_the_numbers(reviewed, tmp_path):
     assert rows["case2"]["status"] == "rejected" and rows["case2"]["edit_dice"] == ""
     assert list(rows) == [c.id for c in reviewed.cases_sorted()]  # most uncertain first
 
-    page = files.html.read_text()
+    page = files.html.read_text(encoding="utf-8")
     assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # self-contained
     for status, n in {"to review": 0, "accepted": 1, "rejected": 1, "edited": 1, "second opinion": 0}.items():
         assert f"data-status='{status}'>{n}</td>" in page
@@ -72,7 +72,7 @@ def test_report_shows_log_problems(reviewed, tmp_path):
     with open(reviewed.log.path, "ab") as f:
         f.write(b'{"case": "case1", "act')
     with pytest.warns(Warning, match="torn last line"):
-        page = write_report(reviewed, tmp_path / "rep", thumbnails=False).html.read_text()
+        page = write_report(reviewed, tmp_path / "rep", thumbnails=False).html.read_text(encoding="utf-8")
     assert "torn last line" in page and "<img" not in page
 
 
@@ -94,7 +94,7 @@ def test_export_accepted_only_keeps_source_geometry(reviewed, tmp_path):
         # NIfTI stores an oblique direction as a float32 quaternion: exact to its precision
         np.testing.assert_allclose(exported.direction, image.direction, rtol=0, atol=1e-7)
     np.testing.assert_array_equal(read_image(tmp_path / "out" / "case0.nii.gz").array, reviewed.reviewed_mask("case0")[0])
-    index = (tmp_path / "out" / "export.csv").read_text()
+    index = (tmp_path / "out" / "export.csv").read_text(encoding="utf-8")
     assert "case2,rejected,not accepted," in index
     everything = export_masks(reviewed, tmp_path / "all")
     assert [r.case_id for r in everything if r.path] == ["case0", "case1"]  # the rejected case is never exported

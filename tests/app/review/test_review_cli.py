@@ -65,14 +65,14 @@ def test_init_decide_report_export_end_to_end(folder, capsys):
     project.decide("case2", "alice", "reject", seconds=3, comment="wrong organ")
 
     assert run("review", "report", str(tmp_path / "proj"), "-o", str(tmp_path / "rep")) == 0
-    rows = {r["case"]: r for r in csv.DictReader(io.StringIO((tmp_path / "rep" / "report.csv").read_text()))}
+    rows = {r["case"]: r for r in csv.DictReader(io.StringIO((tmp_path / "rep" / "report.csv").read_text(encoding="utf-8")))}
     dice = 2 * 144 / (144 + 164)
     assert float(rows["case1"]["edit_dice"]) == pytest.approx(dice, abs=1e-6)
     assert rows["case1"]["voxels_changed"] == "20" and rows["case1"]["seconds"] == "61.5"
     assert float(rows["case1"]["volume_change_ml"]) == pytest.approx(20 * 0.8 * 1.1 * 2.5 / 1000, rel=1e-5)
     assert (rows["case0"]["status"], rows["case2"]["status"]) == ("accepted", "rejected")
     assert rows["case1"]["model"] == "box-net"
-    page = (tmp_path / "rep" / "report.html").read_text()
+    page = (tmp_path / "rep" / "report.html").read_text(encoding="utf-8")
     assert f"{dice:.4f}" in page and "61.5" in page and "wrong organ" in page
 
     assert run("review", "export", str(tmp_path / "proj"), str(tmp_path / "out"), "--accepted-only") == 0

@@ -1,0 +1,97 @@
+"""Review panel (viewer tier): walk three cases (accept, edit, reject) in a real viewer; the
+audit log, the statuses, the exported masks and the restored draft after a crash are checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QSettings
+
+from medloop.app.io.read import read_image
+from medloop.app.review.project import ReviewProject
+from tests.app.review.review_synth import box_labels, write_cases
+
+pytestmark = pytest.mark.viewer
+
+
+@pytest.fixture
+def project(tmp_path):
+    cases = write_cases(tmp_path / "src", n=3)
+    return ReviewProject.create(tmp_path / "proj", cases)
+
+
+@pytest.fixture
+def panel(make_napari_viewer, qtbot, tmp_path, project):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medloop", "Review")
+    widget.settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    widget.reviewer_edit.setText("dr-a")
+    widget.open_project(project.folder)
+    return viewer, widget
+
+
+def test_walk_three_cases_accept_edit_reject(panel, project, tmp_path, qtbot):
+    viewer, widget = panel
+    order = widget.visible_cases()
+    assert order == ["case2", "case1", "case0"]  # least confident prediction first
+    widget.step(+1)
+    assert widget.case_id == "case2"
+    image = viewer.layers["case2 image"]
+    source = project.load_image("case2")
+    np.testing.assert_allclose(image.data_to_world((1, 2, 3)), viewer.layers["case2 review mask"].data_to_world((1, 2, 3)))
+    np.testing.assert_allclose(
+        image.data_to_world((1, 2, 3))[::-1], source.index_to_physical(np.array([3.0, 2.0, 1.0])), atol=1e-6
+    )
+    widget.comment_edit.setPlainText("looks right")
+    widget.layers["pins"].add(np.array([[2.0, 6.0, 7.0]]))
+    widget.layers["pins"].features.loc[0, "text"] = "check this corner"
+    widget.decide("accept")
+    assert widget.case_id == "case1"  # moved on to the next case to review
+    mask = viewer.layers["case1 review mask"]
+    edited = np.asarray(mask.data).copy()
+    edited[1:5, 3:9, 4:6] = 0  # remove 48 voxels of the 144-voxel box
+    mask.data = edited
+    widget.decide("accept")  # an accept of a changed mask is recorded as an edit
+    assert widget.case_id == "case0"
+    widget.decide("reject")
+    assert widget.case_id is None and widget.status.text().endswith("No cases left to review.")
+
+    state = ReviewProject.open(project.folder).state()
+    assert {c: s.status for c, s in state.cases.items()} == {"case0": "rejected", "case1": "edited", "case2": "accepted"}
+    history = [d for s in state.cases.values() for d in s.history]
+    assert {d.reviewer for d in history} == {"dr-a"} and all(d.seconds is not None and d.seconds >= 0 for d in history)
+    accepted = state.cases["case2"].verdict()
+    assert accepted.comment == "looks right"
+    assert accepted.pins == ({"position": [2.0, 6.0, 7.0], "frame": "index", "text": "check this corner"},)
+    edit = state.cases["case1"].verdict()
+    assert edit.action == "edit"
+    assert edit.metrics["voxels_changed"] == 48
+    assert edit.metrics["dice"] == pytest.approx(2 * 96 / (144 + 96))
+    voxel_ml = 0.8 * 1.1 * 2.5 / 1000
+    assert edit.metrics["volume_change_ml"] == pytest.approx(-48 * voxel_ml)
+
+    widget.export()
+    exported = sorted(p.name for p in (project.folder / "export").glob("*.nii.gz"))
+    assert exported == ["case1.nii.gz", "case2.nii.gz"]  # accepted and edited only
+    out = read_image(project.folder / "export" / "case1.nii.gz")
+    np.testing.assert_array_equal(out.array, edited)
+    np.testing.assert_allclose(out.spacing, source.spacing, atol=1e-6)
+    np.testing.assert_allclose(out.origin, project.load_image("case1").origin, atol=1e-5)
+    np.testing.assert_array_equal(read_image(project.folder / "export" / "case2.nii.gz").array, box_labels())
+
+
+def test_unsaved_edit_is_restored_after_reopening(panel, project, qtbot):
+    viewer, widget = panel
+    widget.open_case("case0")
+    mask = viewer.layers["case0 review mask"]
+    edited = np.asarray(mask.data).copy()
+    edited[0, 0, 0] = 1
+    mask.data = edited
+    widget.saver.flush()
+    widget.close_case()
+    widget.open_project(project.folder)  # e.g. after a crash: the draft is on disk
+    widget.open_case("case0")
+    np.testing.assert_array_equal(viewer.layers["case0 review mask"].data, edited)
+    assert widget.status.text() == "case0: to review. Restored your unsaved edit."
+    widget.filter_combo.setCurrentText("accepted")
+    assert widget.visible_cases() == []
