@@ -57,6 +57,8 @@ class ReviewPanel(QWidget):
         self.layers: dict[str, Any] = {}
 
         self.open_button = QPushButton("Open review project …")
+        self.new_button = QPushButton("New project: run a model over images …")
+        self.job = None
         self.project_label = QLabel("No project open.")
         self.project_label.setWordWrap(True)
         self.reviewer_edit = QLineEdit(str(self.settings.value(SETTINGS_KEY, "") or ""))
@@ -98,6 +100,7 @@ class ReviewPanel(QWidget):
         outputs.addWidget(self.report_button)
         layout = QVBoxLayout(self)
         layout.addWidget(self.open_button)
+        layout.addWidget(self.new_button)
         layout.addWidget(self.project_label)
         layout.addLayout(form)
         layout.addWidget(self.table)
@@ -109,6 +112,7 @@ class ReviewPanel(QWidget):
         layout.addLayout(outputs)
 
         self.open_button.clicked.connect(self._choose_project)
+        self.new_button.clicked.connect(self._new_project_dialog)
         self.filter_combo.currentIndexChanged.connect(self.refresh_table)
         self.table.cellDoubleClicked.connect(lambda row, _: self.open_case(self.table.item(row, 0).text()))
         self.prev_button.clicked.connect(lambda: self.step(-1))
@@ -129,6 +133,50 @@ class ReviewPanel(QWidget):
         folder = QFileDialog.getExistingDirectory(self, "Open review project")
         if folder:
             self.open_project(folder)
+
+    def _new_project_dialog(self) -> None:
+        from medloop.models.registry import list_models
+
+        images, _ = QFileDialog.getOpenFileNames(self, "Images to review (one case each)")
+        if not images:
+            return
+        names = [m.name for m in list_models()]
+        model, ok = QInputDialog.getItem(self, "Model", "Segment the images with:", names, 0, False)
+        if not ok:
+            return
+        folder = QFileDialog.getSaveFileName(self, "New review project folder")[0]
+        if folder:
+            self.new_project(folder, [Path(p) for p in images], model)
+
+    def new_project(self, folder: str | Path, images: list[Path], model: str, models_dir: Path | None = None) -> None:
+        """Create a project by running ``model`` over ``images`` (in a worker, with progress),
+        then open it."""
+        from napari.utils.notifications import show_error
+
+        from medloop.app.gui.jobs import start_job
+        from medloop.app.review.project import ReviewProject
+
+        if self.job is not None:
+            return
+        reviewer = self.reviewer()
+        self.status.setText(f"Segmenting {len(images)} image(s) with {model} ...")
+        self.new_button.setEnabled(False)
+
+        def compute(progress, should_stop):
+            return ReviewProject.create_with_model(folder, images, model, models_dir=models_dir, created_by=reviewer, progress=progress)
+
+        def finished() -> None:
+            self.job = None
+            self.new_button.setEnabled(True)
+
+        def failed(exc: Exception) -> None:
+            self.status.setText(f"Failed: {exc}")
+            show_error(str(exc))
+
+        self.job = start_job(
+            compute, on_done=lambda project: self.open_project(project.folder), on_error=failed, on_finished=finished,
+            on_progress=lambda done, total: self.status.setText(f"Segmenting: {done} / {total} ..."),
+        )
 
     def open_project(self, folder: str | Path) -> None:
         """Open a project made by ``medloop review init``; reports a torn audit log tail."""

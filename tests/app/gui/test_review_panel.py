@@ -95,3 +95,57 @@ def test_unsaved_edit_is_restored_after_reopening(panel, project, qtbot):
     assert widget.status.text() == "case0: to review. Restored your unsaved edit."
     widget.filter_combo.setCurrentText("accepted")
     assert widget.visible_cases() == []
+
+
+def test_sample_end_to_end_cli_init_panel_cli_report(make_napari_viewer, qtbot, tmp_path, cli):
+    """`medloop review init --model` on the brain sample (two cases: the sample and a rescaled
+    copy) -> review in the panel -> `medloop review report`."""
+    import csv
+
+    from medloop.app.io.write import write_image
+    from medloop.app.samples import load_brain_sample, sample_path
+
+    t1, tissue = load_brain_sample()
+    write_image(t1.with_array(np.asarray(t1.array, np.float32) * 2.5 + 300), tmp_path / "brighter.nii.gz")
+    out = cli("review", "init", str(tmp_path / "proj"), "--images", str(sample_path("t1")), str(tmp_path / "brighter.nii.gz"),
+              "--ids", "mni", "brighter", "--model", "brain-tissue-t1", "--references", str(sample_path("tissue")),
+              str(sample_path("tissue")), timeout=300)
+    assert out.returncode == 0, out.stderr
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medloop", "Review")
+    widget.settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    widget.reviewer_edit.setText("dr-b")
+    widget.open_project(tmp_path / "proj")
+    assert sorted(widget.visible_cases()) == ["brighter", "mni"]
+    widget.step(+1)
+    first = widget.case_id
+    mask = viewer.layers[f"{first} review mask"]
+    assert mask.metadata["medloop_classes"] == {0: "background", 1: "grey matter", 2: "white matter"}
+    assert f"{first} uncertainty" in viewer.layers and f"{first} reference" in viewer.layers
+    widget.decide("accept")
+    widget.decide("reject")
+    report = cli("review", "report", str(tmp_path / "proj"), "-o", str(tmp_path / "rep"), timeout=120)
+    assert report.returncode == 0, report.stderr
+    rows = {r["case"]: r for r in csv.DictReader(open(tmp_path / "rep" / "report.csv", encoding="utf-8"))}
+    assert {rows[c]["status"] for c in rows} == {"accepted", "rejected"}
+    assert rows[first]["status"] == "accepted" and rows[first]["last_reviewer"] == "dr-b"
+    assert "dr-b" in (tmp_path / "rep" / "report.html").read_text(encoding="utf-8")
+
+
+def test_new_project_from_the_panel_runs_the_model(make_napari_viewer, qtbot, tmp_path):
+    import torch
+
+    from medloop.app.samples import sample_path
+
+    torch.set_num_threads(1)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medloop", "Review")
+    widget.settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    widget.reviewer_edit.setText("dr-c")
+    widget.new_project(tmp_path / "new", [sample_path("t1")], "brain-tissue-t1")
+    qtbot.waitUntil(lambda: widget.job is None, timeout=120_000)
+    assert widget.project is not None and widget.visible_cases() == ["mni152_t1_2mm"]
+    case = widget.project.case("mni152_t1_2mm")
+    assert case.predictions[0].model["model"] == "brain-tissue-t1" and case.uncertainty_score is not None
+    prediction = widget.project.load_prediction("mni152_t1_2mm")
+    assert set(np.unique(prediction.array)) == {0, 1, 2}
