@@ -60,6 +60,12 @@ class SegmentationPanel(MethodPanel):
         self.fusion_combo = QComboBox()
         self.fusion_combo.addItems(["no overlap", "overlap, mean", "overlap, vote"])
         self.fusion_combo.setToolTip("Predict every fine voxel from both neighbouring voxels (2x passes) and fuse")
+        # Seed 002: a fine model re-segments a crop around every object the (coarse) model found.
+        self.cascade_combo = QComboBox()
+        self.cascade_combo.setToolTip(
+            "Segment-then-segment: the chosen model finds objects on the downscaled image, this model "
+            "segments a crop around each one at full resolution"
+        )
         self.run_button = QPushButton("Run")
         self.start_buttons.append(self.run_button)
 
@@ -75,6 +81,7 @@ class SegmentationPanel(MethodPanel):
             upscale_row.addWidget(spin)
         upscale_row.addWidget(self.fusion_combo)
         form.addRow("Upscale output", upscale_row)
+        form.addRow("Refine crops with", self.cascade_combo)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -100,6 +107,7 @@ class SegmentationPanel(MethodPanel):
 
         self.models = list_models()
         self.model_combo.addItems([m.name for m in self.models])
+        self.cascade_combo.addItems(["(no cascade)"] + [m.name for m in self.models if m.card.spatial_dims == 2])
 
     def _fill_devices(self) -> None:
         from medloop.app.engine.devices import available_devices
@@ -154,6 +162,7 @@ class SegmentationPanel(MethodPanel):
             upscale=self.upscale_factors(image.ndim),
             upscale_overlap=self.fusion_combo.currentIndex() > 0,
             upscale_fusion="vote" if self.fusion_combo.currentIndex() == 2 else "mean",
+            cascade=None if self.cascade_combo.currentIndex() <= 0 else self.cascade_combo.currentText(),
         )
         self.status.setText(f"Segmenting {name} with {entry.name} ...")
         self.start(
@@ -169,7 +178,7 @@ class SegmentationPanel(MethodPanel):
         """Create the result layers, or update them in place on a re-run."""
         self.last_result = result
         prov = result.provenance
-        labels_name = f"{image_name} {prov['model']}"
+        labels_name = f"{image_name} {prov['model']}" + (f"+{prov['cascade']['fine']['model']}" if "cascade" in prov else "")
         kwargs = result.labels.layer_kwargs()
         metadata = {"medloop_image": result.labels, "provenance": prov, "classes": prov["classes"]}
         metadata[CLASSES_KEY] = dict(prov["classes"])
@@ -197,6 +206,8 @@ class SegmentationPanel(MethodPanel):
                     self.viewer.add_image(probs[k], name=pname, colormap="magma", opacity=0.6,
                                           contrast_limits=(0, 1), visible=False, **kwargs)
         extra = ""
+        if "cascade" in prov:
+            extra = f" Refined {prov['cascade']['crops']} crops with {prov['cascade']['fine']['model']}."
         if "upscale" in prov:
             extra = f" Upscaled {' x '.join(str(k) for k in prov['upscale']['factors'])} from {prov['upscale']['copies']} shifted copies."
         self.status.setText(f"Done in {prov['seconds']} s on {prov['device']}.{extra}")

@@ -113,3 +113,29 @@ def test_upscaled_rerun_moves_the_layer_to_the_fine_grid(qtbot, tmp_path, monkey
     np.testing.assert_allclose(layer.translate, (4.0, -3.0, 1.0))
     np.testing.assert_allclose(layer.data_to_world((1, 0, 0)), viewer.layers["vol"].data_to_world((0, 0, 0)))
     assert panel.status.text().endswith("Upscaled 3 x 1 x 1 from 3 shifted copies.")
+
+
+def test_cascade_from_the_panel_matches_segment(qtbot, tmp_path, monkeypatch):
+    """The panel's "Refine crops with" runs the same segment() call as `medloop segment --cascade`."""
+    from medloop.app.io.image import MedImage
+    from medloop.plugins.segmentation.method import SegmentParams, segment
+    from tests.plugins.segmentation.test_cascade import _register, _scene
+
+    torch.set_num_threads(1)
+    _register(tmp_path, "coarse", input_size=[16, 16])
+    zoo = _register(tmp_path, "fine", input_size=[16, 16])
+    monkeypatch.setattr(registry, "user_models_dir", lambda: zoo)
+    image = MedImage.from_array(_scene().astype(np.float32), spacing=(0.5, 0.5))
+    viewer = ViewerModel()
+    viewer.add_image(image.array, name="cells", metadata={"medloop_image": image}, **image.layer_kwargs())
+    panel = SegmentationPanel(viewer)
+    qtbot.addWidget(panel)
+    panel.model_combo.setCurrentText("coarse")
+    panel.cascade_combo.setCurrentText("fine")
+    panel.run()
+    qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
+    expected = segment(image, SegmentParams(model="coarse", cascade="fine", models_dir=zoo, roi_size=(panel.tile_spin.value(),) * 2))
+    layer = viewer.layers["cells coarse+fine"]
+    np.testing.assert_array_equal(layer.data, expected.labels.array)
+    crops = expected.provenance["cascade"]["crops"]
+    assert panel.status.text().endswith(f"Refined {crops} crops with fine.")
