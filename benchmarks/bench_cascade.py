@@ -17,6 +17,7 @@ vs (c), and the inference time of (a), (b) and (c) relative to (a) on the same i
     python benchmarks/bench_cascade.py --quick     # small data, few steps: ~4 min on one core
     python benchmarks/bench_cascade.py             # 24 train / 8 test images: ~20 min on one core
     python benchmarks/bench_cascade.py --json /tmp/cascade.json
+    python benchmarks/bench_cascade.py --axes 2 6 --sizes 128 --skip-full   # smaller objects, S = 128 only
 
 Models: the tiny GroupNorm U-Net of bench_weak_supervision (features 8-16-32), Adam 1e-3,
 batch 8, flips, one torch thread, ``train_segmentation``; one seed.
@@ -85,9 +86,9 @@ def large_cells(rng, size: int = 1024, count=(40, 120), axes=(4.0, 12.0)):
     return np.clip(image, 0, 1).astype(np.float32)[None], mask.astype(np.int64)
 
 
-def make_set(n: int, seed: int, size: int):
+def make_set(n: int, seed: int, size: int, axes=(4.0, 12.0)):
     children = np.random.SeedSequence(seed).spawn(n)
-    return [large_cells(np.random.default_rng(c), size=size) for c in children]
+    return [large_cells(np.random.default_rng(c), size=size, axes=tuple(axes)) for c in children]
 
 
 # ----------------------------------------------------------------------------------- models
@@ -145,16 +146,43 @@ def timed(fn, images):
     return out, time.perf_counter() - t0
 
 
+def full_resolution(train_set, test_images, test_masks, steps: int, seed: int, log):
+    """(c): a model trained on random 256^2 patches, predicted with sliding windows."""
+    import torch
+
+    from medloop.app.engine.tiling import sliding_window_inference
+
+    net_c, sec_c = train([(img, m, None) for img, m in train_set], steps, seed, patch=(256, 256), fg=0.5)
+    log(f"(c) full-resolution model: {steps} steps on 256^2 patches ({sec_c:.0f} s)")
+
+    def run_c(img):
+        p = sliding_window_inference(img, net_c, roi_size=256, overlap=0.25, batch_size=4, activation="softmax",
+                                     divisible_by=4, device="cpu")
+        return p.argmax(0)
+
+    with torch.inference_mode():
+        run_c(test_images[0])  # warm-up
+    preds_c, time_c = timed(run_c, test_images)
+    score_c = scores(preds_c, test_masks)
+
+    return score_c, time_c
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data and few steps (timing check)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--axes", type=float, nargs=2, default=(4.0, 12.0), metavar=("MIN", "MAX"),
+                        help="semi-axes of the objects in pixels (default 4 12)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=(256, 128), metavar="S", help="input sizes S")
+    parser.add_argument("--detect-threshold", type=lambda v: None if v == "labels" else float(v), nargs="+", default=[None],
+                        help="crops around coarse foreground probability >= these values ('labels': the coarse labels, as the paper, the default)")
+    parser.add_argument("--skip-full", action="store_true", help="leave out (c), the full-resolution model")
     args = parser.parse_args(argv)
 
     import torch
 
-    from medloop.app.engine.tiling import sliding_window_inference
     from medloop.plugins.segmentation.cascade import (
         cascade_predict,
         fine_training_pairs,
@@ -172,10 +200,11 @@ def main(argv=None) -> int:
     seed = args.seed
     log = lambda s: print(s, flush=True)
     t_all = time.perf_counter()
-    train_set = make_set(n_train, 1000 + seed, size)
-    test_set = make_set(n_test, 2000 + seed, size)
+    train_set = make_set(n_train, 1000 + seed, size, args.axes)
+    test_set = make_set(n_test, 2000 + seed, size, args.axes)
     objects = [int(len(np.unique(__import__("scipy").ndimage.label(m)[0])) - 1) for _, m in test_set]
     fg = np.mean([m.mean() for _, m in test_set])
+    log(f"objects: semi-axes {args.axes[0]:g}-{args.axes[1]:g} px")
     log(f"data: {n_train} train / {n_test} test images of {size}^2, test objects per image {min(objects)}-{max(objects)}, "
         f"foreground {100 * fg:.2f} % ({time.perf_counter() - t_all:.0f} s)")
     test_images = [img for img, _ in test_set]
@@ -183,21 +212,13 @@ def main(argv=None) -> int:
     rows: list[dict] = []
 
     # (c) full resolution, sliding windows
-    net_c, sec_c = train([(img, m, None) for img, m in train_set], steps["c"], seed, patch=(256, 256), fg=0.5)
-    log(f"(c) full-resolution model: {steps['c']} steps on 256^2 patches ({sec_c:.0f} s)")
-
-    def run_c(img):
-        p = sliding_window_inference(img, net_c, roi_size=256, overlap=0.25, batch_size=4, activation="softmax",
-                                     divisible_by=4, device="cpu")
-        return p.argmax(0)
-
-    with torch.inference_mode():
-        run_c(test_images[0])  # warm-up
-    preds_c, time_c = timed(run_c, test_images)
-    score_c = scores(preds_c, test_masks)
+    nan = float("nan")
+    score_c, time_c = {"dice": nan, "precision": nan, "recall": nan}, nan
+    if not args.skip_full:
+        score_c, time_c = full_resolution(train_set, test_images, test_masks, steps["c"], seed, log)
 
     tables = []
-    for S in (256, 128):
+    for S in args.sizes:
         tag = f"{S}"
         pairs_a = [(resize(torch.from_numpy(img)[None], S)[0].numpy(), resize_mask(m, S, 2), None) for img, m in train_set]
         net_a, sec_a = train(pairs_a, steps["a" + tag], seed)
@@ -211,33 +232,37 @@ def main(argv=None) -> int:
         def run_a(img, net_a=net_a, S=S):
             return predict_resized(img, net_a, S, device="cpu").argmax(0)
 
-        crops = []
-
-        def run_b(img, net_a=net_a, net_b=net_b, S=S, crops=crops):
-            r = cascade_predict(img, net_a, net_b, S, device="cpu", batch_size=8)
-            crops.append(len(r.boxes))
-            return r.probabilities.argmax(0)
-
-        run_a(test_images[0]), run_b(test_images[0])  # warm-up
-        crops.clear()
+        run_a(test_images[0])  # warm-up
         preds_a, time_a = timed(run_a, test_images)
-        preds_b, time_b = timed(run_b, test_images)
-        sa, sb = scores(preds_a, test_masks), scores(preds_b, test_masks)
-        ratio = sb["recall"] / max(sa["recall"], 1e-9)
-        lines = [
-            f"S = {S} (image/{size // S}); crops per test image {min(crops)}-{max(crops)} (mean {np.mean(crops):.0f})",
-            f"  {'':34s} {'Dice':>7s} {'prec':>7s} {'recall':>7s} {'time/img':>9s} {'time ratio':>10s}",
-        ]
-        for name, s, t in (("(a) model at S", sa, time_a), ("(b) cascade at S", sb, time_b),
-                           ("(c) full resolution (sliding)", score_c, time_c)):
-            lines.append(f"  {name:34s} {s['dice']:7.4f} {s['precision']:7.4f} {s['recall']:7.4f} "
-                         f"{t / n_test:8.3f}s {t / time_a:9.2f}x")
-            rows.append({"S": S, "method": name, **s, "seconds_per_image": t / n_test, "time_ratio": t / time_a})
-        gate = ratio >= 3.0
-        lines.append(f"  recall (b)/(a) = {ratio:.2f}x" + (f"  gate >= 3x at image/8: {'PASS' if gate else 'FAIL'}" if size // S == 8 else ""))
-        lines.append(f"  Dice (b) {sb['dice']:.4f} vs (c) {score_c['dice']:.4f}: difference {sb['dice'] - score_c['dice']:+.4f}")
-        tables.append("\n".join(lines))
-        log(tables[-1])
+        sa = scores(preds_a, test_masks)
+        for threshold in args.detect_threshold:
+            crops = []
+
+            def run_b(img, net_a=net_a, net_b=net_b, S=S, crops=crops):
+                r = cascade_predict(img, net_a, net_b, S, device="cpu", batch_size=8, detect_threshold=threshold)
+                crops.append(len(r.boxes))
+                return r.probabilities.argmax(0)
+
+            run_b(test_images[0])  # warm-up
+            crops.clear()
+            preds_b, time_b = timed(run_b, test_images)
+            sb = scores(preds_b, test_masks)
+            ratio = sb["recall"] / max(sa["recall"], 1e-9)
+            lines = [
+                f"S = {S} (image/{size // S}), detection: {'coarse labels' if threshold is None else f'p(foreground) >= {threshold:g}'}; crops per test image {min(crops)}-{max(crops)} (mean {np.mean(crops):.0f})",
+                f"  {'':34s} {'Dice':>7s} {'prec':>7s} {'recall':>7s} {'time/img':>9s} {'time ratio':>10s}",
+            ]
+            for name, s, t in (("(a) model at S", sa, time_a), ("(b) cascade at S", sb, time_b),
+                               ("(c) full resolution (sliding)", score_c, time_c)):
+                lines.append(f"  {name:34s} {s['dice']:7.4f} {s['precision']:7.4f} {s['recall']:7.4f} "
+                             f"{t / n_test:8.3f}s {t / time_a:9.2f}x")
+                rows.append({"S": S, "method": name, **s, "seconds_per_image": t / n_test, "time_ratio": t / time_a,
+                             "axes": list(args.axes), "detect_threshold": threshold})
+            gate = ratio >= 3.0
+            lines.append(f"  recall (b)/(a) = {ratio:.2f}x" + (f"  gate >= 3x at image/8: {'PASS' if gate else 'FAIL'}" if size // S == 8 else ""))
+            lines.append(f"  Dice (b) {sb['dice']:.4f} vs (c) {score_c['dice']:.4f}: difference {sb['dice'] - score_c['dice']:+.4f}")
+            tables.append("\n".join(lines))
+            log(tables[-1])
     log(f"\nseed {seed}, one run; total {time.perf_counter() - t_all:.0f} s\n")
     print("\n\n".join(tables))
     if args.json:

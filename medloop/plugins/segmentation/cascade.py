@@ -242,6 +242,7 @@ def cascade_predict(
     amp: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    detect_threshold: float | None = None,
 ) -> CascadeResult:
     """Segment-then-segment of one 2-D image ``(C, H, W)`` (float32, normalised for the models).
 
@@ -252,6 +253,10 @@ def cascade_predict(
     The fine model sees the crops ``batch_size`` at a time. ``progress(done, total)`` after the
     coarse pass and after every fine batch (total = 1 + batches); ``should_stop()`` is polled
     before each pass and raises :class:`~medloop.app.engine.jobs.JobCancelled`.
+    ``detect_threshold``: crops go around the components where the coarse foreground
+    probability (1 - background) reaches it; None (the paper) uses the coarse labels (argmax).
+    A lower threshold finds objects the coarse model under-segments to nothing at size S; the
+    fine model then decides what is really there.
     """
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 3:
@@ -262,7 +267,11 @@ def cascade_predict(
     k = default_padding(input_size) if padding is None else int(padding)
     check_stop(should_stop)
     coarse_probs = _predict_batch(torch.from_numpy(image)[None], coarse, input_size, device, amp)[0]
-    boxes = crop_boxes(coarse_probs.argmax(0).numpy() > 0, shape, k, min_size)
+    if detect_threshold is None:
+        found = coarse_probs.argmax(0).numpy() > 0
+    else:
+        found = (1.0 - coarse_probs[0].numpy()) >= float(detect_threshold)
+    boxes = crop_boxes(found, shape, k, min_size)
     batches = [boxes[i : i + batch_size] for i in range(0, len(boxes), batch_size)]
     total = 1 + len(batches)
     if progress is not None:

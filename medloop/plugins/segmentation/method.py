@@ -46,6 +46,7 @@ class SegmentParams:
     #: Segment-then-segment (seed 002): name of the fine model; ``model`` is then the coarse one.
     cascade: str | None = None
     cascade_padding: int | None = None  # k in image pixels; None: S // 8
+    num_threads: int | None = None  # torch CPU threads; None: one core fewer than the machine has
 
 
 @dataclass
@@ -96,8 +97,17 @@ def segment(
     ``network`` lets a caller reuse an already-loaded network of the same model (with
     ``params.cascade``: the coarse one; ``fine_network`` the fine one). A card with
     ``inference.input_size`` [S, S] is run on the whole image resized to S x S (no tiling).
+    Torch runs with ``params.num_threads`` CPU threads (None: one core fewer than the machine
+    has, see :func:`~medloop.app.engine.devices.default_cpu_threads`).
     Raises ``JobCancelled`` (from the engine) when ``should_stop()`` turns true.
     """
+    from medloop.app.engine.devices import torch_threads
+
+    with torch_threads(params.num_threads):
+        return _segment(image, params, progress, should_stop, network, fine_network)
+
+
+def _segment(image, params, progress, should_stop, network, fine_network) -> SegmentResult:
     from medloop.app.engine.devices import choose_device
     from medloop.app.engine.resample import probabilities_to_grid, to_model_grid
     from medloop.app.engine.tiling import predict_labels, sliding_window_inference

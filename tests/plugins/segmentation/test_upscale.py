@@ -199,3 +199,24 @@ def test_cli_upscale_writes_the_fine_grid(cli, tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip() == "medloop: error: cannot read upscale factor 'w=3'; write AXIS=K with AXIS one of z, y, x (e.g. z=3)"
     assert not (tmp_path / "o2.nii.gz").exists()
+
+
+def test_segment_runs_with_one_core_fewer_and_restores_the_thread_count(model_dir, monkeypatch):
+    from medloop.app.engine import devices
+
+    seen = []
+
+    class Recording(Threshold):
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return super().forward(x)
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2})
+    assert devices.default_cpu_threads() == 2
+    torch.set_num_threads(1)
+    image = MedImage.from_array(np.random.default_rng(0).random((8, 8, 8)).astype(np.float32))
+    segment(image, SegmentParams(model="tiny-threshold", models_dir=model_dir), network=Recording(3))
+    assert set(seen) == {2} and torch.get_num_threads() == 1  # 3 cores -> 2 threads, then back
+    seen.clear()
+    segment(image, SegmentParams(model="tiny-threshold", models_dir=model_dir, num_threads=1), network=Recording(3))
+    assert set(seen) == {1}
