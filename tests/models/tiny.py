@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 def tiny_card(
@@ -50,3 +51,22 @@ def make_tiny_model(
 
 def random_volume(shape=(40, 48, 56), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random(shape).astype(np.float32)
+
+
+class Threshold(torch.nn.Module):
+    """A 1x1-conv "network" whose logits are (0, 50 (x - 0.5)): class 1 exactly where the input is
+    above 0.5 (2-D, or 3-D with ``dims=3``)."""
+
+    divisible_by = 1
+
+    def __init__(self, dims: int = 2) -> None:
+        super().__init__()
+        conv = torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d
+        self.conv = conv(1, 2, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[1] = 50.0
+            self.conv.bias.copy_(torch.tensor([0.0, -25.0]))
+
+    def forward(self, x):
+        return self.conv(x)

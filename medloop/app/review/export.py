@@ -61,13 +61,7 @@ def export_masks(
 
     if reviewer is not None:
         check_name(reviewer, "reviewer name")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ReviewError(f"cannot export to {out}: it is a file; give a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ReviewError(f"cannot create export folder {out} ({exc.strerror}); choose a writable place") from None
+    out = output_folder(out, "export")
     state = project.state()
     rows: list[ExportedCase] = []
     for case in project.cases:
@@ -98,3 +92,16 @@ def export_masks(
     with atomic_target(out / INDEX_NAME, suffix=".csv") as tmp:
         Path(tmp).write_text(buf.getvalue(), encoding="utf-8")
     return rows
+
+
+def output_folder(out: str | Path, what: str) -> Path:
+    """``out`` as an existing folder (made if needed) for the ``what`` files; a file there or an
+    unwritable place is a :class:`ReviewError` that says so."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ReviewError(f"cannot write the {what} into {out}: it is a file; give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReviewError(f"cannot create {what} folder {out} ({exc.strerror}); choose a writable place") from None
+    return out

@@ -90,13 +90,9 @@ def write_report(project: ReviewProject, out: str | os.PathLike | None = None, t
     """
     from medloop.app.io.atomic import atomic_target
 
-    out = Path(out) if out is not None else project.folder / "report"
-    if out.exists() and not out.is_dir():
-        raise ReviewError(f"cannot write the report into {out}: it is a file; give a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ReviewError(f"cannot create report folder {out} ({exc.strerror}); choose a writable place") from None
+    from medloop.app.review.export import output_folder
+
+    out = output_folder(out if out is not None else project.folder / "report", "report")
     state = project.state()
     rows = report_rows(project, state)
     buf = io.StringIO()

@@ -20,26 +20,11 @@ from medloop.plugins.segmentation.method import (
     SegmentParams,
     segment,
 )
-from tests.models.tiny import make_tiny_model
+from tests.models.tiny import Threshold, make_tiny_model
 
 torch.set_num_threads(1)
 
 
-class Threshold(torch.nn.Module):
-    """Logits (0, 50 (x - 0.5)): class 1 exactly where the input is above 0.5."""
-
-    divisible_by = 1
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 2, 1)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.weight[1] = 50.0
-            self.conv.bias.copy_(torch.tensor([0.0, -25.0]))
-
-    def forward(self, x):
-        return self.conv(x)
 
 
 # --- crop boxes --------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from medloop.app.io.image import MedImage
 from medloop.models import registry
 from medloop.plugins.segmentation import upscale
 from medloop.plugins.segmentation.method import SegmentParams, network_input, segment
-from tests.models.tiny import make_tiny_model
+from tests.models.tiny import Threshold, make_tiny_model
 
 
 def test_interleaving_puts_output_n_of_shift_j_at_n_k_plus_j():
@@ -108,22 +108,6 @@ def test_parse_factors_and_its_messages():
 # --- through segment(): a registered card with a threshold "network" ---------------------------
 
 
-class Threshold(torch.nn.Module):
-    """Logits (0, 50 (x - 0.5)): class 1 exactly where the input is above 0.5."""
-
-    divisible_by = 1
-
-    def __init__(self, dims: int):
-        super().__init__()
-        conv = torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d
-        self.conv = conv(1, 2, 1)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.weight[1] = 50.0
-            self.conv.bias.copy_(torch.tensor([0.0, -25.0]))
-
-    def forward(self, x):
-        return self.conv(x)
 
 
 @pytest.fixture
@@ -206,10 +190,16 @@ def test_segment_runs_with_one_core_fewer_and_restores_the_thread_count(model_di
 
     seen = []
 
-    class Recording(Threshold):
+    class Recording(torch.nn.Module):
+        divisible_by = 1
+
+        def __init__(self, dims: int):
+            super().__init__()
+            self.inner = Threshold(dims)
+
         def forward(self, x):
             seen.append(torch.get_num_threads())
-            return super().forward(x)
+            return self.inner(x)
 
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2})
     assert devices.default_cpu_threads() == 2
