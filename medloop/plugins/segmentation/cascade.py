@@ -344,3 +344,34 @@ def fine_training_pairs(
             crop = torch.from_numpy(np.ascontiguousarray(image[:, y0:y1, x0:x1]))[None]
             pairs.append((resize(crop, size)[0].numpy(), resize_mask(mask[y0:y1, x0:x1], size, num_classes)))
     return pairs
+
+
+def train_fine_model(
+    network: torch.nn.Module,
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    input_size: int | Sequence[int],
+    config: Any,
+    padding: int | None = None,
+    jitter: int | None = None,
+    per_image: int | None = None,
+    seed: int = 0,
+    progress: Callable[..., None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Any:
+    """Train a cascade's fine model: a copy of ``network`` (normally the coarse model — transfer
+    learning, as the paper) on jittered ground-truth crops resized to S
+    (:func:`fine_training_pairs`). ``images`` ``(C, H, W)`` normalised for the model, ``masks``
+    ``(H, W)`` class indices. Returns the :class:`~medloop.app.engine.train.TrainResult` (its
+    ``model`` is the trained copy; ``network`` is not changed). Deterministic for a seed."""
+    from dataclasses import replace
+
+    from medloop.app.engine.train import train_segmentation
+
+    pairs = fine_training_pairs(images, masks, input_size, padding, jitter, rng=seed, per_image=per_image)
+    if not pairs:
+        raise ValueError("no training crops: give at least one image with its mask")
+    return train_segmentation(
+        network, [(x, y, None) for x, y in pairs], None, replace(config, seed=int(seed)),
+        progress=progress, should_stop=should_stop, copy_model=True, raise_on_stop=True,
+    )
