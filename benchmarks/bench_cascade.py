@@ -178,6 +178,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=(256, 128), metavar="S", help="input sizes S")
     parser.add_argument("--detect-threshold", type=lambda v: None if v == "labels" else float(v), nargs="+", default=[None],
                         help="crops around coarse foreground probability >= these values ('labels': the coarse labels, as the paper, the default)")
+    parser.add_argument("--resize", choices=("bilinear", "nearest"), default="bilinear",
+                        help="resizing of images, masks and outputs: bilinear (ours, the default) or nearest (the paper's protocol)")
     parser.add_argument("--skip-full", action="store_true", help="leave out (c), the full-resolution model")
     args = parser.parse_args(argv)
 
@@ -220,17 +222,18 @@ def main(argv=None) -> int:
     tables = []
     for S in args.sizes:
         tag = f"{S}"
-        pairs_a = [(resize(torch.from_numpy(img)[None], S)[0].numpy(), resize_mask(m, S, 2), None) for img, m in train_set]
+        mode = args.resize
+        pairs_a = [(resize(torch.from_numpy(img)[None], S, mode)[0].numpy(), resize_mask(m, S, 2, mode), None) for img, m in train_set]
         net_a, sec_a = train(pairs_a, steps["a" + tag], seed)
         log(f"(a) S={S}: {steps['a' + tag]} steps on whole images resized to {S}^2 ({sec_a:.0f} s)")
-        fine_pairs = fine_training_pairs([img for img, _ in train_set], [m for _, m in train_set], S,
+        fine_pairs = fine_training_pairs([img for img, _ in train_set], [m for _, m in train_set], S, resize_mode=mode,
                                          rng=np.random.default_rng(3000 + seed), per_image=16 if S == 256 else 32)
         net_b, sec_b = train([(x, y, None) for x, y in fine_pairs], steps["b" + tag], seed, init=net_a)
         log(f"(b) S={S}: fine model, {steps['b' + tag]} steps on {len(fine_pairs)} jittered GT crops resized to {S}^2 "
             f"(padding {S // 8}, jitter +-{S // 16}), from (a)'s weights ({sec_b:.0f} s)")
 
         def run_a(img, net_a=net_a, S=S):
-            return predict_resized(img, net_a, S, device="cpu").argmax(0)
+            return predict_resized(img, net_a, S, device="cpu", resize_mode=mode).argmax(0)
 
         run_a(test_images[0])  # warm-up
         preds_a, time_a = timed(run_a, test_images)
@@ -239,7 +242,7 @@ def main(argv=None) -> int:
             crops = []
 
             def run_b(img, net_a=net_a, net_b=net_b, S=S, crops=crops):
-                r = cascade_predict(img, net_a, net_b, S, device="cpu", batch_size=8, detect_threshold=threshold)
+                r = cascade_predict(img, net_a, net_b, S, device="cpu", batch_size=8, detect_threshold=threshold, resize_mode=mode)
                 crops.append(len(r.boxes))
                 return r.probabilities.argmax(0)
 

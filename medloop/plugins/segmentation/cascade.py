@@ -141,22 +141,27 @@ def _size2(size: int | Sequence[int]) -> tuple[int, int]:
     return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
 
 
-def resize(x: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
-    """``(N, C, h, w)`` float tensor resized to ``size``: bilinear, antialiased when shrinking.
+def resize(x: torch.Tensor, size: int | Sequence[int], mode: str = "bilinear") -> torch.Tensor:
+    """``(N, C, h, w)`` float tensor resized to ``size``: bilinear, antialiased when shrinking
+    (``mode="nearest"``: the paper's nearest neighbour, for reproducing its protocol).
     The same size returns ``x`` unchanged."""
     size = _size2(size)
     if tuple(x.shape[-2:]) == size:
         return x
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    if mode != "bilinear":
+        raise ValueError(f"resize mode must be 'bilinear' or 'nearest', got {mode!r}")
     return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
-def resize_mask(mask: np.ndarray, size: int | Sequence[int], num_classes: int | None = None) -> np.ndarray:
+def resize_mask(mask: np.ndarray, size: int | Sequence[int], num_classes: int | None = None, mode: str = "bilinear") -> np.ndarray:
     """A label map resized like probabilities: per-class indicator maps resized bilinearly
     (antialiased), then argmax (for two classes: foreground where its area fraction > 0.5)."""
     mask = np.asarray(mask)
     k = int(num_classes or max(int(mask.max()) + 1, 2))
     onehot = torch.from_numpy((mask[None] == np.arange(k)[:, None, None]).astype(np.float32))[None]
-    return resize(onehot, size)[0].argmax(0).numpy().astype(np.int64)
+    return resize(onehot, size, mode)[0].argmax(0).numpy().astype(np.int64)
 
 
 def to_probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -208,21 +213,21 @@ def _device_of(predictor: Any, device: Any) -> torch.device:
 
 def predict_resized(
     image: np.ndarray, predictor: Callable[[torch.Tensor], torch.Tensor], input_size: int | Sequence[int],
-    device: Any = None, amp: bool | None = None,
+    device: Any = None, amp: bool | None = None, resize_mode: str = "bilinear",
 ) -> np.ndarray:
     """A "model at input size S": ``image`` ``(C, H, W)`` resized to S, one forward pass,
     probabilities ``(K, H, W)`` resized back (bilinear)."""
-    probs = _predict_batch(torch.from_numpy(np.ascontiguousarray(image, np.float32))[None], predictor, input_size, device, amp)
-    return resize(probs, image.shape[-2:])[0].numpy()
+    probs = _predict_batch(torch.from_numpy(np.ascontiguousarray(image, np.float32))[None], predictor, input_size, device, amp, resize_mode)
+    return resize(probs, image.shape[-2:], resize_mode)[0].numpy()
 
 
-def _predict_batch(x: torch.Tensor, predictor, input_size, device, amp) -> torch.Tensor:
+def _predict_batch(x: torch.Tensor, predictor, input_size, device, amp, resize_mode: str = "bilinear") -> torch.Tensor:
     """Probabilities ``(N, K, S, S)`` on the CPU for a batch ``(N, C, S', S')`` resized to S."""
     from medloop.app.engine.devices import autocast_for
 
     dev = _device_of(predictor, device)
     with torch.inference_mode():
-        x = resize(x.to(dev, torch.float32), input_size)
+        x = resize(x.to(dev, torch.float32), input_size, resize_mode)
         with autocast_for(dev, amp):
             logits = predictor(x)
         return to_probabilities(logits.float()).cpu()
@@ -243,6 +248,7 @@ def cascade_predict(
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     detect_threshold: float | None = None,
+    resize_mode: str = "bilinear",
 ) -> CascadeResult:
     """Segment-then-segment of one 2-D image ``(C, H, W)`` (float32, normalised for the models).
 
@@ -266,7 +272,7 @@ def cascade_predict(
     fine_size = _size2(fine_input_size or input_size)
     k = default_padding(input_size) if padding is None else int(padding)
     check_stop(should_stop)
-    coarse_probs = _predict_batch(torch.from_numpy(image)[None], coarse, input_size, device, amp)[0]
+    coarse_probs = _predict_batch(torch.from_numpy(image)[None], coarse, input_size, device, amp, resize_mode)[0]
     if detect_threshold is None:
         found = coarse_probs.argmax(0).numpy() > 0
     else:
@@ -280,10 +286,10 @@ def cascade_predict(
     source = torch.from_numpy(fine_image)
     for done, batch in enumerate(batches, start=2):
         check_stop(should_stop)
-        x = torch.stack([resize(source[None, :, y0:y1, x0:x1], fine_size)[0] for y0, x0, y1, x1 in batch])
-        probs = _predict_batch(x, fine, fine_size, device, amp)
+        x = torch.stack([resize(source[None, :, y0:y1, x0:x1], fine_size, resize_mode)[0] for y0, x0, y1, x1 in batch])
+        probs = _predict_batch(x, fine, fine_size, device, amp, resize_mode)
         for p, (y0, x0, y1, x1) in zip(probs, batch):
-            crops.append(resize(p[None], (y1 - y0, x1 - x0))[0].numpy())
+            crops.append(resize(p[None], (y1 - y0, x1 - x0), resize_mode)[0].numpy())
         if progress is not None:
             progress(done, total)
     fused = fuse_crops(shape, crops, boxes)
@@ -316,6 +322,7 @@ def fine_training_pairs(
     rng: int | np.random.Generator | None = None,
     per_image: int | None = None,
     min_size: int = MIN_CROP,
+    resize_mode: str = "bilinear",
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Training pairs ``(image (C, S, S) float32, label (S, S) int64)`` for the fine model:
     ground-truth crops of every connected component of ``mask > 0`` (at most ``per_image``
@@ -342,7 +349,7 @@ def fine_training_pairs(
             boxes_out = [expand_box(jitter_box(b, j, gen), mask.shape, k) for b in boxes]
         for y0, x0, y1, x1 in boxes_out:
             crop = torch.from_numpy(np.ascontiguousarray(image[:, y0:y1, x0:x1]))[None]
-            pairs.append((resize(crop, size)[0].numpy(), resize_mask(mask[y0:y1, x0:x1], size, num_classes)))
+            pairs.append((resize(crop, size, resize_mode)[0].numpy(), resize_mask(mask[y0:y1, x0:x1], size, num_classes, resize_mode)))
     return pairs
 
 
