@@ -334,8 +334,8 @@ class CorrectionPanel(MethodPanel):
     def _checked_annotation(self, image, entry) -> tuple[Any, dict[str, Any]]:
         """The annotation of the chosen kind, validated on the GUI thread before any work."""
         from medloop.plugins.correction.boxes import BoxError, boxes_from_shapes
-        from medloop.plugins.correction.headless import model_input
         from medloop.plugins.correction.points import clean_points
+        from medloop.plugins.segmentation.method import check_input
         from medloop.plugins.correction.sparse import validate_strokes
         from medloop.plugins.correction.weaklabels import AnnotationError
 
@@ -344,7 +344,7 @@ class CorrectionPanel(MethodPanel):
             raise AnnotationError(f"make the {LAYER_SUFFIX[self.kind]} layer and annotate the image first")
         ann = self.viewer.layers[ann_name]
         card = entry.card
-        model_input(image, card)  # the image itself: channels, dimensionality, NaN/Inf
+        check_input(image, card)  # the image itself: channels, dimensionality, NaN/Inf (no normalising here)
         layer = self.image_layer()
         if not (np.allclose(ann.scale[-image.ndim :], layer.scale[-image.ndim :]) and np.allclose(ann.translate[-image.ndim :], layer.translate[-image.ndim :])):
             raise AnnotationError(
@@ -401,7 +401,7 @@ class CorrectionPanel(MethodPanel):
 
         def compute(progress, should_stop):
             run = run_weak(
-                kind, image, annotation, entry, epochs=config.epochs, mode=mode, rounds=rounds,
+                kind, image, annotation, entry, mode=mode, rounds=rounds,
                 progress=progress, should_stop=should_stop, config=config, crf=crf, boundary=boundary,
                 unlabeled=unlabeled,
             )

@@ -124,7 +124,10 @@ def shifted_copies(x: np.ndarray, offsets: Sequence[tuple[tuple[float, int], ...
     """``(S, C, *spatial)`` float32: ``x`` (``(C, *spatial)``) sampled at ``n + t`` for each
     offset, one axis at a time (:func:`shift_axis`; ``order`` 3 = cubic B-spline, the default:
     on thick-slice brain MRI it placed boundaries better than linear, see
-    ``benchmarks/bench_upscale.py``). A zero shift is an exact copy."""
+    ``benchmarks/bench_upscale.py``). A zero shift is an exact copy; a lone zero shift (no
+    upscaling) returns ``x`` itself, so plain segmentation does not copy its input."""
+    if len(offsets) == 1 and not any(t for t, _ in offsets[0]):
+        return np.asarray(x, np.float32)[None]
     out = np.empty((len(offsets), *x.shape), np.float32)
     for s, combo in enumerate(offsets):
         shifted = np.asarray(x, np.float32)
