@@ -103,10 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--balancing", default="auto", choices=["auto", "none", "instance", "mini-batch"], help="--weak strokes: loss balancing")
     train.add_argument("--rounds", type=int, default=3, help="--weak boxes: at most this many refinement rounds")
     train.add_argument("--unlabeled", type=Path, nargs="+", default=[], metavar="IMG", help="--weak boxes: unannotated images for stage 2 (Cues 2)")
+    train.add_argument("--cascade-coarse", action="store_true", help="train the coarse model of a segment-then-segment cascade from --model's weights on whole --images resized to --input-size")
+    train.add_argument("--input-size", type=int, metavar="S", help="--cascade-coarse: the input size S (default: --model's)")
+    train.add_argument("--coarse-target", choices=["any", "area"], default="any",
+                       help="--cascade-coarse: masks at S keep every object ('any', default) or are resized by area (the paper's)")
     train.add_argument("--cascade-fine", action="store_true", help="train the fine model of a segment-then-segment cascade from --model (the coarse model) on ground-truth crops of --images/--masks")
-    train.add_argument("--images", type=Path, nargs="+", default=[], metavar="IMG", help="--cascade-fine: training images")
-    train.add_argument("--masks", type=Path, nargs="+", default=[], metavar="MASK", help="--cascade-fine: their label maps, same order")
-    train.add_argument("--name", help="--cascade-fine: the new model's name (default: COARSE-fine)")
+    train.add_argument("--images", type=Path, nargs="+", default=[], metavar="IMG", help="--cascade-coarse/--cascade-fine: training images")
+    train.add_argument("--masks", type=Path, nargs="+", default=[], metavar="MASK", help="--cascade-coarse/--cascade-fine: their label maps, same order")
+    train.add_argument("--name", help="--cascade-coarse/--cascade-fine: the new model's name (default: MODEL-coarse / MODEL-fine)")
     train.add_argument("--crf", action="store_true", help="--weak points: add the CRF-loss fine-tune stage")
     train.add_argument("--boundary-loss", action="store_true", help="--weak strokes: generalised Dice + boundary loss on fully annotated tiles (small structures)")
     add_review_parser(sub)
@@ -306,8 +310,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.weak:
         return _train_weak(args)
-    if args.cascade_fine:
-        return _train_cascade_fine(args)
+    if args.cascade_fine or args.cascade_coarse:
+        from medloop.plugins.segmentation.cascade_cli import train_cascade_model
+
+        return train_cascade_model(args, lambda path: _read(argparse.Namespace(series=None, allow_irregular=False), path))
     if not args.recipe:
         raise MedloopError("train needs --recipe NAME|FILE, or --weak KIND with --image, --annotation and --model")
     recipe = load_recipe(args.recipe)
@@ -318,58 +324,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out = train_recipe(recipe, args.out, epochs=args.epochs, resume=args.resume, progress=show)
     print(f"wrote {out}")
-    return 0
-
-
-def _train_cascade_fine(args: argparse.Namespace) -> int:
-    """The fine model of a cascade, from the coarse model's weights, on jittered GT crops."""
-    import torch
-
-    from medloop.app.engine.augment import AugmentConfig
-    from medloop.app.engine.train import TrainConfig
-    from medloop.app.io.validate import check_same_grid
-    from medloop.models.card import write_card
-    from medloop.models.registry import build_model, get_model, sha256_of
-    from medloop.plugins.segmentation.cascade import train_fine_model
-    from medloop.plugins.segmentation.method import check_input, input_size_of, network_input
-
-    if not args.model or not args.images or len(args.images) != len(args.masks):
-        raise MedloopError("train --cascade-fine needs --model COARSE and --images and --masks, one mask per image")
-    coarse = get_model(args.model, args.models_dir)
-    size = input_size_of(coarse.card)
-    if size is None:
-        raise MedloopError(f"model {coarse.name} has no inference.input_size in its card; the coarse model of a cascade must run on whole images resized to S x S")
-    images, masks = [], []
-    for image_path, mask_path in zip(args.images, args.masks):
-        image = _read(argparse.Namespace(series=None, allow_irregular=False), image_path)
-        mask = _read(argparse.Namespace(series=None, allow_irregular=False), mask_path)
-        check_input(image, coarse.card)
-        check_same_grid(image, mask)
-        images.append(network_input(image, coarse.card))
-        masks.append(np.asarray(mask.array).astype(np.int64))
-    aug = AugmentConfig.none()
-    aug.p_flip = 0.5
-    config = TrainConfig(epochs=args.epochs or 20, steps_per_epoch=20, batch_size=8, lr=1e-3, augment=aug, foreground_fraction=0.0)
-
-    def show(done: int, total: int, info: dict | None = None) -> None:
-        if (info or {}).get("event") == "epoch":
-            print(f"train fine model: epoch {info['epoch']} loss {info['train_loss']:.4g}", file=sys.stderr, flush=True)
-
-    result = train_fine_model(build_model(coarse), images, masks, size[0], config, seed=args.seed, progress=show)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from medloop.app.io.atomic import atomic_target
-
-    with atomic_target(out / "weights.pt", suffix=".pt") as tmp:
-        torch.save(result.model.state_dict(), tmp)
-    card = dict(coarse.card.raw)
-    card["name"] = args.name or f"{coarse.name}-fine"
-    card["description"] = f"Fine model of a segment-then-segment cascade with {coarse.name}: segments crops around objects, resized to {size[0]} x {size[1]}."
-    card["weights"] = {**card["weights"], "source": "weights.pt", "sha256": sha256_of(out / "weights.pt")}
-    card.pop("test_data", None)
-    card["training"] = {"cascade_fine_of": coarse.name, "images": len(images), "epochs": result.epochs_done, "seed": int(args.seed)}
-    write_card(card, out / "card.json")
-    print(f"wrote {out} (register it with: medloop models register {out / 'weights.pt'} --card {out / 'card.json'})")
     return 0
 
 

@@ -40,6 +40,13 @@ components, each box coordinate and size jittered by a uniform random whole numb
 k = 16) before squaring and padding, resized to S; images without objects give the whole image
 resized to S, as in the paper.
 
+Training the coarse model (:func:`coarse_training_pairs`): the paper's coarse model is its
+baseline at S, trained on masks downscaled like images; objects smaller than about half a pixel
+at S vanish from those masks, so the model learns to ignore them and the cascade never crops
+them. Our default target ``"any"`` marks a pixel at S foreground when any pixel it covers is:
+the coarse model then over-covers small objects (poor as a segmentation, as intended for a
+detector) and the fine model outlines them at full resolution.
+
 Qt-free; :func:`~medloop.plugins.segmentation.method.segment` runs it for the panel and the CLI
 (``medloop segment --model COARSE --cascade FINE``).
 """
@@ -157,11 +164,24 @@ def resize(x: torch.Tensor, size: int | Sequence[int], mode: str = "bilinear") -
 
 def resize_mask(mask: np.ndarray, size: int | Sequence[int], num_classes: int | None = None, mode: str = "bilinear") -> np.ndarray:
     """A label map resized like probabilities: per-class indicator maps resized bilinearly
-    (antialiased), then argmax (for two classes: foreground where its area fraction > 0.5)."""
+    (antialiased), then argmax (for two classes: foreground where its area fraction > 0.5).
+
+    ``mode="any"`` (targets for a coarse model that only has to find objects): a shrunken pixel
+    is foreground when any pixel it covers is, with the foreground class of largest area there,
+    so objects smaller than one pixel at ``size`` are kept instead of averaged away."""
     mask = np.asarray(mask)
     k = int(num_classes or max(int(mask.max()) + 1, 2))
     onehot = torch.from_numpy((mask[None] == np.arange(k)[:, None, None]).astype(np.float32))[None]
-    return resize(onehot, size, mode)[0].argmax(0).numpy().astype(np.int64)
+    if mode != "any":
+        return resize(onehot, size, mode)[0].argmax(0).numpy().astype(np.int64)
+    fractions = resize(onehot, size, "bilinear")[0]
+    target = _size2(size)
+    if all(t <= s for t, s in zip(target, mask.shape)):
+        present = F.adaptive_max_pool2d(onehot[:, 1:], target)[0] > 0
+    else:
+        present = resize(onehot[:, 1:], target, "nearest")[0] > 0
+    fractions[1:] = torch.where(present, fractions[1:] + 1.0, fractions[1:])  # any foreground beats background
+    return fractions.argmax(0).numpy().astype(np.int64)
 
 
 def to_probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -371,13 +391,60 @@ def train_fine_model(
     (:func:`fine_training_pairs`). ``images`` ``(C, H, W)`` normalised for the model, ``masks``
     ``(H, W)`` class indices. Returns the :class:`~medloop.app.engine.train.TrainResult` (its
     ``model`` is the trained copy; ``network`` is not changed). Deterministic for a seed."""
+    pairs = fine_training_pairs(images, masks, input_size, padding, jitter, rng=seed, per_image=per_image)
+    return _train_copy(network, pairs, config, seed, progress, should_stop)
+
+
+def coarse_training_pairs(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    input_size: int | Sequence[int],
+    target: str = "any",
+    resize_mode: str = "bilinear",
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Training pairs ``(image (C, S, S) float32, label (S, S) int64)`` for a cascade's coarse
+    model: whole images resized to S, with masks resized by ``target``: ``"any"`` keeps every
+    object however small (a pixel at S is foreground when any pixel it covers is: the coarse
+    model only has to find objects, the fine model outlines them); ``"area"`` resizes them like
+    probabilities (the paper's coarse model is its baseline at S)."""
+    if target not in ("any", "area"):
+        raise ValueError(f"coarse target must be 'any' or 'area', got {target!r}")
+    pairs = []
+    for image, mask in zip(images, masks):
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim == 2:
+            image = image[None]
+        mask = np.asarray(mask)
+        x = resize(torch.from_numpy(np.ascontiguousarray(image))[None], input_size, resize_mode)[0].numpy()
+        y = resize_mask(mask, input_size, max(int(mask.max()) + 1, 2), "any" if target == "any" else resize_mode)
+        pairs.append((x, y))
+    return pairs
+
+
+def train_coarse_model(
+    network: torch.nn.Module,
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    input_size: int | Sequence[int],
+    config: Any,
+    target: str = "any",
+    seed: int = 0,
+    progress: Callable[..., None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Any:
+    """Train a cascade's coarse model: a copy of ``network`` on whole images resized to S
+    (:func:`coarse_training_pairs`). Inputs and result as :func:`train_fine_model`."""
+    pairs = coarse_training_pairs(images, masks, input_size, target)
+    return _train_copy(network, pairs, config, seed, progress, should_stop)
+
+
+def _train_copy(network, pairs, config, seed, progress, should_stop) -> Any:
     from dataclasses import replace
 
     from medloop.app.engine.train import train_segmentation
 
-    pairs = fine_training_pairs(images, masks, input_size, padding, jitter, rng=seed, per_image=per_image)
     if not pairs:
-        raise ValueError("no training crops: give at least one image with its mask")
+        raise ValueError("no training images: give at least one image with its mask")
     return train_segmentation(
         network, [(x, y, None) for x, y in pairs], None, replace(config, seed=int(seed)),
         progress=progress, should_stop=should_stop, copy_model=True, raise_on_stop=True,

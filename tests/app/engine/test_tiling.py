@@ -289,6 +289,14 @@ def test_predict_labels():
     assert predict_labels(np.zeros((300, 2, 2))).dtype == np.uint16
 
 
+@pytest.mark.parametrize("k", [2, 3, 8, 9])
+def test_predict_labels_equals_argmax_with_ties_to_the_lower_class(k):
+    p = np.random.default_rng(k).integers(0, 4, size=(k, 6, 7, 5)).astype(np.float32)  # many ties
+    labels = predict_labels(p)
+    np.testing.assert_array_equal(labels, np.argmax(p, axis=0))
+    assert labels.dtype == np.uint8
+
+
 def pointwise(x: torch.Tensor) -> torch.Tensor:
     """Per-pixel logits from RGB in [0, 1]: red, green, or neither (an offset avoids ties)."""
     return torch.stack([x[:, 0], x[:, 1], torch.full_like(x[:, 0], 0.5 + 1 / 1024)], dim=1) * 4
