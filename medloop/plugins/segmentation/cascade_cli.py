@@ -35,6 +35,10 @@ def train_cascade_model(args: argparse.Namespace, read) -> int:
         if args.cascade_coarse:
             raise MedloopError(f"train --cascade-coarse needs --input-size S (model {base.name} has no inference.input_size)")
         raise MedloopError(f"model {base.name} has no inference.input_size in its card; the coarse model of a cascade must run on whole images resized to S x S")
+    network = build_model(base)
+    divisor = int(getattr(network, "divisible_by", 1))
+    if min(size) < 1 or any(n % divisor for n in size):
+        raise MedloopError(f"input size {size[0]} does not suit model {base.name}: give a positive multiple of {divisor}")
     images, masks = _training_data(args, read, base.card)
     config = _config(args.epochs)
 
@@ -43,13 +47,13 @@ def train_cascade_model(args: argparse.Namespace, read) -> int:
             print(f"train: epoch {info['epoch']} loss {info['train_loss']:.4g}", file=sys.stderr, flush=True)
 
     if args.cascade_coarse:
-        result = train_coarse_model(build_model(base), images, masks, size, config, target=args.coarse_target, seed=args.seed, progress=show)
+        result = train_coarse_model(network, images, masks, size, config, target=args.coarse_target, seed=args.seed, progress=show)
         name = args.name or f"{base.name}-coarse"
         description = (f"Coarse model of a segment-then-segment cascade: finds objects on the whole image resized to "
                        f"{size[0]} x {size[1]} (trained on '{args.coarse_target}' masks from {base.name}'s weights).")
         training = {"cascade_coarse_of": base.name, "target": args.coarse_target}
     else:
-        result = train_fine_model(build_model(base), images, masks, size, config, seed=args.seed, progress=show)
+        result = train_fine_model(network, images, masks, size, config, seed=args.seed, progress=show)
         name = args.name or f"{base.name}-fine"
         description = (f"Fine model of a segment-then-segment cascade with {base.name}: segments crops around objects, "
                        f"resized to {size[0]} x {size[1]}.")
@@ -69,6 +73,8 @@ def _training_data(args: argparse.Namespace, read, card) -> tuple[list[np.ndarra
     images, masks = [], []
     for image_path, mask_path in zip(args.images, args.masks):
         image, mask = read(image_path), read(mask_path)
+        if image.ndim != 2:
+            raise MedloopError(f"{image_path} is a {image.ndim}-D image; a segment-then-segment cascade trains on 2-D images")
         check_input(image, card)
         check_same_grid(image, mask)
         images.append(network_input(image, card))

@@ -397,6 +397,16 @@ def test_cli_trains_a_coarse_model_that_finds_objects_under_a_pixel(cli, tmp_pat
     bad = cli("train", "--cascade-coarse", "--model", "tiled", *args, "--out", str(tmp_path / "x"))
     assert bad.returncode == 2
     assert bad.stderr.strip() == "medloop: error: train --cascade-coarse needs --input-size S (model tiled has no inference.input_size)"
+    odd = cli("train", "--cascade-coarse", "--model", "tiled", "--input-size", "15", *args, "--out", str(tmp_path / "x"))
+    assert odd.returncode == 2
+    assert odd.stderr.strip() == "medloop: error: input size 15 does not suit model tiled: give a positive multiple of 2"
+    write_image(MedImage.from_array(np.zeros((3, 64, 64), np.float32)), tmp_path / "vol.nii.gz")
+    write_image(MedImage.from_array(np.zeros((3, 64, 64), np.uint8)), tmp_path / "volmask.nii.gz")
+    vol = cli("train", "--cascade-coarse", "--model", "tiled", "--input-size", "16", "--models-dir", str(zoo), "--images",
+              str(tmp_path / "vol.nii.gz"), "--masks", str(tmp_path / "volmask.nii.gz"), "--out", str(tmp_path / "x"))
+    assert vol.returncode == 2
+    assert vol.stderr.strip() == f"medloop: error: {tmp_path / 'vol.nii.gz'} is a 3-D image; a segment-then-segment cascade trains on 2-D images"
+    assert not (tmp_path / "x").exists()
     out = cli("train", "--cascade-coarse", "--model", "tiled", "--input-size", "16", *args, "--out", str(tmp_path / "coarse"),
               "--epochs", "20", timeout=300)
     assert out.returncode == 0, out.stderr
