@@ -1,11 +1,11 @@
-"""Segment-then-segment (seed 002, Benčević et al. 2022) for 2-D images: a coarse model on the
-whole image downscaled to its input size S finds the objects; each object is cropped from the
+"""Segment-then-segment (seed 002, Benčević et al. 2022) for 2-D images and 3-D volumes: a coarse
+model on the whole image downscaled to its input size S finds the objects; each object is cropped from the
 full-resolution image, segmented by a fine model at the same input size S, and the crops'
 outputs are pasted back and fused. Small networks keep the full-resolution detail of the
 objects because the crops, not the whole image, are resized to S.
 
-Crop boxes (:func:`crop_boxes`), for every connected component (8-connected) of the coarse
-foreground (argmax != background):
+Crop boxes (:func:`crop_boxes`), for every connected component (8-connected; 26 in 3-D) of the
+coarse foreground (argmax != background); volumes get cubes, in voxels, the same way:
 
 1. its bounding box on the coarse grid is scaled to the full-resolution grid (outward: a coarse
    pixel covers ``[r * H / h, (r + 1) * H / h)``);
@@ -20,7 +20,7 @@ foreground (argmax != background):
 Resizing: image crops (and the whole image for the coarse stage) are resized to S x S with
 bilinear interpolation, antialiased when shrinking (``F.interpolate(mode="bilinear",
 antialias=True, align_corners=False)``; the paper's nearest neighbour aliases when shrinking
-8x). Probabilities go back to the crop's size the same way (bilinear, so boundaries fall between
+8x); volumes are averaged by area down to the smaller size per axis, then trilinear. Probabilities go back to the crop's size the same way (bilinear, so boundaries fall between
 the coarse pixels), and labels are their argmax.
 
 Fusion (:func:`fuse_crops`): each pixel takes the class probabilities of the crop with the
@@ -66,58 +66,72 @@ from scipy import ndimage
 from medloop.app.engine.jobs import check_stop
 
 MIN_CROP = 5
-Box = tuple[int, int, int, int]
-"""``(y0, x0, y1, x1)``: rows ``y0:y1`` and columns ``x0:x1`` of the full-resolution image."""
+Box = tuple[int, ...]
+"""``(y0, x0, y1, x1)``: rows ``y0:y1`` and columns ``x0:x1`` of the full-resolution image; for a
+volume ``(z0, y0, x0, z1, y1, x1)``: the starts, then the (exclusive) ends, per array axis."""
 
 
 @dataclass
 class CascadeResult:
-    probabilities: np.ndarray  # (K, H, W) float32 on the image's grid
+    probabilities: np.ndarray  # (K, *spatial) float32 on the image's grid
     boxes: list[Box] = field(default_factory=list)  # the crops the fine model segmented
-    coarse_probabilities: np.ndarray | None = None  # (K, S, S) of the coarse stage
+    coarse_probabilities: np.ndarray | None = None  # (K, S, S[, S]) of the coarse stage
 
 
 def default_padding(input_size: int | Sequence[int]) -> int:
     """The paper's code pads by S // 8 full-resolution pixels."""
-    return int(_size2(input_size)[0]) // 8
+    first = input_size if isinstance(input_size, (int, np.integer)) else list(input_size)[0]
+    return int(first) // 8
 
 
 # ------------------------------------------------------------------------------------- boxes
 
 
 def component_boxes(mask: np.ndarray) -> list[Box]:
-    """Bounding box ``(y0, x0, y1, x1)`` (end exclusive) of every 8-connected component of
-    ``mask > 0``, in label order (row-major by first pixel)."""
-    labels, n = ndimage.label(np.asarray(mask) > 0, structure=np.ones((3, 3), bool))
-    return [(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in ndimage.find_objects(labels) if s is not None][:n]
+    """Bounding box (starts, then exclusive ends; ``(y0, x0, y1, x1)`` in 2-D) of every fully
+    connected component (8-connected in 2-D, 26 in 3-D) of ``mask > 0``, in label order."""
+    mask = np.asarray(mask) > 0
+    labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, bool))
+    return [tuple(sl.start for sl in s) + tuple(sl.stop for sl in s) for s in ndimage.find_objects(labels) if s is not None][:n]
 
 
 def expand_box(box: Sequence[int], image_shape: Sequence[int], padding: int) -> Box:
-    """Pad ``box`` by ``padding`` on every side, square it to its larger side and shift it
-    inside ``image_shape`` (clipped to the image where it is larger than the image)."""
-    y0, x0, y1, x1 = (int(v) for v in box)
-    y0, x0, y1, x1 = y0 - padding, x0 - padding, y1 + padding, x1 + padding
-    h, w = y1 - y0, x1 - x0
-    side = max(h, w)
-    y0 -= (side - h) // 2
-    x0 -= (side - w) // 2
-    out = []
-    for start, n in ((y0, image_shape[0]), (x0, image_shape[1])):
-        if side >= n:
-            out.append((0, int(n)))
+    """Pad ``box`` by ``padding`` on every side, make it square (a cube in 3-D) of its largest
+    side and shift it inside ``image_shape`` (clipped to the image where it is larger)."""
+    n = len(box) // 2
+    starts = [int(v) - padding for v in box[:n]]
+    stops = [int(v) + padding for v in box[n:]]
+    side = max(b - a for a, b in zip(starts, stops))
+    out_start, out_stop = [], []
+    for a, b, size in zip(starts, stops, image_shape):
+        start = a - (side - (b - a)) // 2
+        if side >= size:
+            out_start.append(0)
+            out_stop.append(int(size))
         else:
-            start = min(max(start, 0), int(n) - side)
-            out.append((start, start + side))
-    (y0, y1), (x0, x1) = out
-    return y0, x0, y1, x1
+            start = min(max(start, 0), int(size) - side)
+            out_start.append(start)
+            out_stop.append(start + side)
+    return tuple(out_start) + tuple(out_stop)
 
 
-def scale_box(box: Sequence[int], scale: tuple[float, float]) -> Box:
+def scale_box(box: Sequence[int], scale: Sequence[float]) -> Box:
     """A coarse-grid box on the full-resolution grid (outward rounding)."""
-    y0, x0, y1, x1 = box
-    sy, sx = scale
-    return (int(np.floor(y0 * sy + 1e-9)), int(np.floor(x0 * sx + 1e-9)),
-            int(np.ceil(y1 * sy - 1e-9)), int(np.ceil(x1 * sx - 1e-9)))
+    n = len(box) // 2
+    starts = tuple(int(np.floor(box[i] * scale[i] + 1e-9)) for i in range(n))
+    stops = tuple(int(np.ceil(box[n + i] * scale[i] - 1e-9)) for i in range(n))
+    return starts + stops
+
+
+def box_slices(box: Sequence[int]) -> tuple[slice, ...]:
+    """The array index of a box."""
+    n = len(box) // 2
+    return tuple(slice(int(box[i]), int(box[n + i])) for i in range(n))
+
+
+def box_shape(box: Sequence[int]) -> tuple[int, ...]:
+    n = len(box) // 2
+    return tuple(int(box[n + i]) - int(box[i]) for i in range(n))
 
 
 def crop_boxes(
@@ -126,14 +140,14 @@ def crop_boxes(
     """The crops for a coarse foreground mask (on any grid covering the image's extent): see
     the module docstring for the steps."""
     coarse_mask = np.asarray(coarse_mask)
-    scale = (image_shape[0] / coarse_mask.shape[0], image_shape[1] / coarse_mask.shape[1])
+    scale = [size / coarse for size, coarse in zip(image_shape, coarse_mask.shape)]
     boxes = []
     for box in component_boxes(coarse_mask):
-        y0, x0, y1, x1 = scale_box(box, scale)
-        if y1 - y0 < min_size or x1 - x0 < min_size:
+        scaled = scale_box(box, scale)
+        if min(box_shape(scaled)) < min_size:
             continue
-        crop = expand_box((y0, x0, y1, x1), image_shape, padding)
-        if crop[2] - crop[0] >= min_size and crop[3] - crop[1] >= min_size:
+        crop = expand_box(scaled, image_shape, padding)
+        if min(box_shape(crop)) >= min_size:
             boxes.append(crop)
     return boxes
 
@@ -141,25 +155,37 @@ def crop_boxes(
 # ----------------------------------------------------------------------------------- resizing
 
 
-def _size2(size: int | Sequence[int]) -> tuple[int, int]:
+def _sizes(size: int | Sequence[int], n: int) -> tuple[int, ...]:
+    """``size`` as ``n`` whole numbers (one number: the same on every axis)."""
     if isinstance(size, (int, np.integer)):
-        return int(size), int(size)
-    size = tuple(int(s) for s in size)
-    return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
+        return (int(size),) * n
+    size = tuple(int(v) for v in size)
+    if len(size) == 1:
+        return size * n
+    if len(size) != n:
+        raise ValueError(f"size {size} does not fit a {n}-D image")
+    return size
 
 
 def resize(x: torch.Tensor, size: int | Sequence[int], mode: str = "bilinear") -> torch.Tensor:
-    """``(N, C, h, w)`` float tensor resized to ``size``: bilinear, antialiased when shrinking
-    (``mode="nearest"``: the paper's nearest neighbour, for reproducing its protocol).
-    The same size returns ``x`` unchanged."""
-    size = _size2(size)
-    if tuple(x.shape[-2:]) == size:
+    """``(N, C, *spatial)`` float tensor (2-D or 3-D) resized to ``size``: linear, antialiased
+    when shrinking (2-D: bilinear with ``antialias``; 3-D: area averaging down to the smaller
+    size, then trilinear); ``mode="nearest"``: the paper's nearest neighbour, for reproducing
+    its protocol. The same size returns ``x`` unchanged."""
+    dims = x.dim() - 2
+    size = _sizes(size, dims)
+    if tuple(x.shape[2:]) == size:
         return x
     if mode == "nearest":
         return F.interpolate(x, size=size, mode="nearest")
     if mode != "bilinear":
         raise ValueError(f"resize mode must be 'bilinear' or 'nearest', got {mode!r}")
-    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    if dims == 2:
+        return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    smaller = tuple(min(a, b) for a, b in zip(x.shape[2:], size))  # torch has no antialiased trilinear
+    if smaller != tuple(x.shape[2:]):
+        x = F.interpolate(x, size=smaller, mode="area")
+    return x if smaller == size else F.interpolate(x, size=size, mode="trilinear", align_corners=False)
 
 
 def resize_mask(mask: np.ndarray, size: int | Sequence[int], num_classes: int | None = None, mode: str = "bilinear") -> np.ndarray:
@@ -171,13 +197,14 @@ def resize_mask(mask: np.ndarray, size: int | Sequence[int], num_classes: int | 
     so objects smaller than one pixel at ``size`` are kept instead of averaged away."""
     mask = np.asarray(mask)
     k = int(num_classes or max(int(mask.max()) + 1, 2))
-    onehot = torch.from_numpy((mask[None] == np.arange(k)[:, None, None]).astype(np.float32))[None]
+    onehot = torch.from_numpy((mask[None] == np.arange(k).reshape(-1, *([1] * mask.ndim))).astype(np.float32))[None]
     if mode != "any":
         return resize(onehot, size, mode)[0].argmax(0).numpy().astype(np.int64)
     fractions = resize(onehot, size, "bilinear")[0]
-    target = _size2(size)
+    target = _sizes(size, mask.ndim)
     if all(t <= s for t, s in zip(target, mask.shape)):
-        present = F.adaptive_max_pool2d(onehot[:, 1:], target)[0] > 0
+        pool = F.adaptive_max_pool2d if mask.ndim == 2 else F.adaptive_max_pool3d
+        present = pool(onehot[:, 1:], target)[0] > 0
     else:
         present = resize(onehot[:, 1:], target, "nearest")[0] > 0
     fractions[1:] = torch.where(present, fractions[1:] + 1.0, fractions[1:])  # any foreground beats background
@@ -196,7 +223,7 @@ def to_probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 
 def fuse_crops(shape: Sequence[int], crops: Sequence[np.ndarray], boxes: Sequence[Box]) -> np.ndarray:
-    """``(K, H, W)`` probabilities from per-crop probabilities ``(K, h_i, w_i)`` (already at
+    """``(K, *shape)`` probabilities from per-crop probabilities ``(K, *box size)`` (already at
     their boxes' sizes): each pixel keeps the crop with the highest foreground probability
     ``1 - p0`` (the first crop wins ties); pixels outside every crop are background."""
     if not crops:
@@ -207,12 +234,13 @@ def fuse_crops(shape: Sequence[int], crops: Sequence[np.ndarray], boxes: Sequenc
     out = np.zeros((k, *shape), np.float32)
     out[0] = 1.0
     best = np.full(tuple(shape), -1.0, np.float32)
-    for p, (y0, x0, y1, x1) in zip(crops, boxes):
+    for p, box in zip(crops, boxes):
+        index = box_slices(box)
         fg = 1.0 - p[0]
-        region = best[y0:y1, x0:x1]
+        region = best[index]
         win = fg > region
         region[win] = fg[win]
-        out[:, y0:y1, x0:x1][:, win] = p[:, win]
+        out[(slice(None), *index)][:, win] = p[:, win]
     return out
 
 
@@ -235,14 +263,14 @@ def predict_resized(
     image: np.ndarray, predictor: Callable[[torch.Tensor], torch.Tensor], input_size: int | Sequence[int],
     device: Any = None, amp: bool | None = None, resize_mode: str = "bilinear",
 ) -> np.ndarray:
-    """A "model at input size S": ``image`` ``(C, H, W)`` resized to S, one forward pass,
-    probabilities ``(K, H, W)`` resized back (bilinear)."""
+    """A "model at input size S": ``image`` ``(C, *spatial)`` resized to S, one forward pass,
+    probabilities ``(K, *spatial)`` resized back (linear)."""
     probs = _predict_batch(torch.from_numpy(np.ascontiguousarray(image, np.float32))[None], predictor, input_size, device, amp, resize_mode)
-    return resize(probs, image.shape[-2:], resize_mode)[0].numpy()
+    return resize(probs, image.shape[1:], resize_mode)[0].numpy()
 
 
 def _predict_batch(x: torch.Tensor, predictor, input_size, device, amp, resize_mode: str = "bilinear") -> torch.Tensor:
-    """Probabilities ``(N, K, S, S)`` on the CPU for a batch ``(N, C, S', S')`` resized to S."""
+    """Probabilities ``(N, K, *S)`` on the CPU for a batch ``(N, C, *S')`` resized to S."""
     from medloop.app.engine.devices import autocast_for
 
     dev = _device_of(predictor, device)
@@ -270,10 +298,11 @@ def cascade_predict(
     detect_threshold: float | None = None,
     resize_mode: str = "bilinear",
 ) -> CascadeResult:
-    """Segment-then-segment of one 2-D image ``(C, H, W)`` (float32, normalised for the models).
+    """Segment-then-segment of one image ``(C, H, W)`` or volume ``(C, D, H, W)`` (float32,
+    normalised for the models).
 
-    ``coarse`` / ``fine`` map ``(B, C, S, S)`` tensors to logits ``(B, K, S, S)`` (networks or
-    any callables). ``input_size`` is the coarse model's S, ``fine_input_size`` the fine
+    ``coarse`` / ``fine`` map ``(B, C, *S)`` tensors to logits ``(B, K, *S)`` (networks or
+    any callables; 2-D or 3-D as the image). ``input_size`` is the coarse model's S, ``fine_input_size`` the fine
     model's (default: the same); ``padding`` k in full-resolution pixels (default S // 8);
     ``fine_image`` is the image as the fine model wants it normalised (default ``image``).
     The fine model sees the crops ``batch_size`` at a time. ``progress(done, total)`` after the
@@ -285,11 +314,11 @@ def cascade_predict(
     fine model then decides what is really there.
     """
     image = np.asarray(image, dtype=np.float32)
-    if image.ndim != 3:
-        raise ValueError(f"cascade_predict needs a (C, H, W) image, got shape {image.shape}")
+    if image.ndim not in (3, 4):
+        raise ValueError(f"cascade_predict needs a (C, H, W) image or (C, D, H, W) volume, got shape {image.shape}")
     fine_image = image if fine_image is None else np.asarray(fine_image, dtype=np.float32)
     shape = image.shape[1:]
-    fine_size = _size2(fine_input_size or input_size)
+    fine_size = _sizes(fine_input_size or input_size, len(shape))
     k = default_padding(input_size) if padding is None else int(padding)
     check_stop(should_stop)
     coarse_probs = _predict_batch(torch.from_numpy(image)[None], coarse, input_size, device, amp, resize_mode)[0]
@@ -306,10 +335,10 @@ def cascade_predict(
     source = torch.from_numpy(fine_image)
     for done, batch in enumerate(batches, start=2):
         check_stop(should_stop)
-        x = torch.stack([resize(source[None, :, y0:y1, x0:x1], fine_size, resize_mode)[0] for y0, x0, y1, x1 in batch])
+        x = torch.stack([resize(source[(None, slice(None), *box_slices(box))], fine_size, resize_mode)[0] for box in batch])
         probs = _predict_batch(x, fine, fine_size, device, amp, resize_mode)
-        for p, (y0, x0, y1, x1) in zip(probs, batch):
-            crops.append(resize(p[None], (y1 - y0, x1 - x0), resize_mode)[0].numpy())
+        for p, box in zip(probs, batch):
+            crops.append(resize(p[None], box_shape(box), resize_mode)[0].numpy())
         if progress is not None:
             progress(done, total)
     fused = fuse_crops(shape, crops, boxes)
@@ -323,14 +352,16 @@ def cascade_predict(
 
 
 def jitter_box(box: Sequence[int], jitter: int, rng: np.random.Generator) -> Box:
-    """``box`` with a uniform random whole number in ``[-jitter, jitter]`` added to its top,
-    left, height and width (height and width kept >= 1)."""
-    y0, x0, y1, x1 = (int(v) for v in box)
+    """``box`` with a uniform random whole number in ``[-jitter, jitter]`` added to each start
+    (top, left) and each size (height, width; kept >= 1)."""
+    box = tuple(int(v) for v in box)
     if jitter <= 0:
-        return y0, x0, y1, x1
-    dy, dx, dh, dw = (int(v) for v in rng.integers(-jitter, jitter + 1, size=4))
-    h, w = max(1, y1 - y0 + dh), max(1, x1 - x0 + dw)
-    return y0 + dy, x0 + dx, y0 + dy + h, x0 + dx + w
+        return box
+    n = len(box) // 2
+    shifts = [int(v) for v in rng.integers(-jitter, jitter + 1, size=2 * n)]
+    starts = tuple(box[i] + shifts[i] for i in range(n))
+    sizes = [max(1, box[n + i] - box[i] + shifts[n + i]) for i in range(n)]
+    return starts + tuple(a + size for a, size in zip(starts, sizes))
 
 
 def fine_training_pairs(
@@ -344,32 +375,33 @@ def fine_training_pairs(
     min_size: int = MIN_CROP,
     resize_mode: str = "bilinear",
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Training pairs ``(image (C, S, S) float32, label (S, S) int64)`` for the fine model:
+    """Training pairs ``(image (C, *S) float32, label (*S) int64)`` for the fine model:
     ground-truth crops of every connected component of ``mask > 0`` (at most ``per_image``
     random ones per image), boxes jittered by up to ``jitter`` pixels (default ``padding // 2``)
     then padded, squared and shifted inside as at inference; an image without objects gives
     the whole image resized to S."""
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    size = _size2(input_size)
     k = default_padding(input_size) if padding is None else int(padding)
     j = k // 2 if jitter is None else int(jitter)
     pairs = []
     for image, mask in zip(images, masks):
         image = np.asarray(image, dtype=np.float32)
         mask = np.asarray(mask)
-        if image.ndim == 2:
+        if image.ndim == mask.ndim:
             image = image[None]
+        size = _sizes(input_size, mask.ndim)
         num_classes = max(int(mask.max()) + 1, 2)
-        boxes = [b for b in component_boxes(mask) if b[2] - b[0] >= min_size and b[3] - b[1] >= min_size]
+        boxes = [b for b in component_boxes(mask) if min(box_shape(b)) >= min_size]
         if not boxes:
-            boxes_out = [(0, 0, *mask.shape)]
+            boxes_out = [(0,) * mask.ndim + tuple(mask.shape)]
         else:
             if per_image is not None and len(boxes) > per_image:
                 boxes = [boxes[i] for i in sorted(gen.choice(len(boxes), per_image, replace=False))]
             boxes_out = [expand_box(jitter_box(b, j, gen), mask.shape, k) for b in boxes]
-        for y0, x0, y1, x1 in boxes_out:
-            crop = torch.from_numpy(np.ascontiguousarray(image[:, y0:y1, x0:x1]))[None]
-            pairs.append((resize(crop, size, resize_mode)[0].numpy(), resize_mask(mask[y0:y1, x0:x1], size, num_classes, resize_mode)))
+        for box in boxes_out:
+            index = box_slices(box)
+            crop = torch.from_numpy(np.ascontiguousarray(image[(slice(None), *index)]))[None]
+            pairs.append((resize(crop, size, resize_mode)[0].numpy(), resize_mask(mask[index], size, num_classes, resize_mode)))
     return pairs
 
 
@@ -402,7 +434,7 @@ def coarse_training_pairs(
     target: str = "any",
     resize_mode: str = "bilinear",
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Training pairs ``(image (C, S, S) float32, label (S, S) int64)`` for a cascade's coarse
+    """Training pairs ``(image (C, *S) float32, label (*S) int64)`` for a cascade's coarse
     model: whole images resized to S, with masks resized by ``target``: ``"any"`` keeps every
     object however small (a pixel at S is foreground when any pixel it covers is: the coarse
     model only has to find objects, the fine model outlines them); ``"area"`` resizes them like
@@ -412,9 +444,9 @@ def coarse_training_pairs(
     pairs = []
     for image, mask in zip(images, masks):
         image = np.asarray(image, dtype=np.float32)
-        if image.ndim == 2:
-            image = image[None]
         mask = np.asarray(mask)
+        if image.ndim == mask.ndim:
+            image = image[None]
         x = resize(torch.from_numpy(np.ascontiguousarray(image))[None], input_size, resize_mode)[0].numpy()
         y = resize_mask(mask, input_size, max(int(mask.max()) + 1, 2), "any" if target == "any" else resize_mode)
         pairs.append((x, y))

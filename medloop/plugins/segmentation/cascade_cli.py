@@ -28,9 +28,7 @@ def train_cascade_model(args: argparse.Namespace, read) -> int:
     if not args.model or not args.images or len(args.images) != len(args.masks):
         raise MedloopError(f"train {flag} needs --model {start} and --images and --masks, one mask per image")
     base = get_model(args.model, args.models_dir)
-    if base.card.spatial_dims != 2:
-        raise MedloopError(f"model {base.name} segments {base.card.spatial_dims}-D images; a cascade needs a 2-D model")
-    size = (int(args.input_size),) * 2 if args.input_size else input_size_of(base.card)
+    size = (int(args.input_size),) * base.card.spatial_dims if args.input_size else input_size_of(base.card)
     if size is None:
         if args.cascade_coarse:
             raise MedloopError(f"train --cascade-coarse needs --input-size S (model {base.name} has no inference.input_size)")
@@ -38,7 +36,7 @@ def train_cascade_model(args: argparse.Namespace, read) -> int:
     network = build_model(base)
     divisor = int(getattr(network, "divisible_by", 1))
     if min(size) < 1 or any(n % divisor for n in size):
-        raise MedloopError(f"input size {size[0]} does not suit model {base.name}: give a positive multiple of {divisor}")
+        raise MedloopError(f"input size {' x '.join(map(str, size))} does not suit model {base.name}: give a positive multiple of {divisor}")
     images, masks = _training_data(args, read, base.card)
     config = _config(args.epochs)
 
@@ -50,13 +48,13 @@ def train_cascade_model(args: argparse.Namespace, read) -> int:
         result = train_coarse_model(network, images, masks, size, config, target=args.coarse_target, seed=args.seed, progress=show)
         name = args.name or f"{base.name}-coarse"
         description = (f"Coarse model of a segment-then-segment cascade: finds objects on the whole image resized to "
-                       f"{size[0]} x {size[1]} (trained on '{args.coarse_target}' masks from {base.name}'s weights).")
+                       f"{' x '.join(map(str, size))} (trained on '{args.coarse_target}' masks from {base.name}'s weights).")
         training = {"cascade_coarse_of": base.name, "target": args.coarse_target}
     else:
         result = train_fine_model(network, images, masks, size, config, seed=args.seed, progress=show)
         name = args.name or f"{base.name}-fine"
         description = (f"Fine model of a segment-then-segment cascade with {base.name}: segments crops around objects, "
-                       f"resized to {size[0]} x {size[1]}.")
+                       f"resized to {' x '.join(map(str, size))}.")
         training = {"cascade_fine_of": base.name}
     training.update(images=len(images), epochs=result.epochs_done, seed=int(args.seed))
     out = Path(args.out)
@@ -73,8 +71,9 @@ def _training_data(args: argparse.Namespace, read, card) -> tuple[list[np.ndarra
     images, masks = [], []
     for image_path, mask_path in zip(args.images, args.masks):
         image, mask = read(image_path), read(mask_path)
-        if image.ndim != 2:
-            raise MedloopError(f"{image_path} is a {image.ndim}-D image; a segment-then-segment cascade trains on 2-D images")
+        if image.ndim != card.spatial_dims:
+            raise MedloopError(f"{image_path} is a {image.ndim}-D image but model {card.name} segments {card.spatial_dims}-D images; "
+                               f"start from a {image.ndim}-D model")
         check_input(image, card)
         check_same_grid(image, mask)
         images.append(network_input(image, card))
@@ -109,6 +108,6 @@ def _write_model(model, base_card: dict, out: Path, name: str, description: str,
     card = dict(base_card)
     card.update(name=name, description=description, training=training)
     card["weights"] = {**card["weights"], "source": "weights.pt", "sha256": sha256_of(out / "weights.pt")}
-    card["inference"] = {**card.get("inference", {}), "input_size": [int(size[0]), int(size[1])]}
+    card["inference"] = {**card.get("inference", {}), "input_size": [int(v) for v in size]}
     card.pop("test_data", None)
     write_card(card, out / "card.json")

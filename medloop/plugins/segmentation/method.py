@@ -184,25 +184,28 @@ def _segment(image, params, progress, should_stop, network, fine_network) -> Seg
     )
 
 
-def input_size_of(card) -> tuple[int, int] | None:
-    """The card's ``inference.input_size`` (S, S): the model sees the whole image resized to it."""
+def input_size_of(card) -> tuple[int, ...] | None:
+    """The card's ``inference.input_size`` ((S, S), or (S, S, S) for a 3-D model): the model
+    sees the whole image resized to it."""
     size = card.inference.get("input_size")
     if size is None:
         return None
+    dims = card.spatial_dims
     size = [int(v) for v in (size if isinstance(size, (list, tuple)) else [size])]
     if len(size) == 1:
-        size = size * 2
-    if len(size) != 2 or min(size) < 1:
-        raise SegmentationInputError(f"model {card.name}: inference.input_size must be [S, S] (two positive whole numbers), got {card.inference['input_size']}")
-    return size[0], size[1]
+        size = size * dims
+    if len(size) != dims or min(size) < 1:
+        shape = ", ".join(["S"] * dims)
+        raise SegmentationInputError(f"model {card.name}: inference.input_size must be [{shape}] ({dims} positive whole numbers), got {card.inference['input_size']}")
+    return tuple(size)
 
 
 def _check_resized(image: MedImage, params: SegmentParams, card, what: str) -> None:
     where = image.path or "the image"
-    if image.ndim != 2 or card.spatial_dims != 2:
+    if image.ndim != card.spatial_dims:
         raise SegmentationInputError(
-            f"{what} {card.name} segments whole 2-D images resized to its input size, but {where} is {image.ndim}-D; "
-            "pick a model for this kind of image"
+            f"{what} {card.name} segments whole {card.spatial_dims}-D images resized to its input size, but {where} "
+            f"is {image.ndim}-D; pick a model for this kind of image"
         )
     if params.upscale is not None and any(int(k) > 1 for k in params.upscale):
         raise SegmentationInputError(
@@ -225,8 +228,8 @@ def _result(image: MedImage, probs: np.ndarray, params: SegmentParams, provenanc
 
 
 def _segment_resized(image, params, card, entry, progress, should_stop, network) -> SegmentResult:
-    """A model at input size S (card ``inference.input_size``): the whole 2-D image resized to
-    S x S (bilinear, antialiased), one forward pass, probabilities resized back (bilinear)."""
+    """A model at input size S (card ``inference.input_size``): the whole image resized to
+    S x S (x S for a volume; antialiased), one forward pass, probabilities resized back (linear)."""
     from medloop.app.engine.devices import choose_device
     from medloop.app.engine.jobs import check_stop
     from medloop.models.registry import build_model
@@ -261,15 +264,11 @@ def _segment_cascade(image, params, progress, should_stop, network, fine_network
     fine_entry = get_model(params.cascade, params.models_dir)
     coarse, fine = coarse_entry.card, fine_entry.card
     where = image.path or "the image"
-    if image.ndim != 2:
-        raise CascadeInputError(
-            f"segment-then-segment (--cascade) works on 2-D images but {where} is {image.ndim}-D; "
-            "segment it without --cascade"
-        )
     for card, role in ((coarse, "coarse"), (fine, "fine")):
-        if card.spatial_dims != 2:
+        if card.spatial_dims != image.ndim:
             raise CascadeInputError(
-                f"the {role} model {card.name} is a {card.spatial_dims}-D model; --cascade needs two 2-D models"
+                f"the {role} model {card.name} segments {card.spatial_dims}-D images but {where} is {image.ndim}-D; "
+                f"--cascade needs two {image.ndim}-D models (or segment it without --cascade)"
             )
         check_input(image, card)
     if params.upscale is not None and any(int(k) > 1 for k in params.upscale):
@@ -278,7 +277,7 @@ def _segment_cascade(image, params, progress, should_stop, network, fine_network
     if size is None:
         raise CascadeInputError(
             f"the coarse model {coarse.name} has no inference.input_size in its card; --model must be a model "
-            "trained on whole images resized to S x S (card inference.input_size: [S, S])"
+            f"trained on whole images resized to S x S (card inference.input_size: [{', '.join(['S'] * image.ndim)}])"
         )
     if coarse.classes != fine.classes:
         raise CascadeInputError(

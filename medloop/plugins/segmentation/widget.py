@@ -107,7 +107,9 @@ class SegmentationPanel(MethodPanel):
 
         self.models = list_models()
         self.model_combo.addItems([m.name for m in self.models])
-        self.cascade_combo.addItems(["(no cascade)"] + [m.name for m in self.models if m.card.spatial_dims == 2])
+        # Any model can refine crops (at the coarse model's input size unless it has its own);
+        # segment() checks that both fit the image.
+        self.cascade_combo.addItems(["(no cascade)"] + [m.name for m in self.models])
 
     def _fill_devices(self) -> None:
         from medloop.app.engine.devices import available_devices

@@ -278,7 +278,10 @@ def test_cascade_refusals_name_the_input_and_what_to_do(zoo):
     volume = MedImage.from_array(np.zeros((4, 16, 16), np.float32), spacing=(1.0, 1.0, 1.0))
     with pytest.raises(CascadeInputError) as e:
         segment(volume, SegmentParams(model="coarse", cascade="fine", models_dir=zoo))
-    assert str(e.value) == "segment-then-segment (--cascade) works on 2-D images but the image is 3-D; segment it without --cascade"
+    assert str(e.value) == (
+        "the coarse model coarse segments 2-D images but the image is 3-D; --cascade needs two 3-D models "
+        "(or segment it without --cascade)"
+    )
     with pytest.raises(CascadeInputError) as e:
         segment(flat, SegmentParams(model="tiled", cascade="fine", models_dir=zoo))
     assert str(e.value) == (
@@ -399,13 +402,14 @@ def test_cli_trains_a_coarse_model_that_finds_objects_under_a_pixel(cli, tmp_pat
     assert bad.stderr.strip() == "medloop: error: train --cascade-coarse needs --input-size S (model tiled has no inference.input_size)"
     odd = cli("train", "--cascade-coarse", "--model", "tiled", "--input-size", "15", *args, "--out", str(tmp_path / "x"))
     assert odd.returncode == 2
-    assert odd.stderr.strip() == "medloop: error: input size 15 does not suit model tiled: give a positive multiple of 2"
+    assert odd.stderr.strip() == "medloop: error: input size 15 x 15 does not suit model tiled: give a positive multiple of 2"
     write_image(MedImage.from_array(np.zeros((3, 64, 64), np.float32)), tmp_path / "vol.nii.gz")
     write_image(MedImage.from_array(np.zeros((3, 64, 64), np.uint8)), tmp_path / "volmask.nii.gz")
     vol = cli("train", "--cascade-coarse", "--model", "tiled", "--input-size", "16", "--models-dir", str(zoo), "--images",
               str(tmp_path / "vol.nii.gz"), "--masks", str(tmp_path / "volmask.nii.gz"), "--out", str(tmp_path / "x"))
     assert vol.returncode == 2
-    assert vol.stderr.strip() == f"medloop: error: {tmp_path / 'vol.nii.gz'} is a 3-D image; a segment-then-segment cascade trains on 2-D images"
+    assert vol.stderr.strip() == (f"medloop: error: {tmp_path / 'vol.nii.gz'} is a 3-D image but model tiled segments 2-D images; "
+                                  "start from a 3-D model")
     assert not (tmp_path / "x").exists()
     out = cli("train", "--cascade-coarse", "--model", "tiled", "--input-size", "16", *args, "--out", str(tmp_path / "coarse"),
               "--epochs", "20", timeout=300)
@@ -422,3 +426,79 @@ def test_cli_trains_a_coarse_model_that_finds_objects_under_a_pixel(cli, tmp_pat
     assert _pair_dice(trained, pairs) > _pair_dice(base, pairs) + 0.5  # measured 0.86 vs 0.11
     result = segment(read_image(paths[0][0]), SegmentParams(model="tiled-coarse", cascade="tiled-coarse", models_dir=zoo))
     assert result.provenance["cascade"]["coarse"]["model"] == "tiled-coarse"
+
+
+# --- 3-D: cube boxes, antialiased resizing, the cascade on a volume ------------------------------
+
+
+def _blocks_volume() -> np.ndarray:
+    """(32, 32, 32) in {0, 1}: two bright blocks aligned to the voxels of an 8^3 coarse grid."""
+    volume = np.zeros((32, 32, 32), np.float32)
+    volume[4:12, 4:12, 4:12] = 1.0
+    volume[16:24, 12:20, 20:28] = 1.0
+    return volume
+
+
+def test_3d_box_is_padded_into_a_cube_and_shifted_inside():
+    assert cascade.expand_box((4, 4, 4, 12, 12, 12), (32, 32, 32), 6) == (0, 0, 0, 20, 20, 20)  # -2..18 moved in
+    assert cascade.expand_box((16, 12, 20, 24, 20, 28), (32, 32, 32), 6) == (10, 6, 12, 30, 26, 32)  # x 14..34 moved in
+    assert cascade.expand_box((10, 10, 10, 12, 20, 14), (40, 40, 40), 0) == (6, 10, 7, 16, 20, 17)  # 2 x 10 x 4 -> 10^3
+    assert cascade.expand_box((0, 0, 0, 4, 4, 30), (32, 32, 20), 1) == (0, 0, 0, 32, 32, 20)  # clipped where too big
+    boxes = cascade.crop_boxes(_blocks_volume()[::4, ::4, ::4] > 0, (32, 32, 32), padding=4)
+    assert boxes == [(0, 0, 0, 16, 16, 16), (12, 8, 16, 28, 24, 32)]
+
+
+def test_3d_resize_is_antialiased_when_shrinking():
+    checker = (np.indices((8, 8, 8)).sum(axis=0) % 2).astype(np.float32)
+    x = torch.from_numpy(checker)[None, None]
+    np.testing.assert_allclose(cascade.resize(x, 4).numpy(), 0.5, atol=1e-6)  # each 2^3 block averages to 0.5
+    assert set(np.unique(cascade.resize(x, 4, "nearest").numpy())) <= {0.0, 1.0}
+    grown = cascade.resize(torch.ones(1, 1, 4, 4, 4), (8, 6, 4))
+    assert grown.shape == (1, 1, 8, 6, 4) and torch.allclose(grown, torch.ones_like(grown))
+
+
+def test_3d_cascade_segments_each_block_in_its_own_cube():
+    volume = _blocks_volume()
+    result = cascade.cascade_predict(volume[None], Threshold(3), Threshold(3), 8, padding=4, fine_input_size=16)
+    assert result.boxes == [(0, 0, 0, 16, 16, 16), (12, 8, 16, 28, 24, 32)]
+    # crops are exactly the fine input size: no resizing, so the fused labels are the threshold exactly
+    np.testing.assert_array_equal(result.probabilities.argmax(0), volume > 0.5)
+    assert result.coarse_probabilities.shape == (2, 8, 8, 8)
+
+
+def test_3d_training_pairs_keep_small_objects_and_crop_cubes():
+    volume = _blocks_volume()
+    mask = (volume > 0).astype(np.int64)
+    mask[30, 30, 30] = 1  # one voxel: 1/64 of a coarse voxel at S = 8
+    (_, y_any), = cascade.coarse_training_pairs([volume], [mask], 8, target="any")
+    (_, y_area), = cascade.coarse_training_pairs([volume], [mask], 8, target="area")
+    assert int(y_any.sum()) == 17 and int(y_area.sum()) == 16 and y_any[7, 7, 7] == 1 and y_area[7, 7, 7] == 0
+    pairs = cascade.fine_training_pairs([volume], [mask], 16, padding=4, jitter=0, rng=0)
+    assert len(pairs) == 2  # the lone voxel is under the 5-voxel minimum
+    (x0, y0), _ = pairs
+    np.testing.assert_array_equal(x0[0], volume[0:16, 0:16, 0:16])
+    np.testing.assert_array_equal(y0, mask[0:16, 0:16, 0:16])
+
+
+def test_segment_runs_a_3d_cascade_with_registered_models(tmp_path):
+    for name, size in (("coarse3d", [8, 8, 8]), ("fine3d", [16, 16, 16])):
+        weights, card_path = make_tiny_model(tmp_path / "src" / name, spatial_dims=3, name=name)
+        card = json.loads(card_path.read_text())
+        card["inference"] = {"input_size": size}
+        card_path.write_text(json.dumps(card))
+        registry.register_model(weights, card_path, tmp_path / "zoo")
+    image = MedImage.from_array(_blocks_volume(), spacing=(0.8, 0.8, 2.0), origin=(1.0, 2.0, 3.0))
+    params = SegmentParams(model="coarse3d", cascade="fine3d", cascade_padding=4, models_dir=tmp_path / "zoo")
+    result = segment(image, params, network=Threshold(3), fine_network=Threshold(3))
+    np.testing.assert_array_equal(result.labels.array, _blocks_volume() > 0.5)
+    np.testing.assert_allclose(result.labels.spacing, (0.8, 0.8, 2.0))
+    np.testing.assert_allclose(result.labels.origin, (1.0, 2.0, 3.0))
+    assert result.provenance["cascade"]["boxes"] == [[0, 0, 0, 16, 16, 16], [12, 8, 16, 28, 24, 32]]
+    assert result.provenance["cascade"]["input_size"] == [8, 8, 8]
+    flat = MedImage.from_array(_scene(), spacing=(1.0, 1.0))
+    with pytest.raises(CascadeInputError) as e:
+        segment(flat, params)
+    assert str(e.value) == (
+        "the coarse model coarse3d segments 3-D images but the image is 2-D; --cascade needs two 2-D models "
+        "(or segment it without --cascade)"
+    )
