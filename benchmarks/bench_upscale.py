@@ -314,7 +314,7 @@ def brain_table(resolution: int, k: int, repeats: int) -> list[dict]:
     report("(b) nearest-neighbour labels", nn, t_plain + t_interp / 2)
     report("(c) linear probabilities", lin_labels, t_plain + t_interp / 2)
     thin, seconds = timed(lambda: run(t1), 1)
-    report("ceiling: the model on the real 1 mm slices", np.asarray(thin.labels.array)[:n_fine], seconds)
+    report("ceiling: the model on the real thin slices", np.asarray(thin.labels.array)[:n_fine], seconds)
     return rows
 
 
