@@ -76,8 +76,13 @@ def _training_data(args: argparse.Namespace, read, card) -> tuple[list[np.ndarra
                                f"start from a {image.ndim}-D model")
         check_input(image, card)
         check_same_grid(image, mask)
+        labels = np.asarray(mask.array).astype(np.int64)
+        top = int(labels.max()) if labels.size else 0
+        if top >= len(card.classes) or int(labels.min()) < 0:
+            raise MedloopError(f"{mask_path} has label {top if top >= len(card.classes) else int(labels.min())} but model "
+                               f"{card.name} has classes 0..{len(card.classes) - 1}; give masks with those labels")
         images.append(network_input(image, card))
-        masks.append(np.asarray(mask.array).astype(np.int64))
+        masks.append(labels)
     return images, masks
 
 

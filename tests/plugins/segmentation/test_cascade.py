@@ -410,6 +410,12 @@ def test_cli_trains_a_coarse_model_that_finds_objects_under_a_pixel(cli, tmp_pat
     assert vol.returncode == 2
     assert vol.stderr.strip() == (f"medloop: error: {tmp_path / 'vol.nii.gz'} is a 3-D image but model tiled segments 2-D images; "
                                   "start from a 3-D model")
+    write_image(MedImage.from_array(np.full((64, 64), 3, np.uint8)), tmp_path / "three.tif")
+    labels = cli("train", "--cascade-coarse", "--model", "tiled", "--input-size", "16", "--models-dir", str(zoo), "--images",
+                 str(paths[0][0]), "--masks", str(tmp_path / "three.tif"), "--out", str(tmp_path / "x"))
+    assert labels.returncode == 2
+    assert labels.stderr.strip() == (f"medloop: error: {tmp_path / 'three.tif'} has label 3 but model tiled has classes 0..1; "
+                                     "give masks with those labels")
     assert not (tmp_path / "x").exists()
     out = cli("train", "--cascade-coarse", "--model", "tiled", "--input-size", "16", *args, "--out", str(tmp_path / "coarse"),
               "--epochs", "20", timeout=300)
