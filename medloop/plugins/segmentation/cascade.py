@@ -420,8 +420,8 @@ def train_fine_model(
 ) -> Any:
     """Train a cascade's fine model: a copy of ``network`` (normally the coarse model — transfer
     learning, as the paper) on jittered ground-truth crops resized to S
-    (:func:`fine_training_pairs`). ``images`` ``(C, H, W)`` normalised for the model, ``masks``
-    ``(H, W)`` class indices. Returns the :class:`~medloop.app.engine.train.TrainResult` (its
+    (:func:`fine_training_pairs`). ``images`` ``(C, *spatial)`` normalised for the model,
+    ``masks`` ``(*spatial)`` class indices (2-D or 3-D). Returns the :class:`~medloop.app.engine.train.TrainResult` (its
     ``model`` is the trained copy; ``network`` is not changed). Deterministic for a seed."""
     pairs = fine_training_pairs(images, masks, input_size, padding, jitter, rng=seed, per_image=per_image)
     return _train_copy(network, pairs, config, seed, progress, should_stop)

@@ -64,7 +64,7 @@ def train_cascade_model(args: argparse.Namespace, read) -> int:
 
 
 def _training_data(args: argparse.Namespace, read, card) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Images normalised for ``card`` ``(C, H, W)`` and their masks ``(H, W)`` int64."""
+    """Images normalised for ``card`` ``(C, *spatial)`` and their masks ``(*spatial)`` int64."""
     from medloop.app.io.validate import check_same_grid
     from medloop.plugins.segmentation.method import check_input, network_input
 
