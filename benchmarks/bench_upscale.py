@@ -57,16 +57,16 @@ def thick_slices(image, k: int = 3):
                    origin=tuple(centre), pyramid=())
 
 
-def resample_onto(values, source, target, linear: bool) -> np.ndarray:
-    """``values`` on ``source``'s grid resampled onto ``target``'s grid (physical space)."""
+def labels_onto(values, source, target) -> np.ndarray:
+    """A label map on ``source``'s grid resampled onto ``target``'s grid (physical space,
+    nearest neighbour)."""
     import SimpleITK as sitk
 
     from medloop.app.io.sitk_convert import to_sitk
 
     moving = to_sitk(source.with_array(np.ascontiguousarray(values, dtype=np.float32)))
     reference = to_sitk(target.with_array(np.zeros(target.shape[: target.ndim], np.uint8)))
-    interp = sitk.sitkLinear if linear else sitk.sitkNearestNeighbor
-    return sitk.GetArrayFromImage(sitk.Resample(moving, reference, sitk.Transform(), interp, 0.0))
+    return sitk.GetArrayFromImage(sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0))
 
 
 def scores(pred: np.ndarray, truth: np.ndarray, spacing, classes=((1, "gm"), (2, "wm"))) -> dict[str, float]:
@@ -85,11 +85,13 @@ def scores(pred: np.ndarray, truth: np.ndarray, spacing, classes=((1, "gm"), (2,
 
 
 def nearest_and_linear(plain, grid, n_fine: int) -> tuple[np.ndarray, np.ndarray]:
-    """(b) the plain result's labels and (c) its probabilities, linearly, onto ``grid``."""
-    nn = resample_onto(plain.labels.array, plain.labels, grid, linear=False)[:n_fine].astype(np.int64)
+    """(b) the plain result's labels and (c) its probabilities, linearly, onto ``grid`` (the
+    resampling ``segment()`` uses; outside the thick extent: background)."""
+    from medloop.app.engine.resample import probabilities_to_grid
+
+    nn = labels_onto(plain.labels.array, plain.labels, grid)[:n_fine].astype(np.int64)
     probs = np.moveaxis(np.asarray(plain.probabilities.array), -1, 0)
-    lin = np.stack([resample_onto(p, plain.labels, grid, linear=True) for p in probs])
-    lin[0][lin.sum(axis=0) == 0] = 1.0  # outside the thick extent: background
+    lin = probabilities_to_grid(probs, plain.labels, grid)
     return nn, lin.argmax(axis=0)[:n_fine]
 
 
@@ -306,7 +308,7 @@ def brain_table(resolution: int, k: int, repeats: int) -> list[dict]:
         result, seconds = timed(lambda: run(**options), repeats)
         labels = result.labels
         if options.get("upscale_align") == "start":  # fine grid starts 1 slice later: onto the truth grid
-            pred = resample_onto(labels.array, labels, truth_grid, linear=False)[:n_fine].astype(np.int64)
+            pred = labels_onto(labels.array, labels, truth_grid)[:n_fine].astype(np.int64)
         else:
             assert np.allclose(labels.origin, tissue.origin) and np.allclose(labels.spacing, tissue.spacing)
             pred = np.asarray(labels.array)
