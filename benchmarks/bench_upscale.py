@@ -15,8 +15,9 @@ partial volume as a thick-slice acquisition has it). The packaged model
 (c) linear upsampling of the 6 mm class probabilities, then argmax;
 
 each compared with the truth on the slices the thick volume covers: Dice and HD95 (mm)
-for grey and white matter. Timing: each strategy's wall time relative to the plain 6 mm
-segmentation of the same input (median of ``--repeats`` runs, one torch thread).
+for grey and white matter. Timing: each strategy's wall time relative to the plain
+segmentation of the thick volume (median of ``--repeats`` runs, one torch thread); a second
+timing table runs 4 shifted copies of n x n 2-D images (n = 64 ... 512) against one plain pass.
 
 HD95 there measures mostly the model's own errors, which every strategy shares: the row "model
 on the real thin slices" (the same model on the 1 mm volume itself) is the ceiling. So two more
@@ -229,6 +230,45 @@ def timed(fn, repeats: int):
     return out, float(np.median(times))
 
 
+def cost_table(repeats: int, sizes=(64, 128, 256, 512)) -> list[dict]:
+    """Wall time of y x2, x x2 (4 shifted copies) relative to one plain pass on n x n 2-D images,
+    whole image as one tile, with the brain model's architecture (random weights: timing only).
+    Small images show what batching the copies buys on a CPU (the per-call overhead is paid once);
+    large ones that a call is capped before its activations outgrow the cache."""
+    import tempfile
+
+    import torch
+
+    from medloop.app.io.image import MedImage
+    from medloop.models.nets import build_network
+    from medloop.plugins.segmentation.method import SegmentParams, segment
+
+    kwargs = {"spatial_dims": 2, "in_channels": 1, "out_channels": 3, "features": [16, 32, 64, 128], "norm": "group"}
+    torch.manual_seed(0)
+    network = build_network("unet2d", **kwargs).eval()
+    rows = []
+    print("\ncost of 4 shifted copies (y x2, x x2) on n x n images, relative to one plain pass (target: below 4x)")
+    with tempfile.TemporaryDirectory() as tmp:
+        register_card(Path(tmp), "timing-unet", {"name": "unet2d", "kwargs": kwargs}, "bcyx")
+        for n in sizes:
+            image = MedImage.from_array(np.random.default_rng(0).random((n, n), dtype=np.float32), spacing=(1.0, 1.0))
+
+            def run(**options):
+                params = SegmentParams(model="timing-unet", models_dir=Path(tmp), device="cpu", roi_size=(n, n), batch_size=1, **options)
+                return segment(image, params, network=network)
+
+            run(), run(upscale=(2, 2))  # warm-up
+            plain, up = [], []
+            for _ in range(max(repeats, 3) * 2):  # interleaved, so drift in machine load hits both alike
+                plain.append(timed(run, 1)[1])
+                up.append(timed(lambda: run(upscale=(2, 2)), 1)[1])
+            row = {"n": n, "plain_s": float(np.median(plain)), "copies_s": float(np.median(up))}
+            row["ratio"] = row["copies_s"] / row["plain_s"]
+            rows.append(row)
+            print(f"  {n:4d}^2: plain {row['plain_s'] * 1000:7.1f} ms, 4 copies {row['copies_s'] * 1000:7.1f} ms = {row['ratio']:.2f}x")
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -244,6 +284,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     k = args.factor
     rows = [] if args.phantom_only else brain_table(args.resolution, k, args.repeats)
+    costs = [] if args.phantom_only else cost_table(args.repeats)
     phantoms = phantom_tables(k)
     ok = True
     if rows:
@@ -254,7 +295,7 @@ def main(argv=None) -> int:
         ok = dice_ok and hd_ok and assd_ok
     ok = ok and all(all(verdict(t, ("fg",))[i] for i in (0, 1, 3)) for t in phantoms.values())
     if args.json:
-        args.json.write_text(json.dumps({"factor": k, "resolution": args.resolution, "rows": rows, "phantoms": phantoms}, indent=1))
+        args.json.write_text(json.dumps({"factor": k, "resolution": args.resolution, "rows": rows, "costs": costs, "phantoms": phantoms}, indent=1))
     return 0 if ok else 1
 
 

@@ -108,7 +108,7 @@ def segment(
 
 
 def _segment(image, params, progress, should_stop, network, fine_network) -> SegmentResult:
-    from medloop.app.engine.devices import choose_device
+    from medloop.app.engine.devices import channels_last_on_cpu, choose_device
     from medloop.app.engine.resample import probabilities_to_grid, to_model_grid
     from medloop.app.engine.tiling import predict_labels, sliding_window_inference
     from medloop.models.registry import build_model, get_model
@@ -140,19 +140,22 @@ def _segment(image, params, progress, should_stop, network, fine_network) -> Seg
         roi_2d = tuple(-(-r // divisor) * divisor for r in roi[-2:])
         inputs, predictor, roi = _slice_by_slice(inputs, network, roi_2d, card.slice_axis)
         divisor = 1  # the 2-D tile is already divisible; the slice axis stays 1 thick
-    probs = sliding_window_inference(
-        inputs,
-        upscale.stacked_predictor(predictor, len(offsets)),  # softmax per copy, all copies in one call
-        roi_size=roi,
-        overlap=overlap,
-        batch_size=params.batch_size,
-        device=device,
-        amp=params.amp,
-        divisible_by=divisor,
-        activation=None,
-        progress=progress,
-        should_stop=should_stop,
-    )
+    tile = [r if r > 0 else n for r, n in zip(roi, inputs.shape[1:])]  # non-positive: the whole axis
+    per_call = upscale.tiles_per_call(device, params.batch_size, int(np.prod(tile)))
+    with channels_last_on_cpu(network):
+        probs = sliding_window_inference(
+            inputs,
+            upscale.stacked_predictor(predictor, len(offsets), per_call),  # softmax per copy
+            roi_size=roi,
+            overlap=overlap,
+            batch_size=params.batch_size,
+            device=device,
+            amp=params.amp,
+            divisible_by=divisor,
+            activation=None,
+            progress=progress,
+            should_stop=should_stop,
+        )
     if slices:
         probs = np.moveaxis(probs, 1, 1 + card.slice_axis)
     probs = upscale.fuse(probs.reshape(len(offsets), -1, *probs.shape[1:]), offsets, grid_factors, params.upscale_fusion)
@@ -230,7 +233,7 @@ def _result(image: MedImage, probs: np.ndarray, params: SegmentParams, provenanc
 def _segment_resized(image, params, card, entry, progress, should_stop, network) -> SegmentResult:
     """A model at input size S (card ``inference.input_size``): the whole image resized to
     S x S (x S for a volume; antialiased), one forward pass, probabilities resized back (linear)."""
-    from medloop.app.engine.devices import choose_device
+    from medloop.app.engine.devices import channels_last_on_cpu, choose_device
     from medloop.app.engine.jobs import check_stop
     from medloop.models.registry import build_model
     from medloop.plugins.segmentation.cascade import predict_resized
@@ -242,7 +245,8 @@ def _segment_resized(image, params, card, entry, progress, should_stop, network)
     if network is None:
         network = build_model(entry, device)
     check_stop(should_stop)
-    probs = predict_resized(network_input(_scalar(image), card), network, size, device=device, amp=params.amp)
+    with channels_last_on_cpu(network):
+        probs = predict_resized(network_input(_scalar(image), card), network, size, device=device, amp=params.amp)
     if progress is not None:
         progress(1, 1)
     provenance = {
@@ -256,7 +260,7 @@ def _segment_resized(image, params, card, entry, progress, should_stop, network)
 def _segment_cascade(image, params, progress, should_stop, network, fine_network) -> SegmentResult:
     """Segment-then-segment (seed 002): ``params.model`` coarse at its input size S, then
     ``params.cascade`` on every crop (see :mod:`medloop.plugins.segmentation.cascade`)."""
-    from medloop.app.engine.devices import choose_device
+    from medloop.app.engine.devices import channels_last_on_cpu, choose_device
     from medloop.models.registry import build_model, get_model
     from medloop.plugins.segmentation.cascade import cascade_predict, default_padding
 
@@ -295,11 +299,12 @@ def _segment_cascade(image, params, progress, should_stop, network, fine_network
     if fine_network is None:
         fine_network = build_model(fine_entry, device)
     scalar = _scalar(image)
-    result = cascade_predict(
-        network_input(scalar, coarse), network, fine_network, size, padding=padding,
-        batch_size=params.batch_size, fine_input_size=fine_size, fine_image=network_input(scalar, fine),
-        device=device, amp=params.amp, progress=progress, should_stop=should_stop,
-    )
+    with channels_last_on_cpu(network, fine_network):
+        result = cascade_predict(
+            network_input(scalar, coarse), network, fine_network, size, padding=padding,
+            batch_size=params.batch_size, fine_input_size=fine_size, fine_image=network_input(scalar, fine),
+            device=device, amp=params.amp, progress=progress, should_stop=should_stop,
+        )
     provenance = {
         "model": coarse.name, "model_version": coarse.version, "weights_sha256": coarse.weights_sha256,
         "device": str(device), "input_size": list(size), "seconds": round(time.perf_counter() - started, 3),
@@ -324,7 +329,7 @@ def segment_slide_file(
 ) -> dict[str, Any]:
     """Segment one level of a whole slide into a tiled pyramidal label TIFF, tile by tile
     (memory stays bounded whatever the slide size). Returns the provenance."""
-    from medloop.app.engine.devices import choose_device
+    from medloop.app.engine.devices import channels_last_on_cpu, choose_device
     from medloop.app.engine.tiling import segment_slide
     from medloop.models.registry import build_model, get_model
 
@@ -344,21 +349,22 @@ def segment_slide_file(
     factor = float(image.metadata.get("level_downsamples", (1.0,) * (level + 1))[level])
     roi = tuple(params.roi_size or card.inference.get("roi_size") or (512, 512))
     overlap = params.overlap if params.overlap is not None else float(card.inference.get("overlap", 0.125))
-    segment_slide(
-        image.pyramid[level] if image.pyramid else image.array,
-        network,
-        out_path,
-        spacing_um=tuple(s * factor for s in image.spacing),
-        roi_size=roi,
-        overlap=overlap,
-        batch_size=params.batch_size,
-        device=device,
-        amp=params.amp,
-        divisible_by=int(getattr(network, "divisible_by", 1)),
-        num_classes=len(card.classes),
-        progress=progress,
-        should_stop=should_stop,
-    )
+    with channels_last_on_cpu(network):
+        segment_slide(
+            image.pyramid[level] if image.pyramid else image.array,
+            network,
+            out_path,
+            spacing_um=tuple(s * factor for s in image.spacing),
+            roi_size=roi,
+            overlap=overlap,
+            batch_size=params.batch_size,
+            device=device,
+            amp=params.amp,
+            divisible_by=int(getattr(network, "divisible_by", 1)),
+            num_classes=len(card.classes),
+            progress=progress,
+            should_stop=should_stop,
+        )
     return {
         "model": card.name, "model_version": card.version, "weights_sha256": card.weights_sha256,
         "device": str(device), "roi_size": list(roi), "overlap": overlap, "level": level,

@@ -210,3 +210,30 @@ def test_segment_runs_with_one_core_fewer_and_restores_the_thread_count(model_di
     seen.clear()
     segment(image, SegmentParams(model="tiny-threshold", models_dir=model_dir, num_threads=1), network=Recording(3))
     assert set(seen) == {1}
+
+
+def test_copies_go_through_the_network_in_capped_calls_with_the_same_result():
+    calls = []
+
+    def predictor(x):
+        calls.append(x.shape[0])
+        return torch.cat([x, -x], dim=1) * 3.0
+
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5) / 50  # B=2 tiles, 3 copies, C=1
+    whole = upscale.stacked_predictor(predictor, copies=3)(x)
+    assert calls == [6]
+    calls.clear()
+    capped = upscale.stacked_predictor(predictor, copies=3, max_tiles=4)(x)
+    assert calls == [4, 2]
+    torch.testing.assert_close(capped, whole, rtol=0, atol=0)
+    # copy s of tile b: softmax over its own two classes, in channels 2s and 2s+1
+    pair = torch.softmax(torch.stack([x[1, 2], -x[1, 2]]) * 3.0, dim=0)
+    torch.testing.assert_close(whole[1, 4:6], pair)
+
+
+def test_tiles_per_call_caps_cpu_calls_and_batches_everything_on_a_gpu():
+    cpu = torch.device("cpu")
+    assert upscale.tiles_per_call(cpu, batch_size=2, tile_voxels=128 * 128) == upscale.CPU_CALL_VOXELS // (128 * 128) == 16
+    assert upscale.tiles_per_call(cpu, batch_size=2, tile_voxels=512 * 512) == 2  # never below the plain batch
+    assert upscale.tiles_per_call(cpu, batch_size=1, tile_voxels=1024 * 1024) == 1
+    assert upscale.tiles_per_call(torch.device("cuda"), batch_size=2, tile_voxels=512 * 512) is None
