@@ -1,4 +1,5 @@
-"""Segmentation panel: pick an image layer and a model, Run (off the GUI thread), Cancel."""
+"""Segmentation panel: pick an image layer and a model, Run (off the GUI thread), Cancel; train a
+segment-then-segment cascade from the image and a labels layer."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox,
-    QVBoxLayout,
+    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
+    QSpinBox, QVBoxLayout,
 )
 
 from medloop.app.errors import MedloopError
@@ -68,6 +69,23 @@ class SegmentationPanel(MethodPanel):
         )
         self.run_button = QPushButton("Run")
         self.start_buttons.append(self.run_button)
+        # Training a cascade from what the annotator labelled: coarse from the chosen model, fine from coarse.
+        self.train_labels_combo = QComboBox()
+        self.train_labels_combo.setToolTip("The labels layer with the objects of the chosen image (same grid)")
+        self.train_size_spin = QSpinBox()
+        self.train_size_spin.setRange(16, 1024)
+        self.train_size_spin.setSingleStep(16)
+        self.train_size_spin.setValue(128)
+        self.train_size_spin.setToolTip("Input size S: the coarse model sees the whole image resized to S x S, the fine model each crop")
+        self.train_epochs_spin = QSpinBox()
+        self.train_epochs_spin.setRange(1, 500)
+        self.train_epochs_spin.setValue(20)
+        self.train_button = QPushButton("Train cascade")
+        self.train_button.setToolTip(
+            "Train a coarse model (from the chosen model's weights) and a fine model (from the coarse one) on the "
+            "image and labels, register both and select them"
+        )
+        self.start_buttons.append(self.train_button)
 
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
@@ -85,10 +103,17 @@ class SegmentationPanel(MethodPanel):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
+        train_box = QGroupBox("Train a cascade on this image")
+        train_form = QFormLayout(train_box)
+        train_form.addRow("Labels", self.train_labels_combo)
+        train_form.addRow("Input size S", self.train_size_spin)
+        train_form.addRow("Epochs", self.train_epochs_spin)
+        train_form.addRow("", self.train_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.probabilities_check)
         layout.addLayout(buttons)
+        layout.addWidget(train_box)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addStretch(1)
@@ -98,18 +123,36 @@ class SegmentationPanel(MethodPanel):
         self.refresh_layers()
         self.model_combo.currentIndexChanged.connect(self._model_changed)
         self.run_button.clicked.connect(self.run)
+        self.train_button.clicked.connect(self.train_cascade)
         self._model_changed()
         _warm_up_compute_imports()
 
     # -- inputs -------------------------------------------------------------------------------
-    def _fill_models(self) -> None:
+    def refresh_layers(self, *_: Any) -> None:
+        super().refresh_layers()
+        if hasattr(self, "train_labels_combo"):  # the base class calls this before the panel is built
+            current = self.train_labels_combo.currentText()
+            names = [layer.name for layer in self.viewer.layers if layer._type_string == "labels"]
+            self.train_labels_combo.clear()
+            self.train_labels_combo.addItems(names)
+            if current in names:
+                self.train_labels_combo.setCurrentText(current)
+
+    def _fill_models(self, select: str | None = None, refine: str | None = None) -> None:
         from medloop.models.registry import list_models
 
+        current, current_refine = select or self.model_combo.currentText(), refine or self.cascade_combo.currentText()
         self.models = list_models()
+        self.model_combo.clear()
         self.model_combo.addItems([m.name for m in self.models])
         # Any model can refine crops (at the coarse model's input size unless it has its own);
         # segment() checks that both fit the image.
+        self.cascade_combo.clear()
         self.cascade_combo.addItems(["(no cascade)"] + [m.name for m in self.models])
+        if current:
+            self.model_combo.setCurrentText(current)
+        if current_refine:
+            self.cascade_combo.setCurrentText(current_refine)
 
     def _fill_devices(self) -> None:
         from medloop.app.engine.devices import available_devices
@@ -122,6 +165,7 @@ class SegmentationPanel(MethodPanel):
             self.model_info.setText("No models installed.")
             self.run_button.setEnabled(False)
             return
+        self.run_button.setEnabled(self.job is None)
         card = entry.card
         roi = card.inference.get("roi_size") or [128]
         self.tile_spin.setValue(int(roi[0]))
@@ -171,6 +215,39 @@ class SegmentationPanel(MethodPanel):
             lambda progress, should_stop: segment(image, params, progress, should_stop),
             lambda result: self._show_result(name, result),
         )
+
+    def train_cascade(self) -> None:
+        """Train a cascade (seed 002) on the chosen image and labels layer, off the GUI thread;
+        on success both models are registered and selected ("Model" and "Refine crops with")."""
+        from napari.utils.notifications import show_error
+
+        from medloop.plugins.segmentation.cascade_training import train_cascade
+
+        name, labels_name, entry = self.image_combo.currentText(), self.train_labels_combo.currentText(), self.current_model()
+        if not name or not labels_name or entry is None:
+            show_error("choose an image layer, its labels layer and a model to start from")
+            return
+        try:
+            image = layer_image(self.viewer.layers[name])
+            mask = layer_image(self.viewer.layers[labels_name])
+        except MedloopError as exc:
+            show_error(str(exc))
+            return
+        pairs = [(image, mask, f"image layer {name!r}", f"labels layer {labels_name!r}")]
+        size, epochs = self.train_size_spin.value(), self.train_epochs_spin.value()
+        models_dir = None if entry.packaged else entry.folder.parent
+        self.status.setText(f"Training a cascade from {entry.name} on {name} ...")
+        self.start(
+            lambda progress, should_stop: train_cascade(
+                entry.name, pairs, size, epochs=epochs, models_dir=models_dir, progress=progress, should_stop=should_stop
+            ),
+            self._cascade_trained,
+        )
+
+    def _cascade_trained(self, names: tuple[str, str]) -> None:
+        coarse, fine = names
+        self._fill_models(select=coarse, refine=fine)
+        self.status.setText(f"Trained {coarse} (coarse) and {fine} (fine) and selected them; Run segments with the cascade.")
 
     def upscale_factors(self, ndim: int) -> tuple[int, ...]:
         """The factors per array axis of an ``ndim``-D image (z, y, x or y, x)."""
