@@ -37,12 +37,17 @@ class MethodPanel(QWidget):
 
     def refresh_layers(self, *_: Any) -> None:
         """Offer every image layer, keeping the current choice when it still exists."""
-        current = self.image_combo.currentText()
-        names = [layer.name for layer in self.viewer.layers if layer._type_string == "image"]
-        self.image_combo.clear()
-        self.image_combo.addItems(names)
+        self.offer_layers(self.image_combo, "image")
+
+    def offer_layers(self, combo: QComboBox, kind: str) -> None:
+        """Fill ``combo`` with the names of the viewer's ``kind`` layers ("image", "labels", ...),
+        keeping its current choice when that layer still exists."""
+        current = combo.currentText()
+        names = [layer.name for layer in self.viewer.layers if layer._type_string == kind]
+        combo.clear()
+        combo.addItems(names)
         if current in names:
-            self.image_combo.setCurrentText(current)
+            combo.setCurrentText(current)
 
     def image_layer(self):
         name = self.image_combo.currentText()

@@ -131,12 +131,7 @@ class SegmentationPanel(MethodPanel):
     def refresh_layers(self, *_: Any) -> None:
         super().refresh_layers()
         if hasattr(self, "train_labels_combo"):  # the base class calls this before the panel is built
-            current = self.train_labels_combo.currentText()
-            names = [layer.name for layer in self.viewer.layers if layer._type_string == "labels"]
-            self.train_labels_combo.clear()
-            self.train_labels_combo.addItems(names)
-            if current in names:
-                self.train_labels_combo.setCurrentText(current)
+            self.offer_layers(self.train_labels_combo, "labels")
 
     def _fill_models(self, select: str | None = None, refine: str | None = None) -> None:
         from medloop.models.registry import list_models

@@ -202,3 +202,30 @@ def test_train_cascade_from_the_panel_registers_selects_and_runs(qtbot, tmp_path
     panel.train_cascade()
     qtbot.waitUntil(lambda: panel.job is None, timeout=120_000)
     assert panel.model_combo.currentText() == "tiled-coarse-16-2" and panel.cascade_combo.currentText() == "tiled-fine-16-2"
+
+
+def test_cancelled_cascade_training_registers_nothing(qtbot, tmp_path, monkeypatch):
+    from tests.plugins.segmentation.test_cascade import _register, _small_objects
+
+    torch.set_num_threads(1)
+    zoo = _register(tmp_path, "tiled")
+    monkeypatch.setattr(registry, "user_models_dir", lambda: zoo)
+    image, mask = _small_objects(np.random.default_rng(3))
+    viewer = ViewerModel()
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(mask.astype(np.uint8), name="cells mask")
+    panel = SegmentationPanel(viewer)
+    qtbot.addWidget(panel)
+    panel.model_combo.setCurrentText("tiled")
+    panel.train_size_spin.setValue(16)
+    panel.train_epochs_spin.setValue(200)
+    progress = []
+    panel.train_cascade()
+    panel.job.bridge.progressed.connect(lambda d, t: progress.append((d, t)))
+    qtbot.waitUntil(lambda: len(progress) >= 3, timeout=60_000)
+    panel.cancel()
+    qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
+    assert panel.status.text() == "Cancelled; nothing was changed."
+    assert progress[-1][1] == 2 * 200 * 20 and progress[-1][0] < 200 * 20  # stopped in the coarse phase
+    assert [m.name for m in registry.list_models(zoo) if not m.packaged] == ["tiled"]
+    assert panel.model_combo.currentText() == "tiled" and panel.train_button.isEnabled()
