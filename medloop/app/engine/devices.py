@@ -150,12 +150,12 @@ def channels_last_on_cpu(*modules: Any):
     """Run a block with the CPU networks among ``modules`` in channels-last layout, then put
     them back (contiguous).
 
-    oneDNN convolves channels-last tensors faster: on the 2-core test machine a 2-D U-Net
-    (16-128 features, GroupNorm) ran 1.3-1.4x faster per image, a 3-D one 1.1-1.3x, and in the
-    default layout a batch of four 512^2 images cost 6x one image instead of 4x (its
-    activations outgrow the cache); results differ by float rounding only (about 1e-4 in the
-    logits); a training step (forward and backward) ran 1.15-1.45x faster. Layouts change for
-    the duration of the block only."""
+    oneDNN convolves channels-last tensors faster (``benchmarks/bench_cpu_layout.py``, one thread):
+    ``segment()`` 1.17x faster with the packaged 2-D brain model, 1.26x with seed 000 upscaling,
+    1.20x with a 3-D U-Net; training steps 1.30x (3-D) and 0.98-1.2x (2-D). Without it a batch of
+    four 512^2 images cost 6x one image instead of 4x (activations outgrow the cache). Results
+    differ by float rounding only (a few voxels in a million flip at exact ties). Layouts change
+    for the duration of the block only."""
     changed = []
     for module in modules:
         layout = _cpu_layout(module)

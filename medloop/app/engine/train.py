@@ -362,7 +362,7 @@ def train_segmentation(
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     try:
         # fork_rng: seeding for this run must not change the caller's global torch RNG.
-        # Channels-last on the CPU: 1.15-1.45x faster steps (2-D and 3-D U-Nets, measured).
+        # Channels-last on the CPU: 3-D steps 1.3x faster, 2-D 0.98-1.2x (benchmarks/bench_cpu_layout.py).
         with torch.random.fork_rng(devices=rng_devices), channels_last_on_cpu(model):
             return _run(
                 model, train, val, fg, patch, config, loss, report, should_stop,
