@@ -225,6 +225,7 @@ class SegmentationPanel(MethodPanel):
         try:
             image = layer_image(self.viewer.layers[name])
             mask = layer_image(self.viewer.layers[labels_name])
+            mask = mask.with_array(np.array(mask.array))  # a snapshot: painting goes on during training
         except MedloopError as exc:
             show_error(str(exc))
             return
