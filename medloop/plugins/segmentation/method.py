@@ -110,7 +110,7 @@ def segment(
 def _segment(image, params, progress, should_stop, network, fine_network) -> SegmentResult:
     from medloop.app.engine.devices import channels_last_on_cpu, choose_device
     from medloop.app.engine.resample import probabilities_to_grid, to_model_grid
-    from medloop.app.engine.tiling import predict_labels, sliding_window_inference
+    from medloop.app.engine.tiling import predict_labels, sliding_window_inference, tile_grid
     from medloop.models.registry import build_model, get_model
 
     if params.cascade is not None:
@@ -140,7 +140,7 @@ def _segment(image, params, progress, should_stop, network, fine_network) -> Seg
         roi_2d = tuple(-(-r // divisor) * divisor for r in roi[-2:])
         inputs, predictor, roi = _slice_by_slice(inputs, network, roi_2d, card.slice_axis)
         divisor = 1  # the 2-D tile is already divisible; the slice axis stays 1 thick
-    tile = [r if r > 0 else n for r, n in zip(roi, inputs.shape[1:])]  # non-positive: the whole axis
+    tile = tile_grid(inputs.shape[1:], roi, overlap, divisor).roi  # the tile sliding_window_inference will use
     per_call = upscale.tiles_per_call(device, params.batch_size, int(np.prod(tile)))
     with channels_last_on_cpu(network):
         probs = sliding_window_inference(
