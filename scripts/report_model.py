@@ -12,7 +12,7 @@ import sys
 from medloop.app.samples import load_brain_sample
 from medloop.models.card import write_card
 from medloop.models.registry import get_model
-from medloop.models.variants import evaluate_on_variants
+from medloop.plugins.segmentation.evaluation import evaluate_on_variants
 
 
 def main(name: str = "brain-tissue-t1") -> None:
@@ -20,7 +20,7 @@ def main(name: str = "brain-tissue-t1") -> None:
     t1, tissue = load_brain_sample()
     table = evaluate_on_variants(name, t1, tissue)
     card = dict(entry.card.raw)
-    card["metrics"] = {"dice_on_held_out_variants": table, "how": "medloop.models.variants.evaluate_on_variants"}
+    card["metrics"] = {"dice_on_held_out_variants": table, "how": "medloop.plugins.segmentation.evaluation.evaluate_on_variants"}
     write_card(card, entry.folder / "card.json")
     print(json.dumps(table, indent=2))
     for variant, dice in table.items():

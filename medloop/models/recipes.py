@@ -39,17 +39,21 @@ class Recipe:
         return str(self.raw["name"])
 
 
-def packaged_recipes_dir() -> Path:
-    return Path(str(files("medloop") / "resources" / "recipes"))
+def packaged_recipes_dirs() -> list[Path]:
+    """Every folder of packaged recipes: the shared one, then each plugin's own."""
+    from medloop.app.plugin import resource_dirs
+
+    return [Path(str(files("medloop") / "resources" / "recipes")), *resource_dirs("recipes")]
 
 
 def load_recipe(name_or_path: str) -> Recipe:
     """A packaged recipe by name, or a recipe file."""
     path = Path(name_or_path)
     if not path.is_file():
-        path = packaged_recipes_dir() / f"{name_or_path}.json"
+        packaged = [d / f"{name_or_path}.json" for d in packaged_recipes_dirs()]
+        path = next((p for p in packaged if p.is_file()), path)
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in packaged_recipes_dir().glob("*.json")))
+        known = ", ".join(sorted(p.stem for d in packaged_recipes_dirs() for p in d.glob("*.json")))
         raise RecipeError(f"no training recipe {name_or_path!r}: not a file, nor a packaged recipe ({known})")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))

@@ -1,7 +1,7 @@
 """The model zoo: a name maps to an architecture, a weight file and a card.
 
-Packaged models live in ``medloop/resources/models/<name>/`` (``card.json`` + weights); users
-register their own into a models folder (default: the user data folder, or ``models_dir``).
+Packaged models live in each plugin's ``resources/models/<name>/`` (``card.json`` + weights) and
+in the shared ``medloop/resources/models/``; users register their own into a models folder (default: the user data folder, or ``models_dir``).
 Loading checks the weights' sha256 and never unpickles objects (``weights_only=True``).
 """
 
@@ -41,7 +41,15 @@ class ModelEntry:
 
 
 def packaged_models_dir() -> Path:
+    """The shared packaged-models folder (models no single plugin owns)."""
     return Path(str(files("medloop") / "resources" / "models"))
+
+
+def packaged_model_roots() -> list[Path]:
+    """Every folder that holds packaged models: the shared one, then each plugin's own."""
+    from medloop.app.plugin import resource_dirs
+
+    return [packaged_models_dir(), *resource_dirs("models")]
 
 
 def user_models_dir() -> Path:
@@ -54,7 +62,8 @@ def user_models_dir() -> Path:
 def list_models(models_dir: Path | None = None) -> list[ModelEntry]:
     """Packaged models, then those in ``models_dir`` (default: the user folder), sorted by name."""
     entries: dict[str, ModelEntry] = {}
-    for root, packaged in ((packaged_models_dir(), True), (models_dir or user_models_dir(), False)):
+    roots = [(root, True) for root in packaged_model_roots()] + [(models_dir or user_models_dir(), False)]
+    for root, packaged in roots:
         if not root.is_dir():
             continue
         for card_path in sorted(root.glob(f"*/{CARD_FILE}")):

@@ -1,6 +1,7 @@
 """Held-out variants of a labelled volume, as other scanners and sessions would produce them:
 other spacings (including thick slices), head rotation with bias field and noise, and another
-intensity range. Used to validate and report the bundled models, and by the tests."""
+intensity range. Used to validate and report the bundled models (the segmentation plugin's
+``evaluation``), and by the tests."""
 
 from __future__ import annotations
 
@@ -74,17 +75,3 @@ def held_out_variants(image: MedImage, labels: MedImage, seed: int = 2026) -> di
         "rotated 10 deg + bias + noise": (bias_and_noise(rotated, rng), rotated_labels),
         "intensity x2.5 + 300": (rescaled, labels),
     }
-
-
-def evaluate_on_variants(model: str, image: MedImage, labels: MedImage, device: str = "cpu", seed: int = 2026) -> dict[str, dict[str, float]]:
-    """Per-class Dice of ``model`` on each held-out variant (through the full segment pipeline)."""
-    from medloop.app.engine.metrics import dice_per_class
-    from medloop.plugins.segmentation.method import SegmentParams, segment
-
-    table = {}
-    for name, (variant, truth) in held_out_variants(image, labels, seed).items():
-        result = segment(variant, SegmentParams(model, device=device))
-        classes = result.provenance["classes"]
-        dice = dice_per_class(np.asarray(result.labels.array), np.asarray(truth.array), len(classes))
-        table[name] = {classes[k]: round(float(v), 4) for k, v in dice.items()}
-    return table

@@ -516,8 +516,7 @@ def segment_slide(
 
     # Block rows are exactly write_label_pyramid's bands (whole label tiles within its scratch
     # budget), so each band computes its blocks once and nothing is recomputed.
-    budget = getattr(slide_io, "_SCRATCH_BUDGET", 64 * 2**20)
-    band_rows = max(tile, (budget // max(1, width * dtype.itemsize)) // tile * tile)
+    band_rows = slide_io.max_band_rows(width, dtype.itemsize, tile)
     block_h = min(-(-max(block_size, 1) // tile) * tile, band_rows)
     block_w = max(int(block_size), 1)
     rows = _axis_blocks(height, block_h)

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 from qtpy.QtWidgets import QLabel, QListWidget, QPushButton, QVBoxLayout, QWidget
 
 from medloop import __version__
-from medloop.app.manifest import PLUGIN_NAME, method_panels
+from medloop.app.manifest import method_panels
+from medloop.app.plugin import load_plugins
 from medloop.models.registry import list_models
 
 if TYPE_CHECKING:
@@ -41,21 +42,33 @@ class HomePanel(QWidget):
         self.model_list.addItems([f"{m.name} - {m.summary}" for m in self.models] or [NO_MODELS])
         layout.addWidget(self.model_list)
 
-        self.sample_button = QPushButton("Open the brain sample")
+        self.samples = [s for p in load_plugins() for s in p.samples]
+        layout.addWidget(QLabel("Samples (double-click to open)"))
+        self.sample_list = QListWidget()
+        self.sample_list.addItems([s.display_name for s in self.samples])
+        self.sample_list.setCurrentRow(0)
+        self.sample_list.itemDoubleClicked.connect(self.open_sample)
+        layout.addWidget(self.sample_list)
+        self.sample_button = QPushButton("Open sample")
+        self.sample_button.setEnabled(bool(self.samples))
         self.sample_button.clicked.connect(self.open_sample)
         layout.addWidget(self.sample_button)
         layout.addStretch(1)
 
-    def open_sample(self) -> None:
-        """Add the MNI152 T1 sample and its tissue labels to the viewer."""
-        if self.viewer is None:
+    def open_sample(self, *_: object) -> None:
+        """Add the chosen sample's layers (the first sample when none is chosen) to the viewer."""
+        if self.viewer is None or not self.samples:
             return
         from medloop.app.gui.layers import add_layer_data
-        from medloop.app.samples import brain_sample_layers
+        from medloop.app.plugin import resolve
 
-        add_layer_data(self.viewer, brain_sample_layers())
+        sample = self.samples[max(self.sample_list.currentRow(), 0)]
+        add_layer_data(self.viewer, resolve(sample.factory)())
 
     def _open_method(self, item) -> None:
         if self.viewer is None or item.text() == NO_METHODS:
             return
-        self.viewer.window.add_plugin_dock_widget(PLUGIN_NAME, item.text())
+        from medloop.app.gui.panels import open_panel
+
+        panel = next(m for m in self.methods if m.display_name == item.text())
+        open_panel(self.viewer, panel)

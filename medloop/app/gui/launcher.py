@@ -42,9 +42,6 @@ def run_gui(images: list[MedImage], labels: list[MedImage]) -> int:
     return 0
 
 
-DEMO_MODEL = "brain-tissue-t1"
-
-
 def run_demo(screenshot: Path | None = None) -> int:
     """The main job on the packaged sample: segment it with the bundled model and show it.
 
@@ -73,29 +70,19 @@ def run_demo(screenshot: Path | None = None) -> int:
 
 
 def _build_demo():
-    """Viewer with the T1 sample, the bundled model's tissue map over it, and the panels docked.
-
-    The reference labels are added hidden, for comparison.
-    """
-    from medloop.app.gui.layers import add_layer_data
-    from medloop.app.samples import brain_sample_layers, load_brain_sample
-    from medloop.plugins.segmentation.method import SegmentParams, segment
-    from medloop.app.gui.layers import class_colors
+    """Viewer with the demo of the first plugin that has one (the brain sample segmented by the
+    bundled model), that plugin's first panel docked."""
+    from medloop.app.gui.panels import open_panel
+    from medloop.app.manifest import method_panels
+    from medloop.app.plugin import load_plugins, resolve
 
     viewer = make_viewer(title="medloop demo")
     viewer.window.resize(1400, 900)
-    _, panel = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Segmentation")
-    image_layer, reference = add_layer_data(viewer, brain_sample_layers())
-    reference.visible = False
-    t1, _ = load_brain_sample()
-    result = segment(t1, SegmentParams(DEMO_MODEL, device="cpu"))
-    prov = result.provenance
-    viewer.add_labels(
-        result.labels.array, name=f"{image_layer.name} {DEMO_MODEL}", opacity=0.5,
-        colormap=class_colors(prov["classes"]),
-        metadata={"medloop_image": result.labels, "provenance": prov, "classes": prov["classes"]},
-        **result.labels.layer_kwargs(),
-    )
-    panel.status.setText(f"{DEMO_MODEL}: done in {prov['seconds']} s on {prov['device']}.")
+    plugins = load_plugins()
+    plugin = next((p for p in plugins if p.demo), None)
+    if plugin is not None:
+        panels = method_panels([plugin])
+        panel = open_panel(viewer, panels[0]) if panels else None
+        resolve(plugin.demo)(viewer, panel)
     viewer.reset_view()
     return viewer

@@ -1,6 +1,6 @@
 """Mask correction tools for any Labels layer: one click = one step in napari's undo history.
 
-The tools themselves are Qt-free (:mod:`medloop.plugins.correction.edit`); this box picks the
+The tools themselves are Qt-free (:mod:`medloop.app.engine.label_edit`); this box picks the
 layer, the label and the size, runs the tool off the GUI thread on a snapshot of the layer, and
 writes back only the voxels that changed through ``Labels.data_setitem`` so that Ctrl+Z (or the
 Undo button) reverts exactly that edit. Voxels painted while a tool ran are kept. Copying one
@@ -45,7 +45,7 @@ TOOLS: dict[str, str | None] = {
 
 def run_tool(tool: str, labels: np.ndarray, label: int, size: float, spacing: Any, source: np.ndarray | None = None) -> np.ndarray:
     """The edited copy of ``labels`` (Qt-free; sizes in the units of ``spacing``, x-first)."""
-    from medloop.plugins.correction import edit
+    from medloop.app.engine import label_edit as edit
 
     if tool == "Fill holes":
         return edit.fill_holes(labels, label)
@@ -167,7 +167,7 @@ class MaskToolsBox(QGroupBox):
             self.label_combo.setCurrentText(str(layer.selected_label))
 
     def label_value(self) -> int:
-        from medloop.plugins.correction.edit import EditError
+        from medloop.app.engine.label_edit import EditError
 
         text = self.label_combo.currentText().strip().split(" ")[0]
         try:

@@ -32,3 +32,17 @@ def atomic_target(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, suffix: str = ".tmp") -> Path:
+    """Write ``data`` to ``path`` atomically (flushed to disk before the rename); returns the path."""
+    with atomic_target(path, suffix=suffix) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, suffix: str = ".tmp") -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically; returns the path."""
+    return atomic_write_bytes(path, text.encode("utf-8"), suffix=suffix)

@@ -32,7 +32,14 @@ SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".bif", ".sv
 TIFF_SUFFIXES = (".tif", ".tiff")
 CHUNK = 512  # dask chunk side of every level (the common scanner tile size)
 LARGE_SIDE = 10000  # a single-level tiled TIFF larger than this is read as a slide
-_SCRATCH_BUDGET = 64 * 2**20  # bytes of label rows computed at once by write_label_pyramid
+SCRATCH_BUDGET = 64 * 2**20  # bytes of label rows computed at once by write_label_pyramid
+
+
+def max_band_rows(width: int, itemsize: int, tile: int) -> int:
+    """The tallest band of whole label tiles that write_label_pyramid computes at once: as many
+    tile rows of ``width`` values as fit its scratch budget (at least one tile row). The tiled
+    slide segmenter cuts its blocks to these bands so that no block is computed twice."""
+    return max(tile, (SCRATCH_BUDGET // max(1, width * itemsize)) // tile * tile)
 # zlib level of label tiles: deflate's fast path (levels 1-3) is ~4x faster than the default 6
 # and label maps still compress 30-50x.
 _ZLIB_LEVEL = 3
@@ -539,7 +546,7 @@ class _PyramidTiles:
     def _band_height(self) -> int:
         h, w = self.shapes[0]
         t = self.tile
-        rows = max(t, (_SCRATCH_BUDGET // max(1, w * self.dtype.itemsize)) // t * t)
+        rows = max_band_rows(w, self.dtype.itemsize, t)
         chunks = getattr(self.labels, "chunks", None)
         if chunks:  # whole input chunk rows when they fit: each input chunk is computed once
             want = -(-max(chunks[0]) // t) * t

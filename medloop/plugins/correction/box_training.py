@@ -40,7 +40,7 @@ from medloop.plugins.correction.boxes import (
     object_features,
     round0_labels,
 )
-from medloop.plugins.correction.headless import WeakRun, predict_labels
+from medloop.plugins.correction.weak_kit import WeakRun, predict_labels
 
 #: Stage 2 rounds at most (the paper's 5).
 STAGE2_ROUNDS = 5

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,18 @@ import torch
 
 from medloop.app.errors import MedloopError
 from medloop.app.io.image import MedImage
+from medloop.plugins.correction.box_training import run_boxes
 from medloop.plugins.correction.boxes import BoxError
+from medloop.plugins.correction.point_training import run_points
+from medloop.plugins.correction.weak_kit import (
+    WeakRun,
+    is_slice_input,
+    model_input,
+    num_classes,
+    predict_labels,
+    predict_on_grid,
+    slice_by_slice,
+)
 from medloop.plugins.correction.weaklabels import AnnotationError
 
 __all__ = [
@@ -57,68 +67,12 @@ __all__ = [
 KINDS = ("strokes", "boxes", "points")
 
 
-@dataclass
-class WeakRun:
-    """What :func:`run_weak` trained. ``labels``: the label map of the last training round
-    (paint convention: 0 unlabeled / ignored, k + 1 class k; for boxes the final Cues-1
-    pseudo-labels, 1 background, 2 foreground). ``rounds``: one dict per training round."""
-
-    network: torch.nn.Module
-    kind: str
-    labels: np.ndarray
-    annotation_counts: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    rounds: list[dict[str, Any]] = field(default_factory=list)
-
-
 # ------------------------------------------------------------------------------- input / output
 
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise AnnotationError(f"unknown annotation kind {kind!r}; use one of {', '.join(KINDS)}")
-
-
-def slice_by_slice(image: MedImage, card: Any) -> bool:
-    """True for a volume and a 2-D model that segments volumes slice by slice (along axis 0)."""
-    return image.ndim == 3 and card.spatial_dims == 2 and card.slice_axis is not None
-
-
-def model_input(image: MedImage, card: Any) -> np.ndarray:
-    """``(C, *spatial)`` float32 network input for ``image`` on its own grid, normalised as the
-    model ``card`` says. Refuses images of the wrong dimensionality or channel count; a volume
-    for a slice-by-slice 2-D model is accepted (strokes then train on its annotated slices)."""
-    from medloop.plugins.segmentation.method import check_input, network_input
-
-    check_input(image, card)
-    if image.ndim != card.spatial_dims and not slice_by_slice(image, card):
-        raise AnnotationError(
-            f"model {card.name} is {card.spatial_dims}-D but the image is {image.ndim}-D; "
-            "retrain on a single slice or pick a model of the image's dimensionality"
-        )
-    return network_input(image, card)
-
-
-def predict_labels(network: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    """Class indices 0..K-1 (``x``'s spatial shape) of one whole-image forward pass."""
-    from medloop.app.engine.train import predict_whole
-
-    was_training = network.training
-    network.eval()
-    try:
-        with torch.inference_mode():
-            labels, _ = predict_whole(network, x, int(getattr(network, "divisible_by", 1) or 1))
-    finally:
-        network.train(was_training)
-    return labels
-
-
-def predict_on_grid(network: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    """Class indices of ``x`` (``(C, *spatial)``) on its own grid; a volume given to a 2-D
-    network is predicted slice by slice along axis 0."""
-    if _is_slice_input(network, x):
-        return np.stack([predict_labels(network, x[:, z]) for z in range(x.shape[1])])
-    return predict_labels(network, x)
 
 
 def _read_table(path: Path, columns: int, what: str, error: type[MedloopError]) -> np.ndarray:
@@ -204,19 +158,6 @@ def load_annotation(kind: str, path: str | Path) -> np.ndarray:
 # ------------------------------------------------------------------------------------ training
 
 
-def _num_classes(network: torch.nn.Module) -> int:
-    from medloop.plugins.correction.retrain import output_conv
-
-    return max(2, int(output_conv(network).out_channels))
-
-
-def _is_slice_input(network: torch.nn.Module, x: np.ndarray) -> bool:
-    """A (C, Z, Y, X) input for a network of 2-D convolutions: trained slice by slice."""
-    from medloop.plugins.correction.retrain import output_conv
-
-    return x.ndim == 4 and isinstance(output_conv(network), torch.nn.Conv2d)
-
-
 def _config(epochs: int | None, x: np.ndarray, card: Any, network: torch.nn.Module, config: Any) -> Any:
     from dataclasses import replace
 
@@ -227,7 +168,7 @@ def _config(epochs: int | None, x: np.ndarray, card: Any, network: torch.nn.Modu
         cfg = replace(cfg, epochs=int(epochs))
     if cfg.patch_size is None:
         roi = card.inference.get("roi_size") if card is not None else None
-        spatial = x.shape[2:] if _is_slice_input(network, x) else x.shape[1:]
+        spatial = x.shape[2:] if is_slice_input(network, x) else x.shape[1:]
         if roi:
             roi = [int(roi)] * len(spatial) if np.isscalar(roi) else [int(r) for r in roi][-len(spatial) :]
             if any(s > r for s, r in zip(spatial, roi)):  # large image: train on tiles of the ROI size
@@ -283,7 +224,7 @@ def run_weak(
     else:
         x = np.ascontiguousarray(image, dtype=np.float32)
     spatial = x.shape[1:]
-    k = _num_classes(network)
+    k = num_classes(network)
     cfg = _config(epochs, x, card, network, config)
     rounds = int(rounds)
     if rounds < 1:
@@ -316,7 +257,7 @@ def run_weak(
             from medloop.plugins.correction.boundary_training import boundary_loss_fn
 
             loss_fn = boundary_loss_fn(cfg, k)
-        if _is_slice_input(network, x):  # a volume and a slice-by-slice 2-D model
+        if is_slice_input(network, x):  # a volume and a slice-by-slice 2-D model
             pairs = [(x[:, z], s[z]) for z in range(s.shape[0]) if s[z].any()]
             if not pairs:
                 raise AnnotationError("the annotation layer is empty; paint strokes of at least two classes")
@@ -341,11 +282,7 @@ def run_weak(
         )
 
     if kind == "points":
-        from medloop.plugins.correction.point_training import run_points
-
         return run_points(network, x, annotation, train, seed=seed, on_round=on_round, crf=crf, config=cfg)
-    from medloop.plugins.correction.box_training import run_boxes
-
     extra = [model_input(u, card) if isinstance(u, MedImage) else np.ascontiguousarray(u, dtype=np.float32) for u in unlabeled]
     return run_boxes(
         network, x, annotation, train, seed=seed, rounds=rounds, should_stop=should_stop, on_round=on_round,

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medloop.plugins.correction.headless import WeakRun
+from medloop.plugins.correction.weak_kit import WeakRun
 from medloop.plugins.correction.retrain import InputStash
 from medloop.plugins.correction.points import crf_loss, point_loss
 

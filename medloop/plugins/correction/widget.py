@@ -178,7 +178,7 @@ class CorrectionPanel(MethodPanel):
         return f"{name} {LAYER_SUFFIX[kind or self.kind]}", f"{name} prediction"
 
     def _model_input(self, image) -> np.ndarray:
-        from medloop.plugins.segmentation.method import network_input
+        from medloop.models.inputs import network_input
 
         return network_input(image, self.current_entry().card)
 
@@ -186,7 +186,7 @@ class CorrectionPanel(MethodPanel):
     def annotation_layer(self):
         """The chosen image's annotation layer of the chosen kind: made (and restored from
         autosave) if needed."""
-        from medloop.app.review.autosave import AnnotationStore, Autosaver
+        from medloop.app.io.autosave import AnnotationStore, Autosaver
 
         layer = self.image_layer()
         if layer is None:
@@ -335,7 +335,7 @@ class CorrectionPanel(MethodPanel):
         """The annotation of the chosen kind, validated on the GUI thread before any work."""
         from medloop.plugins.correction.boxes import BoxError, boxes_from_shapes
         from medloop.plugins.correction.points import clean_points
-        from medloop.plugins.segmentation.method import check_input
+        from medloop.models.inputs import check_input
         from medloop.plugins.correction.sparse import validate_strokes
         from medloop.plugins.correction.weaklabels import AnnotationError
 

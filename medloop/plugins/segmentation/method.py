@@ -12,17 +12,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from medloop.app.errors import MedloopError
 from medloop.app.io.image import MedImage
+from medloop.models.inputs import (  # re-exported: the segmentation API has always offered them
+    CascadeInputError,
+    SegmentationInputError,
+    check_input,
+    network_input,
+)
 from medloop.plugins.segmentation import upscale
-
-
-class SegmentationInputError(MedloopError):
-    """The image does not fit the model (dimensionality, channels, values)."""
-
-
-class CascadeInputError(SegmentationInputError):
-    """Segment-then-segment (seed 002) cannot run on this image with these two models."""
 
 
 @dataclass(frozen=True)
@@ -54,34 +51,6 @@ class SegmentResult:
     labels: MedImage
     probabilities: MedImage | None
     provenance: dict[str, Any] = field(default_factory=dict)
-
-
-def check_input(image: MedImage, card) -> None:
-    """Refuse images the model cannot take, before any work starts."""
-    where = image.path or "the image"
-    if not card.accepts_ndim(image.ndim):
-        kinds = f"{card.spatial_dims}-D images" + (" (and volumes slice by slice)" if card.slice_axis is not None else "")
-        raise SegmentationInputError(
-            f"model {card.name} segments {kinds} but {where} is {image.ndim}-D; pick a model for this kind of image"
-        )
-    channels = image.shape[-1] if image.channel_axis else 1
-    if channels != card.in_channels:
-        raise SegmentationInputError(
-            f"model {card.name} needs {card.in_channels} channel(s) but {where} has {channels}; "
-            "pick a model for this kind of image"
-        )
-    if image.is_multiscale:
-        raise SegmentationInputError(
-            f"{where} is a whole-slide pyramid; segment slides with 'medloop segment' to a .tif output"
-        )
-    _check_values(image)
-
-
-def _check_values(image: MedImage) -> None:
-    where = image.path or "the image"
-    array = np.asarray(image.array)
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise SegmentationInputError(f"{where} contains NaN or infinite values; fix or mask them before segmenting")
 
 
 def segment(
@@ -393,15 +362,6 @@ def _model_spacing(card, slices: bool) -> tuple[float | None, ...] | None:
     return tuple(out)
 
 
-def network_input(image: MedImage, card) -> np.ndarray:
-    """``(C, *spatial)`` float32: ``image`` on its own grid, normalised as ``card`` says, channels first."""
-    from medloop.app.engine.resample import normalise
-
-    values = normalise(np.asarray(image.array), card.normalisation)
-    x = np.moveaxis(values, -1, 0) if image.channel_axis else values[None]
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
 def _slice_by_slice(inputs: np.ndarray, network, roi_2d: tuple[int, ...], axis: int):
     """Run a 2-D network over a volume as a 3-D sliding window one slice thick: the sliced axis
     moves first, and each (1, h, w) tile goes through the network as a 2-D image."""
@@ -419,3 +379,18 @@ def _scalar(image: MedImage) -> MedImage:
     if image.channel_axis and image.shape[-1] == 1:
         return image.with_array(np.asarray(image.array)[..., 0], channel_axis=False)
     return image
+
+
+def segment_with_model(
+    image: MedImage,
+    model: str,
+    *,
+    device: str = "auto",
+    models_dir: Path | None = None,
+    network: Any = None,
+    probabilities: bool = True,
+) -> SegmentResult:
+    """The ``segment-image`` service other plugins use (Review): ``image`` through ``model`` on
+    its own grid, with per-class probabilities."""
+    params = SegmentParams(model=model, device=device, probabilities=probabilities, models_dir=models_dir)
+    return segment(image, params, network=network)

@@ -8,7 +8,7 @@ import pytest
 from napari.components import ViewerModel
 
 from medloop.app.gui.mask_tools import CLASSES_KEY, MaskToolsBox
-from medloop.plugins.correction import edit
+from medloop.app.engine import label_edit as edit
 
 
 def labels_with_defects() -> np.ndarray:

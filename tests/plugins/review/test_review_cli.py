@@ -15,9 +15,9 @@ from medloop.app.cli import _Parser
 from medloop.app.errors import ImageMismatchError, MedloopError
 from medloop.app.io.read import read_image
 from medloop.app.io.write import write_image
-from medloop.app.review.project import ReviewError, ReviewProject
-from medloop.app.review.review_cli import add_review_parser, cmd_review
-from tests.app.review.review_synth import box_labels, shifted, write_cases
+from medloop.plugins.review.project import ReviewError, ReviewProject
+from medloop.plugins.review.review_cli import add_review_parser, cmd_review
+from tests.plugins.review.review_synth import box_labels, shifted, write_cases
 
 
 def run(*argv: str) -> int:

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from medloop.app.errors import ImageMismatchError, MedloopError
-from medloop.plugins.correction.edit import (
+from medloop.app.engine.label_edit import (
     EditError,
     copy_prediction,
     dilate,

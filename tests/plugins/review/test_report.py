@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from medloop.app.io.read import read_image
-from medloop.app.review.export import export_masks
-from medloop.app.review.project import ReviewError, ReviewProject
-from medloop.app.review.report import dice_chart_svg, png_bytes, thumbnail, write_report
-from tests.app.review.review_synth import write_cases
+from medloop.plugins.review.export import export_masks
+from medloop.plugins.review.project import ReviewError, ReviewProject
+from medloop.plugins.review.report import dice_chart_svg, png_bytes, thumbnail, write_report
+from tests.plugins.review.review_synth import write_cases
 
 
 @pytest.fixture

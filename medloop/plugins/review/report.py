@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from medloop.app.review.project import (
+from medloop.plugins.review.project import (
     STATUSES,
     ProjectState,
     ReviewError,
@@ -90,7 +90,7 @@ def write_report(project: ReviewProject, out: str | os.PathLike | None = None, t
     """
     from medloop.app.io.atomic import atomic_target
 
-    from medloop.app.review.export import output_folder
+    from medloop.plugins.review.export import output_folder
 
     out = output_folder(out if out is not None else project.folder / "report", "report")
     state = project.state()

@@ -10,8 +10,8 @@ import torch
 
 from medloop.app.io.image import MedImage
 from medloop.app.io.read import read_image
-from medloop.app.review.project import ReviewProject
-from medloop.app.review.uncertainty import (
+from medloop.plugins.review.project import ReviewProject
+from medloop.plugins.review.uncertainty import (
     UncertaintyError,
     entropy_map,
     entropy_score,
@@ -19,7 +19,7 @@ from medloop.app.review.uncertainty import (
     flipped_predictions,
     uncertainty_summary,
 )
-from tests.app.review.review_synth import write_cases
+from tests.plugins.review.review_synth import write_cases
 
 torch.set_num_threads(1)
 

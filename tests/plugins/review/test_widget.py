@@ -8,8 +8,8 @@ import pytest
 from qtpy.QtCore import QSettings
 
 from medloop.app.io.read import read_image
-from medloop.app.review.project import ReviewProject
-from tests.app.review.review_synth import box_labels, write_cases
+from medloop.plugins.review.project import ReviewProject
+from tests.plugins.review.review_synth import box_labels, write_cases
 
 pytestmark = pytest.mark.viewer
 

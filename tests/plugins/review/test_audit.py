@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from medloop.app.review.audit import AuditLog, AuditLogError
+from medloop.plugins.review.audit import AuditLog, AuditLogError
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -85,7 +85,7 @@ def test_garbage_lines_and_non_objects_are_reported(tmp_path):
 APPENDER = textwrap.dedent(
     """
     import sys
-    from medloop.app.review.audit import AuditLog
+    from medloop.plugins.review.audit import AuditLog
     log = AuditLog(sys.argv[1])
     who = sys.argv[2]
     for i in range(150):

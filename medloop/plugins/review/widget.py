@@ -2,7 +2,7 @@
 tools and medloop's mask tools, comments (free text and pinned to a location), every decision in
 the project's append-only audit log, in-progress edits autosaved and restored.
 
-All review logic lives in :mod:`medloop.app.review.project` (Qt-free); this panel only shows a
+All review logic lives in :mod:`medloop.plugins.review.project` (Qt-free); this panel only shows a
 case's layers and turns button presses into :meth:`ReviewProject.decide` calls.
 """
 
@@ -28,11 +28,11 @@ from qtpy.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
 from medloop.app.errors import MedloopError
 from medloop.app.gui.layers import class_colors
+from medloop.app.gui.panel import MethodPanel
 from medloop.app.gui.mask_tools import CLASSES_KEY, MaskToolsBox
 
 if TYPE_CHECKING:
@@ -43,12 +43,14 @@ FILTERS = ["all", "to review", "accepted", "rejected", "edited", "second opinion
 SETTINGS_KEY = "review/reviewer"
 
 
-class ReviewPanel(QWidget):
-    """Walk a review project's cases; every verdict goes to the audit log."""
+class ReviewPanel(MethodPanel):
+    """Walk a review project's cases; every verdict goes to the audit log. Making a project with
+    a model is this panel's background job (progress, Cancel, status line: MethodPanel's)."""
+
+    cancelled_message = "Cancelled; no project was made."
 
     def __init__(self, napari_viewer: "napari.Viewer", settings: QSettings | None = None) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         self.settings = settings if settings is not None else QSettings("medloop", "medloop")
         self.project = None
         self.case_id: str | None = None
@@ -58,7 +60,7 @@ class ReviewPanel(QWidget):
 
         self.open_button = QPushButton("Open review project …")
         self.new_button = QPushButton("New project: run a model over images …")
-        self.job = None
+        self.start_buttons = [self.new_button, self.open_button]
         self.project_label = QLabel("No project open.")
         self.project_label.setWordWrap(True)
         self.reviewer_edit = QLineEdit(str(self.settings.value(SETTINGS_KEY, "") or ""))
@@ -82,8 +84,6 @@ class ReviewPanel(QWidget):
         self.second_button = QPushButton("Second opinion")
         self.export_button = QPushButton("Export accepted masks")
         self.report_button = QPushButton("Write report")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
         self.tools = MaskToolsBox(napari_viewer, on_edit=lambda layer: self._mask_changed())
 
         form = QFormLayout()
@@ -101,6 +101,10 @@ class ReviewPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(self.open_button)
         layout.addWidget(self.new_button)
+        job_row = QHBoxLayout()
+        job_row.addWidget(self.progress)
+        job_row.addWidget(self.cancel_button)
+        layout.addLayout(job_row)
         layout.addWidget(self.project_label)
         layout.addLayout(form)
         layout.addWidget(self.table)
@@ -149,40 +153,35 @@ class ReviewPanel(QWidget):
             self.new_project(folder, [Path(p) for p in images], model)
 
     def new_project(self, folder: str | Path, images: list[Path], model: str, models_dir: Path | None = None) -> None:
-        """Create a project by running ``model`` over ``images`` (in a worker, with progress),
-        then open it."""
-        from napari.utils.notifications import show_error
-
-        from medloop.app.gui.jobs import start_job
-        from medloop.app.review.project import ReviewProject
+        """Create a project by running ``model`` over ``images`` (a background job with
+        progress and Cancel; a cancelled run leaves no project), then open it."""
+        from medloop.plugins.review.project import ReviewProject
 
         if self.job is not None:
             return
         reviewer = self.reviewer()
         self.status.setText(f"Segmenting {len(images)} image(s) with {model} ...")
-        self.new_button.setEnabled(False)
 
         def compute(progress, should_stop):
-            return ReviewProject.create_with_model(folder, images, model, models_dir=models_dir, created_by=reviewer, progress=progress)
+            return ReviewProject.create_with_model(
+                folder, images, model, models_dir=models_dir, created_by=reviewer, progress=progress,
+                should_stop=should_stop,
+            )
 
-        def finished() -> None:
-            self.job = None
-            self.new_button.setEnabled(True)
+        def on_info(info: dict) -> None:
+            if "case" in info:
+                self.status.setText(f"Segmenting: {info['done']} / {info['total']} ({info['case']}) ...")
 
-        def failed(exc: Exception) -> None:
-            self.status.setText(f"Failed: {exc}")
-            show_error(str(exc))
+        self.start(compute, on_done=lambda project: self.open_project(project.folder), on_info=on_info)
 
-        self.job = start_job(
-            compute, on_done=lambda project: self.open_project(project.folder), on_error=failed, on_finished=finished,
-            on_progress=lambda done, total: self.status.setText(f"Segmenting: {done} / {total} ..."),
-        )
+    def refresh_layers(self, *_: Any) -> None:
+        """Review picks cases, not image layers: nothing to offer."""
 
     def open_project(self, folder: str | Path) -> None:
         """Open a project made by ``medloop review init``; reports a torn audit log tail."""
         from napari.utils.notifications import show_error, show_warning
 
-        from medloop.app.review.project import ReviewProject
+        from medloop.plugins.review.project import ReviewProject
 
         try:
             project = ReviewProject.open(folder)
@@ -202,7 +201,7 @@ class ReviewPanel(QWidget):
 
     def reviewer(self) -> str | None:
         """The reviewer's name: from the settings, asked once if unknown."""
-        from medloop.app.review.project import check_name
+        from medloop.plugins.review.project import check_name
 
         name = self.reviewer_edit.text().strip()
         if not name:
@@ -399,7 +398,7 @@ class ReviewPanel(QWidget):
         """Write the accepted and edited masks with the source geometry to ``<project>/export``."""
         from napari.utils.notifications import show_error
 
-        from medloop.app.review.export import export_masks
+        from medloop.plugins.review.export import export_masks
 
         if self.project is None:
             return
@@ -413,7 +412,7 @@ class ReviewPanel(QWidget):
     def report(self) -> None:
         from napari.utils.notifications import show_error
 
-        from medloop.app.review.report import write_report
+        from medloop.plugins.review.report import write_report
 
         if self.project is None:
             return

@@ -17,8 +17,8 @@ import pytest
 from medloop.app.errors import MedloopWarning
 from medloop.app.io.image import MedImage
 from medloop.app.io.read import read_image
-from medloop.app.review import autosave
-from medloop.app.review.autosave import ANNOTATION_SUFFIX, AnnotationStore, Autosaver, is_annotation_path
+from medloop.app.io import autosave
+from medloop.app.io.autosave import ANNOTATION_SUFFIX, AnnotationStore, Autosaver, is_annotation_path
 from tests.app.io.synth import OBLIQUE, oblique_volume
 
 REPO = Path(__file__).resolve().parents[3]
@@ -273,7 +273,7 @@ PAINTER = textwrap.dedent(
     import SimpleITK  # noqa: F401 - loaded before painting starts, as in the running app
     import medloop.app.io.write  # noqa: F401
     from medloop.app.io.image import MedImage
-    from medloop.app.review.autosave import AnnotationStore, Autosaver
+    from medloop.app.io.autosave import AnnotationStore, Autosaver
 
     folder = sys.argv[1]
     image = MedImage.from_array(np.zeros((24, 64, 64), np.int16), spacing=(0.8, 0.8, 2.5),

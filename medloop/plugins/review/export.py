@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medloop.app.review.project import (
+from medloop.plugins.review.project import (
     ACCEPTED,
     EDITED,
     REJECTED,

@@ -9,7 +9,7 @@ import numpy as np
 
 from medloop.app.io.image import MedImage
 from medloop.app.io.write import write_image
-from medloop.app.review.project import CaseInput
+from medloop.plugins.review.project import CaseInput
 from tests.app.io.synth import OBLIQUE
 
 SHAPE = (6, 12, 14)

@@ -7,7 +7,7 @@ import pytest
 
 from medloop.app.errors import ImageMismatchError
 from medloop.app.io.image import MedImage
-from medloop.app.review.edit_metrics import edit_metrics, voxel_volume_ml
+from medloop.plugins.review.edit_metrics import edit_metrics, voxel_volume_ml
 
 
 def _pair():

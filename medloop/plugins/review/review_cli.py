@@ -1,6 +1,6 @@
 """`medloop review …`: create a review project, list its cases, record decisions, export, report.
 
-Wired into ``medloop/app/cli.py`` with :func:`add_review_parser` and :func:`cmd_review`; errors
+Declared in the plugin's registration (``cli``) and found by the shell; errors
 are ``MedloopError`` subclasses, which the main CLI prints as one line with exit code 2.
 """
 
@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from medloop.app.review.project import (
+from medloop.plugins.review.project import (
     ACTIONS,
     CaseInput,
     ReviewError,
@@ -19,7 +19,7 @@ from medloop.app.review.project import (
 )
 
 
-def add_review_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_verbs(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``review`` command (and its actions) to the CLI's subparsers."""
     review = subparsers.add_parser("review", help="review model predictions: create a project, export, report")
     parser_class = type(review)  # the main CLI's one-line-error parser
@@ -68,6 +68,7 @@ def add_review_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     report.add_argument("dir", type=Path, metavar="DIR")
     report.add_argument("-o", "--output", type=Path, metavar="OUT", help="output folder (default: DIR/report)")
     report.add_argument("--no-thumbnails", action="store_true", help="leave the slice pictures out (faster)")
+    review.set_defaults(handler=cmd_review)
     return review
 
 
@@ -150,7 +151,7 @@ def _decide(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from medloop.app.review.export import export_masks
+    from medloop.plugins.review.export import export_masks
 
     rows = export_masks(ReviewProject.open(args.dir), args.out, accepted_only=args.accepted_only, reviewer=args.reviewer)
     done = sum(r.path is not None for r in rows)
@@ -159,8 +160,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from medloop.app.review.report import write_report
+    from medloop.plugins.review.report import write_report
 
     files = write_report(ReviewProject.open(args.dir), args.output, thumbnails=not args.no_thumbnails)
     print(f"wrote {files.csv} and {files.html}")
     return 0
+add_review_parser = add_verbs  # the name this function had before the plugin registry

@@ -37,7 +37,7 @@ import numpy as np
 
 from medloop.app.errors import MedloopError, MedloopWarning
 from medloop.app.io.image import MedImage
-from medloop.app.review.audit import AuditLog, BadLine
+from medloop.plugins.review.audit import AuditLog, BadLine
 
 MANIFEST_NAME = "medloop-review.json"
 AUDIT_NAME = "audit.jsonl"
@@ -366,7 +366,7 @@ class ReviewProject:
             unc_rel, scores = None, {"score": None, "entropy": None, "flip_disagreement": None}
             if spec.probabilities is not None:
                 from medloop.app.io.read import read_image
-                from medloop.app.review.uncertainty import uncertainty_summary
+                from medloop.plugins.review.uncertainty import uncertainty_summary
 
                 emap, scores = uncertainty_summary(read_image(spec.probabilities), labels0)
                 unc_rel = _write_uncertainty(folder, cid, image, emap)
@@ -396,25 +396,24 @@ class ReviewProject:
         models_dir: Path | None = None,
         flips: bool = False,
         created_by: str | None = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Callable[..., None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> ReviewProject:
-        """Run ``model`` (through :func:`segment`) over ``images``; predictions and entropy maps
+        """Run ``model`` (the segmentation plugin's ``segment-image`` service) over ``images``; predictions and entropy maps
         go into the project, cases sort by entropy. ``flips`` adds mirrored test-time runs
         (y and x) and their disagreement score (3x the inference time).
 
         Inputs and the model are checked before anything is written or run.
         """
         from medloop.app.io.write import write_image
-        from medloop.app.review.uncertainty import (
+        from medloop.plugins.review.uncertainty import (
             flipped_predictions,
             uncertainty_summary,
         )
+        from medloop.app.engine.jobs import check_stop
+        from medloop.app.plugin import service
+        from medloop.models.inputs import check_input
         from medloop.models.registry import build_model, get_model
-        from medloop.plugins.segmentation.method import (
-            SegmentParams,
-            check_input,
-            segment,
-        )
 
         folder = Path(folder)
         _check_new_folder(folder)
@@ -433,11 +432,17 @@ class ReviewProject:
             check_input(image, entry.card)
         from medloop.app.engine.devices import choose_device
 
-        params = SegmentParams(model=model, device=device, probabilities=True, models_dir=models_dir)
         network = build_model(entry, choose_device(device))
+        segment_image = service("segment-image")  # the segmentation plugin's, through the registry
+
+        def segment(im: MedImage, _params: None = None, network: Any = network) -> Any:
+            return segment_image(im, model, device=device, models_dir=models_dir, network=network)
+
+        params = None
         (folder / PREDICTIONS_DIR).mkdir(parents=True, exist_ok=True)
         entries = []
         for i, (spec, cid, image, _) in enumerate(checked):
+            check_stop(should_stop)  # between cases: a cancelled run writes no manifest (no project)
             result = segment(image, params, network=network)
             labels = np.asarray(result.labels.array)
             flipped = []
@@ -460,7 +465,7 @@ class ReviewProject:
                 )
             )
             if progress is not None:
-                progress(i + 1, len(checked))
+                progress(i + 1, len(checked), {"case": cid, "done": i + 1, "total": len(checked)})
         return cls._write_manifest(folder, entries, created_by, {"model": _model_info(result.provenance)})
 
     @classmethod
@@ -623,7 +628,7 @@ class ReviewProject:
             "metrics": None,
         }
         if action in ("accept", "edit"):
-            from medloop.app.review.edit_metrics import edit_metrics
+            from medloop.plugins.review.edit_metrics import edit_metrics
 
             image = self.load_image(case_id)
             predicted = np.asarray(self.load_prediction(case_id, prediction).array) if case.predictions else None
@@ -688,7 +693,7 @@ class ReviewProject:
     # -- in-progress edits -----------------------------------------------------------------------
     def annotation_store(self):
         """Where in-progress edits autosave (``DIR/.medloop``), an :class:`AnnotationStore`."""
-        from medloop.app.review.autosave import AnnotationStore
+        from medloop.app.io.autosave import AnnotationStore
 
         return AnnotationStore(self.folder / DRAFTS_DIR)
 
@@ -700,7 +705,7 @@ class ReviewProject:
     def autosaver(self, case_id: str, reviewer: str, get_labels: Callable[[], np.ndarray], delay: float = 2.0):
         """An :class:`Autosaver` for ``reviewer``'s in-progress edit of a case (call
         ``changed()`` on every paint; ``close()`` when the case is closed)."""
-        from medloop.app.review.autosave import Autosaver
+        from medloop.app.io.autosave import Autosaver
 
         return Autosaver(self.annotation_store(), self._draft_image(case_id), self.draft_name(reviewer), get_labels, delay=delay)
 

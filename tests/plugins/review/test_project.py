@@ -19,8 +19,8 @@ import pytest
 from medloop.app.errors import ImageMismatchError, MedloopWarning
 from medloop.app.io.read import read_image
 from medloop.app.io.write import write_image
-from medloop.app.review.audit import AuditLog
-from medloop.app.review.project import (
+from medloop.plugins.review.audit import AuditLog
+from medloop.plugins.review.project import (
     AUDIT_NAME,
     MANIFEST_NAME,
     ReviewError,
@@ -28,7 +28,7 @@ from medloop.app.review.project import (
     check_name,
     sha256_file,
 )
-from tests.app.review.review_synth import box_labels, shifted, write_cases
+from tests.plugins.review.review_synth import box_labels, shifted, write_cases
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -226,7 +226,7 @@ WRITER = textwrap.dedent(
     import os, sys, time
     import numpy as np
     import torch; torch.set_num_threads(1)
-    from medloop.app.review.project import ReviewProject
+    from medloop.plugins.review.project import ReviewProject
     project = ReviewProject.open(sys.argv[1])
     tear = sys.argv[2] == "tear"
     pred = np.asarray(project.load_prediction("case0").array)

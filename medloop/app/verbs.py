@@ -1,0 +1,38 @@
+"""What every command-line verb shares, the shell's and the plugins' alike (Qt-free): the read
+options for DICOM folders, reading an image with them, and progress on a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+
+def add_read_options(parser: argparse.ArgumentParser) -> None:
+    """``--series`` and ``--allow-irregular``, for verbs that read images or DICOM folders."""
+    parser.add_argument("--series", metavar="S", help="DICOM folder with several series: UID, description or number")
+    parser.add_argument(
+        "--allow-irregular", action="store_true",
+        help="DICOM series with missing slices: resample onto a regular grid instead of refusing",
+    )
+
+
+def read(args: argparse.Namespace, path: Path):
+    """Read ``path`` with the verb's read options (plain defaults when the verb has none)."""
+    from medloop.app.io.read import read_image
+
+    return read_image(
+        path, series=getattr(args, "series", None), allow_irregular=getattr(args, "allow_irregular", False)
+    )
+
+
+def progress_printer(label: str) -> Callable[..., None] | None:
+    """Progress on stderr for a terminal only; piped output stays clean."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int, *_):
+        print(f"\r{label}: {done}/{total}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+
+    return show
