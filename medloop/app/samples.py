@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from medloop.app.errors import ResourceError
+from medloop.app.io.hashing import sha256_file
 from medloop.app.io.image import MedImage
 
 TISSUE_CLASSES = {0: "background", 1: "grey matter", 2: "white matter"}
@@ -38,7 +38,7 @@ def sample_path(key: str) -> Path:
     path = sample_dir() / entry["name"]
     if not path.is_file():
         raise ResourceError(f"sample file {path} is missing; reinstall medloop")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_file(path)
     if digest != entry["sha256"]:
         raise ResourceError(f"sample file {path} is damaged (sha256 mismatch); reinstall medloop")
     return path

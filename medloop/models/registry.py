@@ -7,7 +7,6 @@ Loading checks the weights' sha256 and never unpickles objects (``weights_only=T
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from dataclasses import dataclass
 from importlib.resources import files
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medloop.app.errors import MedloopError, ResourceError
+from medloop.app.io.hashing import sha256_file
 from medloop.models.card import CARD_FILE, ModelCard, read_card, write_card
 
 
@@ -89,12 +89,7 @@ def get_model(name: str, models_dir: Path | None = None) -> ModelEntry:
     )
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+sha256_of = sha256_file  # the registry's name for the one file hash
 
 
 def load_state_dict(entry: ModelEntry) -> dict[str, Any]:

@@ -20,7 +20,6 @@ cannot clobber each other, and :meth:`ReviewProject.state` rebuilds every status
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -37,6 +36,8 @@ import numpy as np
 
 from medloop.app.errors import MedloopError, MedloopWarning
 from medloop.app.io.image import MedImage
+from medloop.app.io.hashing import sha256_file
+from medloop.models.provenance import model_reference
 from medloop.plugins.review.audit import AuditLog, BadLine
 
 MANIFEST_NAME = "medloop-review.json"
@@ -374,7 +375,7 @@ class ReviewProject:
                 Case(
                     id=cid,
                     image=_stored(folder, spec.image),
-                    predictions=tuple(Prediction(_stored(folder, p), _model_info(spec.model)) for p in spec.predictions),
+                    predictions=tuple(Prediction(_stored(folder, p), model_reference(spec.model)) for p in spec.predictions),
                     reference=_stored(folder, spec.reference) if spec.reference is not None else None,
                     uncertainty=unc_rel,
                     uncertainty_score=scores["score"],
@@ -456,7 +457,7 @@ class ReviewProject:
                 Case(
                     id=cid,
                     image=_stored(folder, spec.image),
-                    predictions=(Prediction(_stored(folder, pred_path), _model_info(prov)),),
+                    predictions=(Prediction(_stored(folder, pred_path), model_reference(prov)),),
                     reference=_stored(folder, spec.reference) if spec.reference is not None else None,
                     uncertainty=_write_uncertainty(folder, cid, image, emap),
                     uncertainty_score=scores["score"],
@@ -466,7 +467,7 @@ class ReviewProject:
             )
             if progress is not None:
                 progress(i + 1, len(checked), {"case": cid, "done": i + 1, "total": len(checked)})
-        return cls._write_manifest(folder, entries, created_by, {"model": _model_info(result.provenance)})
+        return cls._write_manifest(folder, entries, created_by, {"model": model_reference(result.provenance)})
 
     @classmethod
     def _write_manifest(cls, folder: Path, cases: list[Case], created_by: str | None, extra: dict[str, Any] | None) -> ReviewProject:
@@ -747,25 +748,12 @@ class ReviewProject:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _label_dtype(labels: np.ndarray) -> type:
     top = int(np.max(labels)) if np.size(labels) else 0
     low = int(np.min(labels)) if np.size(labels) else 0
     if low < 0:
         return np.int32
     return np.uint8 if top < 256 else np.uint16 if top < 65536 else np.int32
-
-
-def _model_info(provenance: dict[str, Any] | None) -> dict[str, Any]:
-    p = provenance or {}
-    return {"model": p.get("model"), "model_version": p.get("model_version"), "weights_sha256": p.get("weights_sha256")}
 
 
 def _stored(folder: Path, path: str | os.PathLike) -> str:

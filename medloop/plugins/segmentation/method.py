@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from medloop.app.io.image import MedImage
+from medloop.models.provenance import model_provenance
 from medloop.models.inputs import (  # re-exported: the segmentation API has always offered them
     CascadeInputError,
     SegmentationInputError,
@@ -131,16 +132,7 @@ def _segment(image, params, progress, should_stop, network, fine_network) -> Seg
     target = upscale.fine_grid(image, factors, params.upscale_align)
     probs = probabilities_to_grid(probs, upscale.fine_grid(grid, grid_factors, params.upscale_align), target)
     labels = predict_labels(probs)
-    provenance = {
-        "model": card.name,
-        "model_version": card.version,
-        "weights_sha256": card.weights_sha256,
-        "device": str(device),
-        "roi_size": list(roi),
-        "overlap": overlap,
-        "seconds": round(time.perf_counter() - started, 3),
-        "classes": card.classes,
-    }
+    provenance = model_provenance(card, device, started, roi_size=list(roi), overlap=overlap)
     if any(k > 1 for k in factors):
         provenance["upscale"] = {
             "factors": list(factors), "align": params.upscale_align, "overlap": params.upscale_overlap,
@@ -218,11 +210,7 @@ def _segment_resized(image, params, card, entry, progress, should_stop, network)
         probs = predict_resized(network_input(_scalar(image), card), network, size, device=device, amp=params.amp)
     if progress is not None:
         progress(1, 1)
-    provenance = {
-        "model": card.name, "model_version": card.version, "weights_sha256": card.weights_sha256,
-        "device": str(device), "input_size": list(size), "seconds": round(time.perf_counter() - started, 3),
-        "classes": card.classes,
-    }
+    provenance = model_provenance(card, device, started, input_size=list(size))
     return _result(image, probs, params, provenance, card.classes)
 
 
@@ -274,17 +262,12 @@ def _segment_cascade(image, params, progress, should_stop, network, fine_network
             batch_size=params.batch_size, fine_input_size=fine_size, fine_image=network_input(scalar, fine),
             device=device, amp=params.amp, progress=progress, should_stop=should_stop,
         )
-    provenance = {
-        "model": coarse.name, "model_version": coarse.version, "weights_sha256": coarse.weights_sha256,
-        "device": str(device), "input_size": list(size), "seconds": round(time.perf_counter() - started, 3),
-        "classes": coarse.classes,
-        "cascade": {
+    provenance = model_provenance(coarse, device, started, input_size=list(size), cascade={
             "coarse": {"model": coarse.name, "version": coarse.version, "weights_sha256": coarse.weights_sha256},
             "fine": {"model": fine.name, "version": fine.version, "weights_sha256": fine.weights_sha256},
             "input_size": list(size), "fine_input_size": list(fine_size), "padding": padding,
             "crops": len(result.boxes), "boxes": [list(b) for b in result.boxes],
-        },
-    }
+        })
     return _result(image, result.probabilities, params, provenance, coarse.classes)
 
 
@@ -334,11 +317,7 @@ def segment_slide_file(
             progress=progress,
             should_stop=should_stop,
         )
-    return {
-        "model": card.name, "model_version": card.version, "weights_sha256": card.weights_sha256,
-        "device": str(device), "roi_size": list(roi), "overlap": overlap, "level": level,
-        "seconds": round(time.perf_counter() - started, 3), "classes": card.classes,
-    }
+    return model_provenance(card, device, started, roi_size=list(roi), overlap=overlap, level=level)
 
 
 def _upscale_factors(image: MedImage, params: SegmentParams) -> tuple[int, ...]:
