@@ -401,6 +401,8 @@ class SegmentationOptions:
     raise_on_stop: bool = False  # raise JobCancelled when stopped instead of returning
     # ``make_step(model, loss_fn, config, device, has_val)``: a SegmentationStep (subclass) to use.
     make_step: Callable[..., SegmentationStep] | None = None
+    # ``on_epoch(model, record, improved)`` after each epoch's checkpoint (e.g. a versioned save).
+    on_epoch: Callable[[Any, dict[str, Any], bool], None] | None = None
 
 
 # ------------------------------------------------------------------------------------- train
@@ -423,7 +425,7 @@ def train_segmentation(
         loss_fn: ``loss_fn(logits, target, weight) -> scalar``; default: ``config.loss`` resolved.
         options: a :class:`SegmentationOptions`; ``changes`` (its field names: ``progress``,
             ``should_stop``, ``checkpoint_path``, ``resume``, ``predict_val``, ``copy_model``,
-            ``raise_on_stop``, ``make_step``) override its fields.
+            ``raise_on_stop``, ``make_step``, ``on_epoch``) override its fields.
 
     The model ends in its original train/eval mode, holding the best validated weights (the
     last ones without validation data).
@@ -451,7 +453,7 @@ def train_segmentation(
             validate = segmentation_validator(val, config, divisible_by, opts.predict_val) if val else None
             result = train(
                 model, PatchSampler(train_set, patch, config), step, _loop_config(config, opts),
-                progress=opts.progress, should_stop=opts.should_stop, validate=validate,
+                progress=opts.progress, should_stop=opts.should_stop, validate=validate, on_epoch=opts.on_epoch,
             )
     finally:
         model.train(was_training)

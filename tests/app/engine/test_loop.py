@@ -247,3 +247,19 @@ def test_a_checkpoint_needs_a_step_with_state(tmp_path):
 
     with pytest.raises(MedloopError, match="checkpoints need the step's state"):
         train(nn.Linear(1, 1), None, lambda batch, at: {}, LoopConfig(checkpoint=tmp_path / "c.pt"))
+
+
+def test_segmentation_runs_on_the_loop_with_its_epoch_hook():
+    """train_segmentation is the segmentation step on this loop: the hook sees each epoch's
+    record and whether it became the best (what a versioned save keys on)."""
+    from medloop.app.engine.train import train_segmentation
+
+    from .test_train import FAST, TRAIN, VAL, net
+
+    seen = []
+    result = train_segmentation(
+        net(), TRAIN, VAL, FAST, on_epoch=lambda model, record, improved: seen.append((record["val_mean_dice"], improved))
+    )
+    assert [d for d, _ in seen] == [h["val_mean_dice"] for h in result.history]
+    best = [i + 1 for i, (_, improved) in enumerate(seen) if improved][-1]
+    assert best == result.best_epoch and seen[best - 1][0] == result.best_val_dice
