@@ -13,7 +13,8 @@ from pathlib import Path
 import medloop
 
 PACKAGE = Path(medloop.__file__).parent
-GROUND = ("medloop._version", "medloop.app.errors", "medloop.app.io", "medloop.app.engine", "medloop.app.plugin",
+GROUND = ("medloop._version", "medloop.app.errors", "medloop.app.io", "medloop.app.engine", "medloop.app.discovery",
+          "medloop.app.plugin",
           "medloop.app.verbs", "medloop.app.samples")
 SHELL = ("medloop.app.cli", "medloop.app.gui", "medloop.app.manifest")
 PLUGIN_GUI_MODULES = ("widget", "demo")  # a plugin's panel, and what `medloop demo` shows

@@ -2,8 +2,9 @@
 
 A method is one folder under ``medloop/plugins/`` (or any installed package) whose
 ``__init__.py`` holds ``PLUGIN = Plugin(...)``. Built-in plugins are named once, in
-:data:`BUILTIN_PLUGINS`; other packages join through the ``medloop.plugins`` entry-point group
-(``[project.entry-points."medloop.plugins"] name = "package"``). Everything a plugin contributes
+:data:`~medloop.app.discovery.BUILTIN_PLUGINS`; other packages join through the
+``medloop.plugins`` entry-point group (``[project.entry-points."medloop.plugins"] name =
+"package"``). Everything a plugin contributes
 is a ``"module:attribute"`` reference, resolved only when used, so listing plugins is cheap and
 imports no torch, Qt or napari.
 
@@ -15,23 +16,17 @@ segmentation model), the provider names it in ``services`` and the user asks
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Any
 
+from medloop.app.discovery import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, plugin_packages
+from medloop.app.discovery import plugin_resource_dirs as resource_dirs
 from medloop.app.errors import MedloopError
 
-#: The built-in method folders, in the order their panels and verbs are listed.
-BUILTIN_PLUGINS = (
-    "medloop.plugins.segmentation",
-    "medloop.plugins.correction",
-    "medloop.plugins.review",
-)
-#: Entry-point group through which other packages add plugins.
-ENTRY_POINT_GROUP = "medloop.plugins"
-
+__all__ = [
+    "BUILTIN_PLUGINS", "ENTRY_POINT_GROUP", "Plugin", "PluginError", "Sample", "Widget", "load_plugins",
+    "plugin_packages", "resolve", "resource_dirs", "service",
+]
 
 class PluginError(MedloopError):
     """A plugin is declared wrongly, or a service nobody provides was asked for."""
@@ -63,7 +58,7 @@ class Plugin:
     (each sets ``handler=`` with ``set_defaults``). ``train`` is ``"module:TRAINING"``, an object
     with ``add_options(parser)`` (the plugin's ``medloop train`` flags) and ``run(args) -> int |
     None`` (None: these arguments are not for this plugin). Packaged models live in the folder's
-    ``resources/models/<name>/`` (found by :func:`resource_dirs`), recipes in
+    ``resources/models/<name>/`` (found by :func:`~medloop.app.discovery.plugin_resource_dirs`), recipes in
     ``resources/recipes/``.
     """
 
@@ -76,15 +71,6 @@ class Plugin:
     services: dict[str, str] = field(default_factory=dict)
     demo: str | None = None  # "module:build(viewer)": what `medloop demo` shows, if anything
     package: str = ""  # filled in by discovery: the plugin's package name
-
-
-def plugin_packages() -> list[str]:
-    """Names of every plugin package: the built-in ones, then entry points (sorted by name)."""
-    names = list(BUILTIN_PLUGINS)
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        if ep.value not in names:
-            names.append(ep.value)
-    return names
 
 
 def load_plugins() -> list[Plugin]:
@@ -120,24 +106,3 @@ def service(name: str) -> Any:
         if name in plugin.services:
             return resolve(plugin.services[name])
     raise PluginError(f"no installed plugin provides {name!r}; install the plugin that does")
-
-
-def package_dir(package: str) -> Path | None:
-    """The folder of ``package``, found without running its code (None when not installed)."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def resource_dirs(kind: str) -> list[Path]:
-    """Every plugin's ``resources/<kind>`` folder that exists (``models``, ``recipes``, ...)."""
-    dirs = []
-    for package in plugin_packages():
-        folder = package_dir(package)
-        if folder is not None and (folder / "resources" / kind).is_dir():
-            dirs.append(folder / "resources" / kind)
-    return dirs

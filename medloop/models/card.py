@@ -2,11 +2,23 @@
 
 A card is a JSON file beside the weights. Required fields are checked on load so that a bad
 card fails with a message naming the card and the field, never later inside a run.
+
+Models are data, by task. A card's ``task`` (``segmentation`` when absent, so older cards stay
+valid; ``image-to-image``, ``synthesis``, ``policy``) picks its validator from :data:`TASKS`:
+segmentation needs classes and ``bcyx``/``bczyx`` axes, image-to-image and synthesis need input
+and output axes and channels but no classes, a policy needs an observation and an action spec.
+The architecture is named like bioimage.io's ``architecture.callable``, restricted to medloop's
+own code: a registered short name (:data:`medloop.models.nets.ARCHITECTURES`) or a
+``"<package>.<module>:<Callable>"`` entry in a module under ``medloop.`` (a plugin's own nets) or
+under an installed plugin package (:func:`medloop.app.discovery.plugin_packages`); anything else
+is refused here, before any import.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +34,20 @@ class CardError(MedloopError):
 
 
 REQUIRED = ("name", "description", "authors", "license", "architecture", "weights", "inputs", "outputs", "medical")
+DEFAULT_TASK = "segmentation"
+FORMAT_HINT = "see the card of brain-tissue-t1 for the format"
+#: ``module:Callable`` architecture entries must name a callable in medloop's own modules.
+ARCHITECTURE_ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def is_own_architecture(name: str) -> bool:
+    """True for a ``module:Callable`` entry inside medloop or an installed plugin package."""
+    from medloop.app.discovery import plugin_packages
+
+    if not ARCHITECTURE_ENTRY.match(name):
+        return False
+    module = name.split(":")[0]
+    return any(module == root or module.startswith(root + ".") for root in ("medloop", *plugin_packages()))
 
 
 @dataclass(frozen=True)
@@ -35,6 +61,11 @@ class ModelCard:
     @property
     def name(self) -> str:
         return str(self.raw["name"])
+
+    @property
+    def task(self) -> str:
+        """What the model does (decides how the card is validated and the model run)."""
+        return str(self.raw.get("task", DEFAULT_TASK))
 
     @property
     def version(self) -> str:
@@ -59,11 +90,14 @@ class ModelCard:
 
     @property
     def classes(self) -> dict[int, str]:
-        return {int(k): str(v) for k, v in self.raw["medical"]["classes"].items()}
+        """The class table (empty for tasks without classes)."""
+        return {int(k): str(v) for k, v in self.raw["medical"].get("classes", {}).items()}
 
     @property
     def spatial_dims(self) -> int:
-        return len(self.raw["inputs"][0]["axes"]) - 2  # axes like "bczyx" / "bcyx"
+        """2 or 3 for image axes like "bcyx" / "bczyx"; 0 when the input has no axes (a policy)."""
+        axes = self.raw["inputs"][0].get("axes", "") if self.raw["inputs"] else ""
+        return max(len(axes) - 2, 0)
 
     @property
     def in_channels(self) -> int:
@@ -99,16 +133,84 @@ class ModelCard:
 
 
 def validate_card(raw: dict[str, Any], where: str) -> ModelCard:
-    """Check the required fields of a parsed card; ``where`` names it in messages."""
+    """Check a parsed card: the fields every card needs, then its task's own; ``where`` names it
+    in messages."""
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
-        raise CardError(f"model card {where} lacks {', '.join(missing)}; see the card of brain-tissue-t1 for the format")
-    for key, sub in (("architecture", "name"), ("weights", "source"), ("weights", "sha256"), ("medical", "classes")):
+        raise CardError(f"model card {where} lacks {', '.join(missing)}; {FORMAT_HINT}")
+    task = raw.get("task", DEFAULT_TASK)
+    if not isinstance(task, str) or task not in TASKS:
+        raise CardError(f"model card {where}: unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+    _require(raw, where, (("architecture", "name"), ("weights", "source"), ("weights", "sha256")))
+    check_architecture(str(raw["architecture"]["name"]), where)
+    TASKS[task](raw, where)
+    return ModelCard(raw=raw, path=Path(where) if where else None)
+
+
+def check_architecture(name: str, where: str) -> None:
+    """A registered short name (checked when the network is built) or a ``module:Callable`` entry
+    inside medloop; a dotted or ``module:Callable`` name outside medloop raises :class:`CardError`."""
+    if ("." in name or ":" in name) and not is_own_architecture(name):
+        raise CardError(architecture_refusal(name, where))
+
+
+def architecture_refusal(name: str, where: str | None = None) -> str:
+    """Why ``name`` is refused (the card ``where`` names it, if known)."""
+    return (
+        (f"model card {where}: " if where else "")
+        + f"architecture {name!r} is outside medloop and its plugins; name a registered architecture "
+        "or a callable in medloop's or a plugin's own modules ('<package>.<module>:<Callable>')"
+    )
+
+
+def _require(raw: dict[str, Any], where: str, pairs: tuple[tuple[str, str], ...]) -> None:
+    for key, sub in pairs:
         if not isinstance(raw[key], dict) or sub not in raw[key]:
-            raise CardError(f"model card {where} lacks {key}.{sub}; see the card of brain-tissue-t1 for the format")
+            raise CardError(f"model card {where} lacks {key}.{sub}; {FORMAT_HINT}")
+
+
+def _segmentation(raw: dict[str, Any], where: str) -> None:
+    _require(raw, where, (("medical", "classes"),))
     if not raw["inputs"] or "axes" not in raw["inputs"][0] or raw["inputs"][0]["axes"] not in ("bcyx", "bczyx"):
         raise CardError(f"model card {where}: inputs[0].axes must be 'bcyx' or 'bczyx'")
-    return ModelCard(raw=raw, path=Path(where) if where else None)
+
+
+def _image_to_image(raw: dict[str, Any], where: str) -> None:
+    for side in ("inputs", "outputs"):
+        spec = raw[side][0] if isinstance(raw[side], list) and raw[side] and isinstance(raw[side][0], dict) else {}
+        if spec.get("axes") not in ("bcyx", "bczyx"):
+            raise CardError(f"model card {where}: {side}[0].axes must be 'bcyx' or 'bczyx' for task {raw.get('task')!r}")
+        if not isinstance(spec.get("channels"), int) or spec["channels"] < 1:
+            raise CardError(f"model card {where}: {side}[0].channels must be a positive whole number for task {raw.get('task')!r}")
+    if raw["inputs"][0]["axes"] != raw["outputs"][0]["axes"]:
+        raise CardError(f"model card {where}: inputs[0].axes and outputs[0].axes must match for task {raw.get('task')!r}")
+
+
+def _policy(raw: dict[str, Any], where: str) -> None:
+    policy = raw.get("policy")
+    if not isinstance(policy, dict) or not all(isinstance(policy.get(k), dict) for k in ("observation", "action")):
+        raise CardError(f"model card {where} lacks policy.observation and policy.action; {FORMAT_HINT}")
+    shape = policy["observation"].get("shape")
+    if not (isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape)):
+        raise CardError(f"model card {where}: policy.observation.shape must be a list of positive whole numbers")
+    action = policy["action"]
+    if action.get("type") == "discrete":
+        if not (isinstance(action.get("n"), int) and action["n"] > 0):
+            raise CardError(f"model card {where}: a discrete policy.action needs n, the number of actions")
+    elif action.get("type") == "continuous":
+        if not (isinstance(action.get("shape"), list) and action["shape"]):
+            raise CardError(f"model card {where}: a continuous policy.action needs its shape")
+    else:
+        raise CardError(f"model card {where}: policy.action.type must be 'discrete' or 'continuous'")
+
+
+#: Task -> validator of the task's own fields (after the common ones). Add a task here.
+TASKS: dict[str, Callable[[dict[str, Any], str], None]] = {
+    "segmentation": _segmentation,
+    "image-to-image": _image_to_image,
+    "synthesis": _image_to_image,
+    "policy": _policy,
+}
 
 
 def read_card(path: Path) -> ModelCard:

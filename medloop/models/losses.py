@@ -17,18 +17,23 @@ loss and its schedule (Kervadec et al., MIDL 2019; spec weak-supervision.md sect
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from medloop.app.engine.train import register_loss, resolve_loss
+from medloop.app.errors import MedloopError
+
 __all__ = [
     "BoundaryLossSchedule",
     "boundary_alpha",
     "boundary_loss",
+    "dice_ce_loss",
     "generalised_dice_loss",
+    "loss_by_name",
     "multiclass_iou_loss",
     "probabilities",
     "signed_distance_map",
@@ -171,13 +176,16 @@ def generalised_dice_loss(
 def weighted_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
-    weights: str | Sequence[float] | torch.Tensor | None = None,
     weight: torch.Tensor | None = None,
+    weights: str | Sequence[float] | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy with per-class ``weights`` (seed 003) and per-voxel ``weight``.
+    """Cross-entropy with per-voxel ``weight`` and per-class ``weights`` (seed 003).
 
-    The weighted mean ``sum_i v_i w_{y_i} l_i / sum_i v_i w_{y_i}`` (v: per-voxel weight), which is
-    what ``torch.nn.functional.cross_entropy(weight=...)`` computes when v = 1. ``weights``:
+    The training loss convention ``loss(logits, target, weight)``: weight-0 voxels add nothing
+    and get no gradient (their target may be anything, e.g. -1). The weighted mean
+    ``sum_i v_i w_{y_i} l_i / sum_i v_i w_{y_i}`` (v: per-voxel weight), which is what
+    ``torch.nn.functional.cross_entropy(weight=...)`` computes when v = 1. A one-channel output
+    is a binary sigmoid model (target 0/1, binary cross-entropy with logits). ``weights``:
     ``None`` (all 1), one value per class, or ``"auto"``: inverse class frequency over the batch's
     weighted voxels, ``w_c = total / (C_present * count_c)``, so every class present carries the
     same total weight. The paper states only that its cross-entropy is weighted, not how; inverse
@@ -185,9 +193,6 @@ def weighted_cross_entropy(
     """
     num_classes = max(logits.shape[1], 2)
     target, v = _target_and_weight(logits, target, weight)
-    if logits.shape[1] == 1:
-        # One binary logit: the two-class softmax of (0, z) is (1 - sigmoid(z), sigmoid(z)).
-        logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
     if isinstance(weights, str):
         if weights != "auto":
             raise ValueError(f"weights must be None, 'auto' or one value per class, got {weights!r}")
@@ -200,8 +205,13 @@ def weighted_cross_entropy(
         class_weight = torch.as_tensor(weights, dtype=logits.dtype, device=logits.device)
         if class_weight.shape != (num_classes,):
             raise ValueError(f"weights needs one value per class ({num_classes}), got {tuple(class_weight.shape)}")
-    per_voxel = F.cross_entropy(logits, target, reduction="none")
-    voxel_weight = v * class_weight.detach()[target]
+    if logits.shape[1] == 1:
+        # One binary logit: -log sigmoid(+-z), the two-class softmax of (0, z).
+        binary = target.clamp(0, 1).to(logits.dtype)
+        per_voxel = F.binary_cross_entropy_with_logits(logits[:, 0], binary, reduction="none")
+    else:
+        per_voxel = F.cross_entropy(logits, target, reduction="none")
+    voxel_weight = v * class_weight.detach()[target.clamp(0, num_classes - 1)]
     denominator = voxel_weight.sum()
     if float(denominator) <= 0:
         return (per_voxel * voxel_weight).sum()  # zero, but still part of the graph
@@ -302,3 +312,44 @@ class BoundaryLossSchedule:
         if phi.ndim == probs.ndim - 1:
             phi = phi.unsqueeze(1)
         return alpha * gd + (1 - alpha) * boundary_loss(probs[:, 1:], phi, weight=weight)
+
+
+# --- the loss registry ---------------------------------------------------------------------------
+# Training losses by name, all ``loss(logits, target, weight)``: ``TrainConfig.loss``, recipes'
+# "loss" and the CLI resolve names here. The table itself lives in the ground
+# (medloop.app.engine.train.LOSSES) so that the engine resolves names without importing models;
+# importing this module fills it.
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy (weighted mean over voxels) + soft Dice (the packaged brain model's loss)."""
+    ce = F.cross_entropy(logits, target, reduction="none")
+    ce = (ce * weight).sum() / weight.sum().clamp_min(1) if weight is not None else ce.mean()
+    return ce + soft_dice_loss(logits, target, weight=weight)
+
+
+def _dice(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    return soft_dice_loss(logits, target, weight=weight)
+
+
+def _iou(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    return multiclass_iou_loss(logits, target, weight=weight)
+
+
+def _auto_weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    return weighted_cross_entropy(logits, target, weight, weights="auto")
+
+
+register_loss("dice_ce", dice_ce_loss)
+register_loss("dice", _dice)
+register_loss("iou", _iou)
+register_loss("wce", _auto_weighted_ce)
+register_loss("cross_entropy", weighted_cross_entropy, "ce")
+
+
+def loss_by_name(name: str) -> Callable[..., torch.Tensor]:
+    """The registered training loss ``(logits, target, weight) -> scalar`` called ``name``;
+    :class:`~medloop.app.errors.MedloopError` naming the known ones otherwise."""
+    if not isinstance(name, str):
+        raise MedloopError(f"a loss name must be a string, got {type(name).__name__}")
+    return resolve_loss(name)

@@ -41,7 +41,7 @@ class Recipe:
 
 def packaged_recipes_dirs() -> list[Path]:
     """Every folder of packaged recipes: the shared one, then each plugin's own."""
-    from medloop.app.plugin import resource_dirs
+    from medloop.app.discovery import plugin_resource_dirs as resource_dirs
 
     return [Path(str(files("medloop") / "resources" / "recipes")), *resource_dirs("recipes")]
 
@@ -73,26 +73,14 @@ def resolve_data(ref: str) -> MedImage:
     return read_image(sample_path(ref.split(":", 1)[1]) if ref.startswith("sample:") else ref)
 
 
-def loss_by_name(name: str) -> Callable:
-    """Training loss ``(logits, target, weight) -> scalar`` for a recipe's loss name."""
-    import torch.nn.functional as F
+def recipe_loss(name: str) -> Callable:
+    """The registered training loss a recipe names (:func:`medloop.models.losses.loss_by_name`)."""
+    from medloop.models.losses import loss_by_name
 
-    from medloop.models import losses
-
-    def dice_ce(logits, target, weight=None):
-        ce = F.cross_entropy(logits, target, reduction="none")
-        ce = (ce * weight).sum() / weight.sum().clamp_min(1) if weight is not None else ce.mean()
-        return ce + losses.soft_dice_loss(logits, target, weight=weight)
-
-    table = {
-        "dice_ce": dice_ce,
-        "dice": lambda lg, t, w=None: losses.soft_dice_loss(lg, t, weight=w),
-        "iou": lambda lg, t, w=None: losses.multiclass_iou_loss(lg, t, weight=w),
-        "wce": lambda lg, t, w=None: losses.weighted_cross_entropy(lg, t, weights="auto", weight=w),
-    }
-    if name not in table:
-        raise RecipeError(f"unknown loss {name!r}; use one of {', '.join(table)}")
-    return table[name]
+    try:
+        return loss_by_name(name)
+    except MedloopError as exc:
+        raise RecipeError(str(exc)) from None
 
 
 def augment_config(spec: str | dict[str, Any]):
@@ -184,7 +172,7 @@ def train_recipe(
                          augment=augment_config(raw.get("augment", "none")))
     started = time.perf_counter()
     result = train_segmentation(
-        network, train_pairs, val_pairs, config, loss_by_name(raw.get("loss", "dice_ce")),
+        network, train_pairs, val_pairs, config, recipe_loss(raw.get("loss", "dice_ce")),
         progress=progress, should_stop=should_stop,
         checkpoint_path=out_dir / "checkpoint.pt", resume=resume,
     )

@@ -1,13 +1,15 @@
 """The model zoo: a name maps to an architecture, a weight file and a card.
 
-Packaged models live in each plugin's ``resources/models/<name>/`` (``card.json`` + weights) and
-in the shared ``medloop/resources/models/``; users register their own into a models folder (default: the user data folder, or ``models_dir``).
+Packaged models live in ``medloop/resources/models/<name>/`` and in every plugin's
+``resources/models/<name>/`` (``card.json`` + weights; :func:`packaged_model_roots`); users
+register their own into a models folder (default: the user data folder, or ``models_dir``).
 Loading checks the weights' sha256 and never unpickles objects (``weights_only=True``).
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -47,7 +49,7 @@ def packaged_models_dir() -> Path:
 
 def packaged_model_roots() -> list[Path]:
     """Every folder that holds packaged models: the shared one, then each plugin's own."""
-    from medloop.app.plugin import resource_dirs
+    from medloop.app.discovery import plugin_resource_dirs as resource_dirs
 
     return [packaged_models_dir(), *resource_dirs("models")]
 
@@ -59,11 +61,12 @@ def user_models_dir() -> Path:
     return Path(platformdirs.user_data_dir("medloop")) / "models"
 
 
-def list_models(models_dir: Path | None = None) -> list[ModelEntry]:
-    """Packaged models, then those in ``models_dir`` (default: the user folder), sorted by name."""
+def list_models(models_dir: Path | None = None, packaged_roots: Sequence[Path] | None = None) -> list[ModelEntry]:
+    """Packaged models (``packaged_roots``, default :func:`packaged_model_roots`), then those in
+    ``models_dir`` (default: the user folder), sorted by name; the first of a name wins."""
+    roots = [(Path(r), True) for r in (packaged_model_roots() if packaged_roots is None else packaged_roots)]
     entries: dict[str, ModelEntry] = {}
-    roots = [(root, True) for root in packaged_model_roots()] + [(models_dir or user_models_dir(), False)]
-    for root, packaged in roots:
+    for root, packaged in (*roots, (models_dir or user_models_dir(), False)):
         if not root.is_dir():
             continue
         for card_path in sorted(root.glob(f"*/{CARD_FILE}")):
@@ -72,13 +75,13 @@ def list_models(models_dir: Path | None = None) -> list[ModelEntry]:
     return sorted(entries.values(), key=lambda e: e.name)
 
 
-def get_model(name: str, models_dir: Path | None = None) -> ModelEntry:
+def get_model(name: str, models_dir: Path | None = None, packaged_roots: Sequence[Path] | None = None) -> ModelEntry:
     """The entry called ``name``, or a folder holding a card.json given as a path."""
     path = Path(name)
     if (path / CARD_FILE).is_file():
         card = read_card(path / CARD_FILE)
         return ModelEntry(card.name, path, card, packaged=False)
-    models = list_models(models_dir)
+    models = list_models(models_dir, packaged_roots)
     for entry in models:
         if entry.name == name:
             return entry

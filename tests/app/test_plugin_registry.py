@@ -55,6 +55,13 @@ def write_plugin(root: Path) -> Path:
                 super().__init__("throwaway panel")
                 self.viewer = napari_viewer
     '''))
+    (pkg / "nets.py").write_text(textwrap.dedent('''
+        import torch
+
+        def tiny_net(in_channels=1, out_channels=2):
+            """The plugin's own architecture: one 3x3 convolution."""
+            return torch.nn.Conv2d(in_channels, out_channels, 3, padding=1)
+    '''))
     dist = root / f"{PACKAGE}-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {PACKAGE}\nVersion: 0.1\n")
@@ -63,17 +70,17 @@ def write_plugin(root: Path) -> Path:
 
 
 def add_model(pkg: Path) -> None:
-    """A packaged 2-D model in the plugin's own resources (weights from the tiny test network)."""
+    """A packaged 2-D model in the plugin's own resources, built by the plugin's own architecture
+    entry (``throwaway_plugin.nets:tiny_net``): weights 0..19 in order, so a load is checkable."""
     import torch
 
     from tests.models.tiny import tiny_card
-    from medloop.models.nets import build_network
 
     folder = pkg / "resources" / "models" / "tiny-throwaway"
     card = tiny_card("tiny-throwaway", spatial_dims=2)
-    torch.manual_seed(0)
-    net = build_network(card["architecture"]["name"], **card["architecture"]["kwargs"])
-    torch.save(net.state_dict(), folder / "weights.pt")
+    card["architecture"] = {"name": f"{PACKAGE}.nets:tiny_net", "kwargs": {"in_channels": 1, "out_channels": 2}}
+    weights = {"weight": torch.arange(18.0).reshape(2, 1, 3, 3), "bias": torch.tensor([18.0, 19.0])}
+    torch.save(weights, folder / "weights.pt")
     card["weights"]["sha256"] = hashlib.sha256((folder / "weights.pt").read_bytes()).hexdigest()
     (folder / "card.json").write_text(json.dumps(card))
 
@@ -147,7 +154,8 @@ def test_throwaway_model_is_listed_and_loads_checked(throwaway):
     assert entry.packaged and entry.folder == throwaway / "resources" / "models" / "tiny-throwaway"
     assert "tiny-throwaway" in [m.name for m in list_models()]
     net = build_model(entry)
-    assert sum(p.numel() for p in net.parameters()) > 0
+    assert type(net).__name__ == "Conv2d" and type(net).__module__ == "torch.nn.modules.conv"
+    assert net.weight.flatten().tolist() == list(range(18)) and net.bias.tolist() == [18.0, 19.0]
     (entry.folder / "weights.pt").write_bytes(b"tampered")
     from medloop.app.errors import MedloopError
 

@@ -1,40 +1,69 @@
-"""The Qt-free segmentation training loop shared by ``medloop train``, the bundled models and the
-GUI's retraining.
+"""Segmentation training: a step for the one loop (:mod:`medloop.app.engine.loop`).
 
-``train_segmentation`` draws random (augmented) patches from whole images, optimises with Adam
-under a learning-rate schedule, validates Dice per class on whole images, keeps the best weights,
-checkpoints atomically after every epoch and can resume exactly. It is deterministic for a seed
-on the CPU: torch, the numpy generator that drives patch sampling and augmentation, and the
-checkpointed states of all of them.
+``train_segmentation`` draws random (augmented) patches from whole images (:class:`PatchSampler`,
+the loop's data), optimises with Adam under a learning-rate schedule (:class:`SegmentationStep`),
+validates Dice per class on whole images (:func:`segmentation_validator`), and lets the loop keep
+the best weights, checkpoint atomically after every epoch and resume exactly. It is deterministic
+for a seed on the CPU: torch, the numpy generator that drives patch sampling and augmentation, and
+the checkpointed states of all of them.
 
-Stopping. ``should_stop()`` is polled before every step. By default the loop then returns a
+Stopping. ``should_stop()`` is polled before every step. By default the run then returns a
 result with ``stopped=True`` and the model holding the best weights so far (the current ones when
 nothing has been validated yet); with ``raise_on_stop=True`` it raises
 :class:`~medloop.app.engine.jobs.JobCancelled` instead (a cancellation, not an error). With
 ``copy_model=True`` a deep copy is trained (``result.model``) and the caller's model is never
 touched, which is what the GUI wants: swap the weights in on success, change nothing on cancel.
+
+Losses. ``loss_fn(logits, target, weight) -> scalar``; names (``TrainConfig.loss``) resolve
+through the one loss registry (:func:`register_loss` / :func:`resolve_loss`). The registry lives
+here, in the ground; :mod:`medloop.models.losses` registers medloop's losses into it when imported,
+so the engine never imports ``medloop.models``.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import os
-import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 import numpy as np
 
 from medloop.app.engine.augment import AugmentConfig, foreground_indices, random_augmented_patch, random_patch
 from medloop.app.engine.jobs import JobCancelled
+from medloop.app.engine.loop import (
+    CHECKPOINT_FORMAT,
+    LoopConfig,
+    StepAt,
+    TrainStep,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
 from medloop.app.engine.metrics import dice_per_class
 from medloop.app.errors import ImageMismatchError, MedloopError
 
 if TYPE_CHECKING:
     import torch
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "LOSSES",
+    "PatchSampler",
+    "SegmentationOptions",
+    "SegmentationStep",
+    "TrainConfig",
+    "TrainResult",
+    "load_checkpoint",
+    "predict_whole",
+    "register_loss",
+    "resolve_loss",
+    "save_checkpoint",
+    "segmentation_validator",
+    "train",
+    "train_segmentation",
+]
 
 LossFn = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 """``loss_fn(logits (N, K, *s), target (N, *s) int64, weight (N, *s) float) -> scalar tensor``."""
@@ -43,7 +72,6 @@ Pair = Union[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, "np.nd
 """(image (C, *spatial) float32, label (*spatial) int64[, weight map (*spatial) or None])."""
 
 SCHEDULES = ("constant", "cosine", "poly", "plateau")
-CHECKPOINT_FORMAT = "medloop-train-checkpoint-1"
 
 # Training cancelled by ``should_stop``; the jobs module's class, so callers catch one type.
 TrainingCancelled = JobCancelled
@@ -65,8 +93,8 @@ class TrainConfig:
     # after ``plateau_patience`` validations without improvement).
     schedule: str = "constant"
     plateau_patience: int = 3
-    # A loss callable ``loss_fn(logits, target, weight)``, or a name: "cross_entropy" is built in;
-    # other names are resolved by the caller (pass the callable as ``loss_fn``).
+    # A loss callable ``loss_fn(logits, target, weight)``, or a name in the loss registry
+    # (:func:`resolve_loss`; importing medloop.models.losses registers "cross_entropy", "dice_ce", ...).
     loss: Union[str, LossFn, None] = "cross_entropy"
     augment: AugmentConfig | None = None
     # Probability that a patch centres on a foreground voxel (label > 0 with weight > 0).
@@ -99,32 +127,29 @@ class TrainResult:
     early_stopped: bool = False  # validation stopped improving
 
 
-# ------------------------------------------------------------------------------------ losses
+# ------------------------------------------------------------------------------ loss registry
+
+#: Loss name -> ``loss_fn(logits, target, weight)``; filled by :func:`register_loss`.
+LOSSES: dict[str, LossFn] = {}
 
 
-def weighted_cross_entropy(logits: "torch.Tensor", target: "torch.Tensor", weight: "torch.Tensor") -> "torch.Tensor":
-    """Cross-entropy averaged over voxels with their weights; weight-0 voxels give no gradient.
-
-    A one-channel output is a binary sigmoid model (target 0/1). Targets of weight-0 voxels may
-    hold anything >= -1 (they are clamped to a valid class, then multiplied by 0).
-    """
-    import torch.nn.functional as F
-
-    if logits.shape[1] == 1:
-        binary = target.clamp(0, 1).to(logits.dtype)
-        per_voxel = F.binary_cross_entropy_with_logits(logits[:, 0], binary, reduction="none")
-    else:
-        per_voxel = F.cross_entropy(logits, target.clamp_min(0), reduction="none")
-    return (per_voxel * weight).sum() / weight.sum().clamp_min(1e-8)
+def register_loss(name: str, fn: LossFn, *aliases: str) -> LossFn:
+    """Make ``fn`` available as ``TrainConfig.loss = name`` (and each alias); returns ``fn``."""
+    for key in (name, *aliases):
+        LOSSES[key] = fn
+    return fn
 
 
 def resolve_loss(loss: Union[str, LossFn, None]) -> LossFn:
-    """The callable for a loss setting (a callable passes through)."""
+    """The callable for a loss setting: a callable passes through, a name is looked up (None:
+    "cross_entropy")."""
     if callable(loss):
         return loss
-    if loss in (None, "cross_entropy", "ce"):
-        return weighted_cross_entropy
-    raise MedloopError(f"unknown loss {loss!r}; use 'cross_entropy' or pass a loss function")
+    name = "cross_entropy" if loss is None else loss
+    if name in LOSSES:
+        return LOSSES[name]
+    known = ", ".join(sorted(LOSSES)) or "none registered: import medloop.models.losses"
+    raise MedloopError(f"unknown loss {name!r}; use one of {known}, or pass a loss function")
 
 
 # ------------------------------------------------------------------------------- validation
@@ -185,6 +210,22 @@ def _validate(
     return dice_per_class(pred_all, truth_all, classes, config.val_ignore_background, np.concatenate(masks))
 
 
+def segmentation_validator(
+    pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    config: TrainConfig,
+    divisible_by: int,
+    predict_val: Callable[[Any, np.ndarray], np.ndarray] | None = None,
+) -> Callable[[Any], dict[str, Any]]:
+    """The loop's ``validate``: ``{"val_dice": {class: Dice}, "val_mean_dice": their mean}``."""
+
+    def validate(model: Any) -> dict[str, Any]:
+        dice = _validate(model, pairs, config, divisible_by, predict_val)
+        mean = float(np.mean(list(dice.values()))) if dice else float("nan")
+        return {"val_dice": dice, "val_mean_dice": mean}
+
+    return validate
+
+
 # ----------------------------------------------------------------------------------- helpers
 
 
@@ -227,23 +268,6 @@ def _check_config(config: TrainConfig, ndim: int, channels: set[int], divisible_
     return patch
 
 
-def _call_progress(progress: Callable[..., None] | None) -> Callable[[int, int, dict[str, Any]], None]:
-    """Accept both ``progress(done, total, info)`` and jobs' ``progress(done, total)``."""
-    if progress is None:
-        return lambda done, total, info: None
-    try:
-        inspect.signature(progress).bind(0, 0, {})
-        return progress
-    except TypeError:
-        return lambda done, total, info: progress(done, total)
-    except ValueError:  # no introspectable signature (some builtins): assume the full form
-        return progress
-
-
-def _state_copy(model: Any) -> dict[str, Any]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
 def _make_scheduler(optimizer: Any, config: TrainConfig, has_val: bool) -> Any:
     import torch
 
@@ -261,33 +285,124 @@ def _make_scheduler(optimizer: Any, config: TrainConfig, has_val: bool) -> Any:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never a partial file."""
-    import torch
-
-    from medloop.app.io.atomic import atomic_target
-
-    path = Path(path)
-    try:
-        with atomic_target(path) as tmp:
-            torch.save(state, tmp)
-    except OSError as exc:
-        raise MedloopError(
-            f"cannot write checkpoint {path}: {exc.strerror or exc}; check the folder is writable"
-        ) from exc
+# ------------------------------------------------------------------------- data, step, options
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A checkpoint written by :func:`train_segmentation` (tensors on the CPU)."""
-    import torch
+class PatchSampler:
+    """The loop's data: one batch ``(images, labels, weights)`` of random (augmented) patches per
+    call, drawn by a numpy generator seeded with ``config.seed`` (checkpointed)."""
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or foreign file: the user's to fix, not a bug
-        raise MedloopError(f"cannot read training checkpoint {path}: {exc}; delete it to start afresh") from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise MedloopError(f"{path} is not a medloop training checkpoint; delete it or choose another path")
-    return state
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], patch: tuple[int, ...], config: TrainConfig):
+        self.pairs, self.patch, self.config = pairs, patch, config
+        self.fg = [foreground_indices(lab, w) for _, lab, w in pairs]
+        self.rng = np.random.default_rng(config.seed)
+
+    def __call__(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        config, aug, rng = self.config, self.config.augment, self.rng
+        images, labels, weights = [], [], []
+        for _ in range(config.batch_size):
+            i = int(rng.integers(len(self.pairs)))
+            image, label, weight = self.pairs[i]
+            if aug is None:
+                s = random_patch(
+                    image, label, self.patch, rng, config.foreground_fraction, weight=weight, fg_indices=self.fg[i]
+                )
+            else:
+                s = random_augmented_patch(
+                    image, label, self.patch, rng, aug, config.foreground_fraction, weight=weight, fg_indices=self.fg[i]
+                )
+            images.append(s.image)
+            labels.append(s.label)
+            weights.append(s.weight)
+        return np.stack(images), np.stack(labels).astype(np.int64, copy=False), np.stack(weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"numpy_rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["numpy_rng"]
+
+
+class SegmentationStep(TrainStep):
+    """One Adam step of ``loss_fn(model(x), y, w)`` on a :class:`PatchSampler` batch, then the
+    learning-rate schedule. Subclasses change the loss through :meth:`compute_loss` (which sees
+    the input batch, e.g. to run a second network on it)."""
+
+    def __init__(self, model: Any, loss_fn: LossFn, config: TrainConfig, device: Any, has_val: bool) -> None:
+        import torch
+
+        self.model, self.loss_fn, self.config, self.device, self.has_val = model, loss_fn, config, device, has_val
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = _make_scheduler(self.optimizer, config, has_val)
+
+    def compute_loss(self, x: "torch.Tensor", y: "torch.Tensor", w: "torch.Tensor") -> "torch.Tensor":
+        return self.loss_fn(self.model(x), y, w)
+
+    def __call__(self, batch: tuple[np.ndarray, np.ndarray, np.ndarray], at: StepAt) -> dict[str, float]:
+        import torch
+
+        x, y, w = (torch.from_numpy(a).to(self.device) for a in batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        value = self.compute_loss(x, y, w)
+        if not torch.isfinite(value):
+            raise MedloopError(
+                f"training diverged at epoch {at.epoch + 1}, step {at.index + 1} (loss {float(value.detach())}); "
+                "lower the learning rate or check the labels"
+            )
+        value.backward()
+        self.optimizer.step()
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.config.schedule != "plateau":
+            self.scheduler.step()
+        return {"loss": float(value.detach()), "lr": lr}
+
+    def summarise(self, scalars: list[dict[str, float]]) -> dict[str, Any]:
+        return {
+            "train_loss": float(np.mean([s["loss"] for s in scalars])),
+            "lr": float(scalars[-1]["lr"]),
+            "val_dice": None,
+            "val_mean_dice": None,
+        }
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        if self.config.schedule != "plateau":
+            return
+        if record["val_mean_dice"] is not None:
+            self.scheduler.step(record["val_mean_dice"])
+        elif not self.has_val:
+            self.scheduler.step(record["train_loss"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+@dataclass
+class SegmentationOptions:
+    """How :func:`train_segmentation` runs (``TrainConfig`` says what is trained)."""
+
+    # ``progress(done_steps, total_steps, info)`` after every step (info: epoch, step, loss, lr)
+    # and after every epoch (info adds event="epoch", train_loss, val_dice, val_mean_dice,
+    # best_val_dice, seconds). A two-argument callable also works.
+    progress: Callable[..., None] | None = None
+    should_stop: Callable[[], bool] | None = None  # polled before every step (module docstring)
+    # Written atomically after every epoch (model, optimizer, scheduler, random states, history,
+    # best weights); ``resume`` continues from it if it exists (same seed and settings give the
+    # same weights as an uninterrupted run; a run stopped mid-epoch resumes from its last epoch).
+    checkpoint_path: str | os.PathLike[str] | None = None
+    resume: bool = False
+    # ``predict_val(model, image) -> label map`` (e.g. tiled inference); default: one
+    # whole-image forward padded to ``model.divisible_by``.
+    predict_val: Callable[[Any, np.ndarray], np.ndarray] | None = None
+    copy_model: bool = False  # train a deep copy (``result.model``), leave ``model`` untouched
+    raise_on_stop: bool = False  # raise JobCancelled when stopped instead of returning
+    # ``make_step(model, loss_fn, config, device, has_val)``: a SegmentationStep (subclass) to use.
+    make_step: Callable[..., SegmentationStep] | None = None
+    # ``on_epoch(model, record, improved)`` after each epoch's checkpoint (e.g. a versioned save).
+    on_epoch: Callable[[Any, dict[str, Any], bool], None] | None = None
 
 
 # ------------------------------------------------------------------------------------- train
@@ -299,14 +414,8 @@ def train_segmentation(
     val_pairs: Sequence[Pair] | None,
     config: TrainConfig,
     loss_fn: LossFn | None = None,
-    progress: Callable[..., None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    checkpoint_path: str | os.PathLike[str] | None = None,
-    resume: bool = False,
-    predict_val: Callable[[Any, np.ndarray], np.ndarray] | None = None,
-    *,
-    copy_model: bool = False,
-    raise_on_stop: bool = False,
+    options: SegmentationOptions | None = None,
+    **changes: Any,
 ) -> TrainResult:
     """Train ``model`` (logits ``(N, K, *spatial)`` from ``(N, C, *spatial)``) on random patches.
 
@@ -314,19 +423,9 @@ def train_segmentation(
         train_pairs / val_pairs: (image (C, *spatial) float32, label (*spatial) int, optional
             weight map); weight-0 voxels teach nothing and are not scored.
         loss_fn: ``loss_fn(logits, target, weight) -> scalar``; default: ``config.loss`` resolved.
-        progress: ``progress(done_steps, total_steps, info)`` after every step (info: epoch, step,
-            loss, lr) and after every epoch (info adds event="epoch", train_loss, val_dice,
-            val_mean_dice, best_val_dice, seconds). A two-argument callable also works.
-        should_stop: polled before every step; see the module docstring for what stopping does.
-        checkpoint_path: written atomically after every epoch (model, optimizer, scheduler,
-            random states, history, best weights).
-        resume: continue from ``checkpoint_path`` if it exists (same seed and settings give
-            the same weights as an uninterrupted run); a missing file starts afresh. A run
-            stopped mid-epoch resumes from the last completed epoch.
-        predict_val: ``predict_val(model, image) -> label map`` (e.g. tiled inference); default:
-            one whole-image forward padded to ``model.divisible_by``.
-        copy_model: train a deep copy (``result.model``) and leave ``model`` untouched.
-        raise_on_stop: raise :class:`JobCancelled` when stopped instead of returning.
+        options: a :class:`SegmentationOptions`; ``changes`` (its field names: ``progress``,
+            ``should_stop``, ``checkpoint_path``, ``resume``, ``predict_val``, ``copy_model``,
+            ``raise_on_stop``, ``make_step``, ``on_epoch``) override its fields.
 
     The model ends in its original train/eval mode, holding the best validated weights (the
     last ones without validation data).
@@ -335,23 +434,10 @@ def train_segmentation(
 
     from medloop.app.engine.devices import channels_last_on_cpu, choose_device
 
-    train = _prepare_pairs(train_pairs, "training")
-    if not train:
-        raise MedloopError("no training data: give at least one (image, label) pair")
-    val = _prepare_pairs(val_pairs or [], "validation")
-    ndim = train[0][1].ndim
-    if any(lab.ndim != ndim for _, lab, _ in train + val):
-        raise MedloopError("training and validation images mix 2-D and 3-D; use one kind")
-    divisible_by = int(getattr(model, "divisible_by", 1) or 1)
-    if config.patch_size is None:
-        largest = np.max([lab.shape for _, lab, _ in train], axis=0)
-        config = replace(config, patch_size=tuple(int(-(-n // divisible_by) * divisible_by) for n in largest))
-    patch = _check_config(config, ndim, {img.shape[0] for img, _, _ in train + val}, divisible_by)
+    opts = replace(options or SegmentationOptions(), **changes)
+    train_set, val, patch, config = _prepare(model, train_pairs, val_pairs, config)
     loss = resolve_loss(loss_fn if loss_fn is not None else config.loss)
-    report = _call_progress(progress)
-    fg = [foreground_indices(lab, w) for _, lab, w in train]
-
-    if copy_model:
+    if opts.copy_model:
         model = copy.deepcopy(model)
     device = choose_device(config.device)
     model.to(device)
@@ -359,162 +445,54 @@ def train_segmentation(
     old_threads = torch.get_num_threads()
     if config.num_threads is not None:
         torch.set_num_threads(int(config.num_threads))
-    rng_devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        # fork_rng: seeding for this run must not change the caller's global torch RNG.
         # Channels-last on the CPU: 3-D steps 1.3x faster, 2-D 0.98-1.2x (benchmarks/bench_cpu_layout.py).
-        with torch.random.fork_rng(devices=rng_devices), channels_last_on_cpu(model):
-            return _run(
-                model, train, val, fg, patch, config, loss, report, should_stop,
-                checkpoint_path, resume, predict_val, divisible_by, device, raise_on_stop,
+        with channels_last_on_cpu(model):
+            step = (opts.make_step or SegmentationStep)(model, loss, config, device, bool(val))
+            divisible_by = int(getattr(model, "divisible_by", 1) or 1)
+            validate = segmentation_validator(val, config, divisible_by, opts.predict_val) if val else None
+            result = train(
+                model, PatchSampler(train_set, patch, config), step, _loop_config(config, opts),
+                progress=opts.progress, should_stop=opts.should_stop, validate=validate, on_epoch=opts.on_epoch,
             )
     finally:
         model.train(was_training)
         torch.set_num_threads(old_threads)
+    return TrainResult(
+        result.model, result.best_state, result.best_epoch, result.best_score, result.history,
+        result.epochs_done, result.steps_done, result.stopped, result.early_stopped,
+    )
 
 
-def _run(
-    model: Any,
-    train: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
-    val: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
-    fg: list[np.ndarray],
-    patch: tuple[int, ...],
-    config: TrainConfig,
-    loss_fn: LossFn,
-    report: Callable[[int, int, dict[str, Any]], None],
-    should_stop: Callable[[], bool] | None,
-    checkpoint_path: str | os.PathLike[str] | None,
-    resume: bool,
-    predict_val: Callable[[Any, np.ndarray], np.ndarray] | None,
-    divisible_by: int,
-    device: "torch.device",
-    raise_on_stop: bool,
-) -> TrainResult:
-    import torch
+def _loop_config(config: TrainConfig, opts: SegmentationOptions) -> LoopConfig:
+    return LoopConfig(
+        epochs=config.epochs,
+        steps_per_epoch=config.steps_per_epoch,
+        seed=config.seed,
+        val_every=config.val_every,
+        early_stop_patience=config.early_stop_patience,
+        monitor="val_mean_dice",
+        best_name="best_val_dice",
+        checkpoint=opts.checkpoint_path,
+        resume=opts.resume,
+        raise_on_stop=opts.raise_on_stop,
+    )
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = _make_scheduler(optimizer, config, bool(val))
-    rng = np.random.default_rng(config.seed)
-    torch.manual_seed(config.seed)
-    history: list[dict[str, Any]] = []
-    best_state, best_epoch, best_dice, bad_validations, start_epoch = _state_copy(model), 0, float("nan"), 0, 0
-    done = 0  # optimizer steps taken, over all epochs
 
-    if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
-        ck = load_checkpoint(checkpoint_path)
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        rng.bit_generator.state = ck["numpy_rng"]
-        torch.set_rng_state(ck["torch_rng"])
-        if device.type == "cuda" and ck.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ck["cuda_rng"], device)
-        history = list(ck["history"])
-        best_state, best_epoch, best_dice = ck["best_state"], int(ck["best_epoch"]), float(ck["best_val_dice"])
-        bad_validations, start_epoch, done = int(ck["bad_validations"]), int(ck["epoch"]), int(ck["steps_done"])
-
-    total = config.epochs * config.steps_per_epoch
-    result = TrainResult(model, best_state, best_epoch, best_dice, history, start_epoch, done)
-    aug = config.augment
-    model.train()
-
-    def finish(stopped: bool = False, early: bool = False) -> TrainResult:
-        result.best_state, result.best_epoch, result.best_val_dice = best_state, best_epoch, best_dice
-        result.stopped, result.early_stopped, result.steps_done = stopped, early, done
-        model.load_state_dict(best_state)
-        if stopped and raise_on_stop:
-            raise JobCancelled(f"training stopped after {done} steps")
-        return result
-
-    for epoch in range(start_epoch, config.epochs):
-        t0 = time.perf_counter()
-        losses: list[float] = []
-        for step in range(config.steps_per_epoch):
-            if should_stop is not None and should_stop():
-                if best_epoch == 0:
-                    best_state = _state_copy(model)  # nothing validated: keep what was learnt
-                return finish(stopped=True)
-            images, labels, weights = [], [], []
-            for _ in range(config.batch_size):
-                i = int(rng.integers(len(train)))
-                image, label, weight = train[i]
-                if aug is None:
-                    s = random_patch(
-                        image, label, patch, rng, config.foreground_fraction, weight=weight, fg_indices=fg[i]
-                    )
-                else:
-                    s = random_augmented_patch(
-                        image, label, patch, rng, aug, config.foreground_fraction, weight=weight, fg_indices=fg[i]
-                    )
-                images.append(s.image)
-                labels.append(s.label)
-                weights.append(s.weight)
-            x = torch.from_numpy(np.stack(images)).to(device)
-            y = torch.from_numpy(np.stack(labels).astype(np.int64, copy=False)).to(device)
-            w = torch.from_numpy(np.stack(weights)).to(device)
-
-            optimizer.zero_grad(set_to_none=True)
-            value = loss_fn(model(x), y, w)
-            if not torch.isfinite(value):
-                raise MedloopError(
-                    f"training diverged at epoch {epoch + 1}, step {step + 1} (loss {float(value.detach())}); "
-                    "lower the learning rate or check the labels"
-                )
-            value.backward()
-            optimizer.step()
-            lr = optimizer.param_groups[0]["lr"]
-            if config.schedule != "plateau":
-                scheduler.step()
-            done += 1
-            losses.append(float(value.detach()))
-            report(done, total, {"event": "step", "epoch": epoch + 1, "step": step + 1, "loss": losses[-1], "lr": lr})
-
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": float(np.mean(losses)),
-            "lr": float(lr),
-            "val_dice": None,
-            "val_mean_dice": None,
-        }
-        validate = bool(val) and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs)
-        if validate:
-            dice = _validate(model, val, config, divisible_by, predict_val)
-            mean = float(np.mean(list(dice.values()))) if dice else float("nan")
-            record["val_dice"], record["val_mean_dice"] = dice, mean
-            if best_epoch == 0 or mean > best_dice:
-                best_state, best_epoch, best_dice, bad_validations = _state_copy(model), epoch + 1, mean, 0
-            else:
-                bad_validations += 1
-            if config.schedule == "plateau":
-                scheduler.step(mean)
-        elif not val:
-            best_state, best_epoch = _state_copy(model), epoch + 1
-            if config.schedule == "plateau":
-                scheduler.step(record["train_loss"])
-        record["seconds"] = time.perf_counter() - t0
-        history.append(record)
-        result.epochs_done = epoch + 1
-
-        if checkpoint_path is not None:
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "epoch": epoch + 1,
-                "steps_done": done,
-                "model": _state_copy(model),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "numpy_rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "history": history,
-                "best_state": best_state,
-                "best_epoch": best_epoch,
-                "best_val_dice": best_dice,
-                "bad_validations": bad_validations,
-                "seed": config.seed,
-            }
-            save_checkpoint(state, checkpoint_path)
-        report(done, total, {"event": "epoch", **record, "best_val_dice": best_dice})
-        if validate and config.early_stop_patience is not None and bad_validations >= config.early_stop_patience:
-            return finish(early=True)
-    return finish()
+def _prepare(
+    model: Any, train_pairs: Sequence[Pair], val_pairs: Sequence[Pair] | None, config: TrainConfig
+) -> tuple[list, list, tuple[int, ...], TrainConfig]:
+    """Checked training and validation pairs, the patch size and the config (patch size filled)."""
+    train_set = _prepare_pairs(train_pairs, "training")
+    if not train_set:
+        raise MedloopError("no training data: give at least one (image, label) pair")
+    val = _prepare_pairs(val_pairs or [], "validation")
+    ndim = train_set[0][1].ndim
+    if any(lab.ndim != ndim for _, lab, _ in train_set + val):
+        raise MedloopError("training and validation images mix 2-D and 3-D; use one kind")
+    divisible_by = int(getattr(model, "divisible_by", 1) or 1)
+    if config.patch_size is None:
+        largest = np.max([lab.shape for _, lab, _ in train_set], axis=0)
+        config = replace(config, patch_size=tuple(int(-(-n // divisible_by) * divisible_by) for n in largest))
+    patch = _check_config(config, ndim, {img.shape[0] for img, _, _ in train_set + val}, divisible_by)
+    return train_set, val, patch, config

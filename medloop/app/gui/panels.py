@@ -12,11 +12,11 @@ from medloop.app.plugin import resolve
 def open_panel(viewer: Any, panel: MethodPanel) -> Any:
     """Dock ``panel`` (once: a second call shows the open one) and return its widget."""
     window = viewer.window
-    docks = getattr(window, "_dock_widgets", {})
+    docks = window.dock_widgets  # name -> the docked widget
     if panel.display_name in docks:
-        dock = docks[panel.display_name]
-        dock.show()
-        return dock.widget()
+        widget = docks[panel.display_name]
+        widget.parent().show()
+        return widget
     widget = resolve(panel.factory)(viewer)
     window.add_dock_widget(widget, name=panel.display_name, area="right")
     return widget

@@ -1,4 +1,9 @@
-"""Segmentation networks, built by name so model cards can store ``name`` + ``params``.
+"""Networks, built by name so model cards can store ``name`` + ``params``.
+
+A name is a registered short name (:data:`ARCHITECTURES`) or an entry
+``"<package>.<module>:<Callable>"`` naming a callable in medloop's own modules or in an installed
+plugin package (a plugin's network lives in its own folder); other entries are refused before
+anything is imported.
 
 Importing this package is cheap: the submodules (and torch) load only when a network is built or
 one of the classes is accessed.
@@ -29,11 +34,26 @@ __all__ = ["ARCHITECTURES", "build_network", *_CLASSES]
 
 
 def constructor(name: str) -> Any:
-    """The callable registered as ``name``; :class:`MedloopError` listing the known names if none."""
-    if name not in ARCHITECTURES:
+    """The callable registered as ``name``, or named by a ``medloop.…:Callable`` entry;
+    :class:`MedloopError` listing the known names if none (a
+    :class:`~medloop.models.card.CardError` for an entry outside medloop)."""
+    from medloop.models.card import CardError, architecture_refusal, is_own_architecture
+
+    if name in ARCHITECTURES:
+        module, attr = ARCHITECTURES[name].split(":")
+    elif "." in name or ":" in name:
+        if not is_own_architecture(name):
+            raise CardError(architecture_refusal(name))
+        module, attr = name.split(":")
+    else:
         raise MedloopError(f"unknown network architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
-    module, attr = ARCHITECTURES[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+    try:
+        built = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise MedloopError(f"cannot find network architecture {name!r} ({exc}); check the card's architecture") from None
+    if not callable(built):
+        raise MedloopError(f"network architecture {name!r} is not callable; name a class or a function")
+    return built
 
 
 def build_network(name: str, **params: Any):

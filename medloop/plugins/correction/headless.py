@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ from medloop.plugins.correction.weaklabels import AnnotationError
 
 __all__ = [
     "KINDS",
+    "WeakParams",
     "WeakRun",
     "load_annotation",
     "model_input",
@@ -159,8 +161,6 @@ def load_annotation(kind: str, path: str | Path) -> np.ndarray:
 
 
 def _config(epochs: int | None, x: np.ndarray, card: Any, network: torch.nn.Module, config: Any) -> Any:
-    from dataclasses import replace
-
     from medloop.plugins.correction.retrain import default_fine_tune_config
 
     cfg = default_fine_tune_config() if config is None else config
@@ -177,42 +177,71 @@ def _config(epochs: int | None, x: np.ndarray, card: Any, network: torch.nn.Modu
     return cfg
 
 
+@dataclass
+class WeakParams:
+    """How :func:`run_weak` / :func:`train_weak` retrain (the annotation and model are arguments)."""
+
+    seed: int = 0
+    epochs: int | None = None  # overrides ``config.epochs``
+    mode: str = "auto"  # stroke-loss balancing: none, instance, mini-batch, auto
+    rounds: int = 3  # box refinement rounds at most
+    # A TrainConfig; default :func:`~medloop.plugins.correction.retrain.default_fine_tune_config`.
+    config: Any = None
+    crf: bool = False  # points: Qu et al.'s CRF-loss fine-tune stage
+    # boxes: unlabeled images for Gupta et al.'s stage 2 (Cues 2)
+    unlabeled: Sequence[MedImage | np.ndarray] = ()
+    boundary: bool = False  # strokes: generalised Dice + boundary loss (Kervadec et al.)
+    note: str = ""  # train_weak: the saved version's note (default: says what was trained)
+    # ``on_round(round, labels)`` sees each round's training labels (round 0 first); for boxes a
+    # last call ``on_round(rounds_done, final pseudo-labels)`` follows.
+    on_round: Callable[[int, np.ndarray], None] | None = None
+    progress: Callable[..., None] | None = None
+    should_stop: Callable[[], bool] | None = None  # cancels with JobCancelled
+
+
 def run_weak(
     kind: str,
     image: MedImage | np.ndarray,
     annotation: Any,
     base: Any,
-    seed: int = 0,
-    epochs: int | None = None,
-    mode: str = "auto",
-    rounds: int = 3,
-    progress: Callable[..., None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    config: Any = None,
-    on_round: Callable[[int, np.ndarray], None] | None = None,
-    *,
-    crf: bool = False,
-    unlabeled: Sequence[MedImage | np.ndarray] = (),
-    boundary: bool = False,
+    params: WeakParams | None = None,
+    **changes: Any,
 ) -> WeakRun:
     """Train (without saving) on one image's weak annotation; see the module docstring.
 
     ``base``: a :class:`~medloop.models.registry.ModelEntry` or a network (never modified).
     ``image``: a :class:`MedImage` (normalised per the entry's card) or an already prepared
-    ``(C, *spatial)`` array. ``config``: a TrainConfig (default
-    :func:`~medloop.plugins.correction.retrain.default_fine_tune_config`), ``epochs`` overrides
-    its epochs. ``on_round(round, labels)`` sees each round's training labels (round 0 first);
-    for boxes a last call ``on_round(rounds_done, final pseudo-labels)`` follows.
-
-    Options: ``crf`` (points) adds Qu et al.'s CRF-loss fine-tune stage; ``unlabeled`` (boxes)
-    images for Gupta et al.'s stage 2 (Cues 2); ``boundary`` (strokes) trains with generalised
-    Dice + boundary loss (Kervadec et al.) on fully annotated tiles, for small structures.
+    ``(C, *spatial)`` array. ``params``: :class:`WeakParams`; ``changes`` (its field names, e.g.
+    ``seed``, ``epochs``, ``config``, ``crf``, ``progress``) override its fields.
     """
-    from medloop.app.engine.jobs import JobCancelled
-    from medloop.models.registry import ModelEntry, build_model
-    from medloop.plugins.correction.retrain import DEFAULT_ANCHOR, fine_tune
-
+    p = replace(params or WeakParams(), **changes)
     _check_kind(kind)
+    network, card, x = _weak_input(image, base)
+    k = num_classes(network)
+    cfg = _config(p.epochs, x, card, network, p.config)
+    if int(p.rounds) < 1:
+        raise ValueError(f"rounds must be at least 1, got {p.rounds}")
+    train = _FineTune(x, cfg, p)
+    if kind == "strokes":
+        return _run_strokes(network, x, annotation, train, k, p)
+    error = BoxError if kind == "boxes" else AnnotationError
+    if x.ndim - 1 != 2:
+        raise error(f"{kind} are 2-D annotations; the image is {x.ndim - 1}-D")
+    if k != 2:
+        raise error(f"{kind} training needs a two-class (background / foreground) model; this one scores {k} classes")
+    if kind == "points":
+        return run_points(network, x, annotation, train, seed=p.seed, on_round=p.on_round, crf=p.crf, config=cfg)
+    extra = [model_input(u, card) if isinstance(u, MedImage) else np.ascontiguousarray(u, dtype=np.float32) for u in p.unlabeled]
+    return run_boxes(
+        network, x, annotation, train, seed=p.seed, rounds=int(p.rounds), should_stop=p.should_stop,
+        on_round=p.on_round, unlabeled=extra,
+    )
+
+
+def _weak_input(image: MedImage | np.ndarray, base: Any) -> tuple[torch.nn.Module, Any, np.ndarray]:
+    """``(network, card or None, (C, *spatial) float32 input)`` for ``base`` and ``image``."""
+    from medloop.models.registry import ModelEntry, build_model
+
     card = base.card if isinstance(base, ModelEntry) else None
     network = build_model(base) if isinstance(base, ModelEntry) else base
     if not isinstance(network, torch.nn.Module):
@@ -220,73 +249,63 @@ def run_weak(
     if isinstance(image, MedImage):
         if card is None:
             raise MedloopError("give a prepared (C, *spatial) array with a bare network, or a ModelEntry with a MedImage")
-        x = model_input(image, card)
-    else:
-        x = np.ascontiguousarray(image, dtype=np.float32)
-    spatial = x.shape[1:]
-    k = num_classes(network)
-    cfg = _config(epochs, x, card, network, config)
-    rounds = int(rounds)
-    if rounds < 1:
-        raise ValueError(f"rounds must be at least 1, got {rounds}")
+        return network, card, model_input(image, card)
+    return network, card, np.ascontiguousarray(image, dtype=np.float32)
 
-    def train(
-        net: torch.nn.Module, labels: np.ndarray | None, round_seed: int, loss_fn: Any = None, pairs: Any = (),
+
+class _FineTune:
+    """run_weak's ``train(net, labels, seed, loss_fn=None, pairs=(), anchor=0.0)`` callback for
+    the box and point trainers: fine-tune a copy of ``net`` on ``(x, labels)`` (skipped when
+    None) and ``pairs``. ``anchor`` (strokes only: box and point pseudo-labels are dense) keeps
+    the starting model's confident predictions on unannotated pixels."""
+
+    def __init__(self, x: np.ndarray, config: Any, params: WeakParams) -> None:
+        self.x, self.config, self.params = x, config, params
+
+    def __call__(
+        self, net: torch.nn.Module, labels: np.ndarray | None, round_seed: int, loss_fn: Any = None, pairs: Any = (),
         anchor: float = 0.0,
-    ):
-        """Fine-tune a copy of ``net`` on ``(x, labels)`` (skipped when None) and ``pairs``.
-        ``anchor`` (strokes only: box and point pseudo-labels are dense) keeps the starting
-        model's confident predictions on unannotated pixels."""
-        todo = ([(x, labels)] if labels is not None else []) + list(pairs)
-        return fine_tune(
-            net, todo, cfg, mode=mode, progress=progress, should_stop=should_stop,
+    ) -> Any:
+        from medloop.plugins.correction import retrain
+
+        p = self.params
+        todo = ([(self.x, labels)] if labels is not None else []) + list(pairs)
+        return retrain.fine_tune(
+            net, todo, self.config, mode=p.mode, progress=p.progress, should_stop=p.should_stop,
             seed=round_seed, raise_on_stop=True, loss_fn=loss_fn, anchor=anchor,
         )
 
-    if kind == "strokes":
-        s = np.asarray(annotation)
-        if s.shape != spatial:
-            raise AnnotationError(f"annotation shape {s.shape} does not match the image's spatial shape {spatial}")
-        if s.dtype.kind == "f" and not np.all(s == np.round(s)):
-            raise AnnotationError("the stroke annotation must hold whole label numbers")
-        s = s.astype(np.int64)
-        if on_round:
-            on_round(0, s)
-        loss_fn = None
-        if boundary:
-            from medloop.plugins.correction.boundary_training import boundary_loss_fn
 
-            loss_fn = boundary_loss_fn(cfg, k)
-        if is_slice_input(network, x):  # a volume and a slice-by-slice 2-D model
-            pairs = [(x[:, z], s[z]) for z in range(s.shape[0]) if s[z].any()]
-            if not pairs:
-                raise AnnotationError("the annotation layer is empty; paint strokes of at least two classes")
-            result = train(network, None, seed, loss_fn=loss_fn, pairs=pairs, anchor=DEFAULT_ANCHOR)
-        else:
-            result = train(network, s, seed, loss_fn=loss_fn, anchor=DEFAULT_ANCHOR)
-        info = {"round": 0, **result.metrics}
-        return WeakRun(
-            result.network, kind, s,
-            annotation_counts={"kind": kind, **result.annotation_counts},
-            metrics={"kind": kind, **result.metrics, "rounds": [info]},
-            rounds=[info],
-        )
+def _run_strokes(network: torch.nn.Module, x: np.ndarray, annotation: Any, train: _FineTune, k: int, p: WeakParams) -> WeakRun:
+    from medloop.plugins.correction.retrain import DEFAULT_ANCHOR
 
-    if len(spatial) != 2:
-        raise (BoxError if kind == "boxes" else AnnotationError)(
-            f"{kind} are 2-D annotations; the image is {len(spatial)}-D"
-        )
-    if k != 2:
-        raise (BoxError if kind == "boxes" else AnnotationError)(
-            f"{kind} training needs a two-class (background / foreground) model; this one scores {k} classes"
-        )
+    spatial = x.shape[1:]
+    s = np.asarray(annotation)
+    if s.shape != spatial:
+        raise AnnotationError(f"annotation shape {s.shape} does not match the image's spatial shape {spatial}")
+    if s.dtype.kind == "f" and not np.all(s == np.round(s)):
+        raise AnnotationError("the stroke annotation must hold whole label numbers")
+    s = s.astype(np.int64)
+    if p.on_round:
+        p.on_round(0, s)
+    loss_fn = None
+    if p.boundary:
+        from medloop.plugins.correction.boundary_training import boundary_loss_fn
 
-    if kind == "points":
-        return run_points(network, x, annotation, train, seed=seed, on_round=on_round, crf=crf, config=cfg)
-    extra = [model_input(u, card) if isinstance(u, MedImage) else np.ascontiguousarray(u, dtype=np.float32) for u in unlabeled]
-    return run_boxes(
-        network, x, annotation, train, seed=seed, rounds=rounds, should_stop=should_stop, on_round=on_round,
-        unlabeled=extra,
+        loss_fn = boundary_loss_fn(train.config, k)
+    if is_slice_input(network, x):  # a volume and a slice-by-slice 2-D model
+        pairs = [(x[:, z], s[z]) for z in range(s.shape[0]) if s[z].any()]
+        if not pairs:
+            raise AnnotationError("the annotation layer is empty; paint strokes of at least two classes")
+        result = train(network, None, p.seed, loss_fn=loss_fn, pairs=pairs, anchor=DEFAULT_ANCHOR)
+    else:
+        result = train(network, s, p.seed, loss_fn=loss_fn, anchor=DEFAULT_ANCHOR)
+    info = {"round": 0, **result.metrics}
+    return WeakRun(
+        result.network, "strokes", s,
+        annotation_counts={"kind": "strokes", **result.annotation_counts},
+        metrics={"kind": "strokes", **result.metrics, "rounds": [info]},
+        rounds=[info],
     )
 
 
@@ -297,19 +316,8 @@ def train_weak(
     model: str,
     out_root: Path,
     models_dir: Path | None = None,
-    seed: int = 0,
-    epochs: int | None = None,
-    mode: str = "auto",
-    rounds: int = 3,
-    progress: Callable[..., None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    *,
-    config: Any = None,
-    on_round: Callable[[int, np.ndarray], None] | None = None,
-    note: str = "",
-    crf: bool = False,
-    unlabeled: Sequence[MedImage] = (),
-    boundary: bool = False,
+    params: WeakParams | None = None,
+    **changes: Any,
 ) -> Any:
     """Retrain ``model`` on ``image``'s weak ``annotation`` and save the next version under
     ``out_root``; returns the new version's :class:`~medloop.models.registry.ModelEntry`.
@@ -319,26 +327,24 @@ def train_weak(
     records that start as its parent (the version state is moved there first if another
     version was current; nothing is deleted), the annotation counts and the metrics
     (for boxes the per-round changed fraction). Training from the same start with the same
-    annotation and ``seed`` gives identical weights (on the CPU).
+    annotation and ``seed`` gives identical weights (on the CPU). ``params``/``changes`` as
+    :func:`run_weak`.
     """
     from medloop.models.registry import get_model
     from medloop.plugins.correction.versions import ModelVersions, split_version_name
 
+    p = replace(params or WeakParams(), **changes)
     _check_kind(kind)
     base_name, start = split_version_name(str(model))
     base = get_model(base_name, models_dir)
     versions = ModelVersions(Path(out_root), base)
     start_entry = versions.entry(start)  # ModelNotFoundError for a missing version
-    run = run_weak(
-        kind, image, annotation, start_entry, seed=seed, epochs=epochs, mode=mode, rounds=rounds,
-        progress=progress, should_stop=should_stop, config=config, on_round=on_round,
-        crf=crf, unlabeled=unlabeled, boundary=boundary,
-    )
+    run = run_weak(kind, image, annotation, start_entry, p)
     if versions.current != start:
         versions.rollback(start)  # so the saved version's parent is the version trained from
     return versions.save(
         run.network,
         metrics=run.metrics,
         annotation_counts=run.annotation_counts,
-        note=note or f"headless {kind} retraining from {versions.name_of(start)} (seed {int(seed)})",
+        note=p.note or f"headless {kind} retraining from {versions.name_of(start)} (seed {int(p.seed)})",
     )

@@ -8,10 +8,12 @@ whole image from the cached features (:func:`predict_with_head`). The head start
 model's output conv, so before any training its prediction equals the model's.
 :class:`LiveSession` bundles this and warm-starts every update from the previous head.
 
-Full fine-tune. :func:`fine_tune` trains a copy of the whole network with
-:func:`~medloop.app.engine.train.train_segmentation` (``copy_model=True``: the caller's network is
-never changed, also on cancel or error) on the strokes, holding out a seeded part of the
-annotation (whole connected stroke components, per class) for validation and early stopping.
+Full fine-tune. :func:`fine_tune` trains a copy of the whole network on the one training loop:
+the segmentation step (:func:`~medloop.app.engine.train.train_segmentation`, ``copy_model=True``:
+the caller's network is never changed, also on cancel or error) with the stroke loss, and
+:class:`AnchoredStep` adding the pull towards the starting model, on the strokes, holding out a
+seeded part of the annotation (whole connected stroke components, per class) for validation and
+early stopping. Its settings are a :class:`FineTuneParams`.
 
 Labels follow the paint convention throughout: 0 = unlabeled, k + 1 = class k. Predicted label
 maps hold class indices 0..K-1 (like :func:`~medloop.app.engine.train.predict_whole`); add 1 for
@@ -21,6 +23,7 @@ a paint-convention layer.
 from __future__ import annotations
 
 import copy
+import functools
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -32,11 +35,15 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from medloop.app.engine.train import SegmentationStep
 from medloop.app.errors import MedloopError
 from medloop.plugins.correction.sparse import BALANCING, sparse_loss, validate_strokes
 from medloop.plugins.correction.weaklabels import AnnotationError, as_rng
 
 __all__ = [
+    "AnchoredLoss",
+    "AnchoredStep",
+    "FineTuneParams",
     "FineTuneResult",
     "LiveHead",
     "LiveSession",
@@ -422,6 +429,29 @@ class InputStash:
         return self._box[0]
 
 
+def anchored(
+    value: torch.Tensor,
+    logits: torch.Tensor,
+    weight: torch.Tensor,
+    parent_logits: Callable[[], torch.Tensor],
+    anchor: float,
+    confidence: float = 0.9,
+) -> torch.Tensor:
+    """``value`` plus ``anchor`` x the cross-entropy of ``logits`` against the starting model's
+    softmax (``parent_logits()``, run only when needed) on the unannotated (weight-0) pixels
+    where the starting model is at least ``confidence`` sure, averaged over the unannotated
+    pixels. See :class:`AnchoredLoss`."""
+    free = (weight == 0).to(logits.dtype)
+    n = free.sum()
+    if not n:
+        return value
+    with torch.no_grad():
+        soft = torch.softmax(parent_logits().float(), dim=1)
+        sure = (soft.amax(dim=1) >= confidence).to(logits.dtype)
+    ce = -(soft * torch.log_softmax(logits.float(), dim=1)).sum(dim=1)
+    return value + anchor * (ce * free * sure).sum() / n
+
+
 class AnchoredLoss:
     """The stroke loss plus ``weight`` x the cross-entropy of the prediction against the
     starting model's own prediction on the pixels nobody annotated ("learning without
@@ -430,7 +460,10 @@ class AnchoredLoss:
     lowered its Dice from 0.84 to 0.75 without this term (benchmarks/bench_finetune_convergence.py).
     The starting model runs on the same augmented batch (taken from ``stash``). Only pixels it
     predicts with at least ``confidence`` are anchored: an untrained or unsure model (the
-    regions being corrected) is not held back, a confident one keeps what it knew."""
+    regions being corrected) is not held back, a confident one keeps what it knew.
+
+    :func:`fine_tune` uses the same term through :class:`AnchoredStep`, which sees the input
+    batch itself; this loss form serves callers that can only pass a ``loss_fn``."""
 
     def __init__(self, loss: Callable, parent: nn.Module, stash: InputStash, weight: float, confidence: float = 0.9) -> None:
         self.loss, self.parent, self.stash, self.weight = loss, parent, stash, float(weight)
@@ -439,15 +472,24 @@ class AnchoredLoss:
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         value = self.loss(logits, target, weight)
-        free = (weight == 0).to(logits.dtype)
-        n = free.sum()
-        if not n:
-            return value
-        with torch.no_grad():
-            soft = torch.softmax(self.parent(self.stash.latest).float(), dim=1)
-            sure = (soft.amax(dim=1) >= self.confidence).to(logits.dtype)
-        ce = -(soft * torch.log_softmax(logits.float(), dim=1)).sum(dim=1)
-        return value + self.weight * (ce * free * sure).sum() / n
+        return anchored(value, logits, weight, lambda: self.parent(self.stash.latest), self.weight, self.confidence)
+
+
+class AnchoredStep(SegmentationStep):
+    """The segmentation step whose loss adds :func:`anchored`'s pull towards ``parent`` (the
+    starting model, run on the same input batch)."""
+
+    def __init__(
+        self, model: nn.Module, loss_fn: Callable, config: Any, device: Any, has_val: bool, *,
+        parent: nn.Module, anchor: float, confidence: float = 0.9,
+    ) -> None:
+        super().__init__(model, loss_fn, config, device, has_val)
+        self.parent, self.anchor, self.confidence = parent.to(device), float(anchor), float(confidence)
+
+    def compute_loss(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        value = self.loss_fn(logits, y, w)
+        return anchored(value, logits, w, lambda: self.parent(x), self.anchor, self.confidence)
 
 
 def _stroke_loss(mode: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -463,76 +505,106 @@ def _stroke_loss(mode: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tenso
     return loss_fn
 
 
+@dataclass
+class FineTuneParams:
+    """How :func:`fine_tune` trains (the ``TrainConfig`` sets epochs, steps, lr, ...)."""
+
+    mode: str = "mini-batch"  # stroke-loss balancing: none, instance, mini-batch, auto
+    # Share of each class's stroke components held out (seeded by ``seed``) to validate per
+    # epoch, keep the best weights and stop early (``config.early_stop_patience``). 0, or too
+    # few strokes, trains without validation.
+    validation_fraction: float = 0.2
+    seed: int = 0
+    raise_on_stop: bool = False  # a stop raises JobCancelled instead of returning stopped=True
+    # Replaces the balanced stroke loss: ``loss_fn(logits, target, weight)`` with ``target`` the
+    # (augmented) paint-convention label map and ``weight`` 1 on its annotated pixels (used by
+    # point and boundary-loss training).
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # The label maps are an encoding that ``loss_fn`` decodes (values 0..label_values-1, 0 =
+    # nothing known; e.g. point training's two pseudo-label maps in one, so both are augmented
+    # together), not strokes: they are range-checked against that instead of the model's classes
+    # and nothing is held out for validation. None: ``loss_fn.label_values`` if the loss has that
+    # attribute (how ``run_weak``'s train callback, which passes only ``loss_fn``, gets it).
+    label_values: int | None = None
+    # Weight of the pull towards the starting model on the unannotated pixels (AnchoredStep; 0 = off).
+    anchor: float = DEFAULT_ANCHOR
+
+
 def fine_tune(
     entry_or_network: Any,
     pairs: Sequence[tuple[np.ndarray, np.ndarray]],
     config: Any = None,
-    mode: str = "mini-batch",
+    params: FineTuneParams | None = None,
+    *,
     progress: Callable[..., None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    validation_fraction: float = 0.2,
-    seed: int = 0,
-    *,
-    raise_on_stop: bool = False,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    label_values: int | None = None,
-    anchor: float = DEFAULT_ANCHOR,
+    **changes: Any,
 ) -> FineTuneResult:
-    """Fine-tune a copy of a network on stroke annotations.
+    """Fine-tune a copy of a network on stroke annotations: the segmentation step (with the
+    stroke loss, anchored to the starting model) on the one training loop.
 
     Args:
         entry_or_network: a :class:`~medloop.models.registry.ModelEntry` (built with its checked
             weights) or a network (never modified: a deep copy is trained).
         pairs: ``(image (C, *spatial), strokes (*spatial))``, strokes in the paint convention.
         config: a :class:`~medloop.app.engine.train.TrainConfig` (default
-            :func:`default_fine_tune_config`); its seed is replaced by ``seed``, ``num_classes``
-            filled from the model.
-        mode: stroke-loss balancing (``none``, ``instance``, ``mini-batch``, ``auto``).
-        progress, should_stop: passed to ``train_segmentation``; on stop the result has
-            ``stopped=True`` (or :class:`~medloop.app.engine.jobs.JobCancelled` is raised with
-            ``raise_on_stop``). The caller's network is unchanged either way.
-        loss_fn: replaces the balanced stroke loss: ``loss_fn(logits, target, weight)`` with
-            ``target`` the (augmented) paint-convention label map and ``weight`` 1 on its
-            annotated pixels (used by point and boundary-loss training).
-        anchor: weight of :class:`AnchoredLoss`'s pull towards the starting model on the
-            unannotated pixels (0 = off).
-        validation_fraction: share of each class's stroke components held out (seeded by
-            ``seed``) to validate per epoch, keep the best weights and stop early
-            (``config.early_stop_patience``). 0, or too few strokes, trains without validation.
-        label_values: the label maps are an encoding that ``loss_fn`` decodes (values
-            0..label_values-1, 0 = nothing known; e.g. point training's two pseudo-label maps in
-            one, so both are augmented together), not strokes: they are range-checked against
-            that instead of the model's classes and nothing is held out for validation.
-            None: ``loss_fn.label_values`` if the loss function has that attribute (how
-            ``run_weak``'s train callback, which passes only ``loss_fn``, gets it).
+            :func:`default_fine_tune_config`); its seed is replaced by ``params.seed``,
+            ``num_classes`` filled from the model.
+        params: :class:`FineTuneParams`; ``changes`` (its field names, e.g. ``mode``, ``seed``,
+            ``loss_fn``, ``anchor``) override its fields.
+        progress, should_stop: passed to the loop; on stop the result has ``stopped=True`` (or
+            :class:`~medloop.app.engine.jobs.JobCancelled` is raised with ``raise_on_stop``). The
+            caller's network is unchanged either way.
 
     Deterministic for a seed on the CPU.
     """
     from medloop.app.engine.train import train_segmentation
     from medloop.models.registry import ModelEntry, build_model
 
-    if mode not in BALANCING:
-        raise ValueError(f"mode must be one of {', '.join(BALANCING)}; got {mode!r}")
+    p = replace(params or FineTuneParams(), **changes)
+    if p.mode not in BALANCING:
+        raise ValueError(f"mode must be one of {', '.join(BALANCING)}; got {p.mode!r}")
     network = build_model(entry_or_network) if isinstance(entry_or_network, ModelEntry) else entry_or_network
     if not isinstance(network, nn.Module):
         raise MedloopError(f"fine_tune needs a ModelEntry or a torch network, got {type(entry_or_network).__name__}")
     if not pairs:
         raise AnnotationError("nothing to train on: give at least one (image, strokes) pair")
     out_channels = output_conv(network).out_channels if _has_output_conv(network) else None
-    num_classes = max(2, out_channels) if out_channels else None
     config = default_fine_tune_config() if config is None else config
-    config = replace(config, seed=int(seed), num_classes=config.num_classes or num_classes)
-    k = config.num_classes or int(max(np.max(s) for _, s in pairs))
-
+    config = replace(config, seed=int(p.seed), num_classes=config.num_classes or (max(2, out_channels) if out_channels else None))
+    label_values = p.label_values if p.label_values is not None else getattr(p.loss_fn, "label_values", None)
     if label_values is None:
-        label_values = getattr(loss_fn, "label_values", None)
-    if label_values is not None:  # an encoded map: check its value range; no validation split
-        k, validation_fraction = int(label_values) - 1, 0.0
+        k, fraction = config.num_classes or int(max(np.max(s) for _, s in pairs)), p.validation_fraction
+    else:  # an encoded map: check its value range; no validation split
+        k, fraction = int(label_values) - 1, 0.0
+    data = _stroke_pairs(pairs, k, fraction, np.random.default_rng(p.seed))
+    make_step = None
+    if p.anchor > 0:
+        parent = copy.deepcopy(network).eval().requires_grad_(False)
+        make_step = functools.partial(AnchoredStep, parent=parent, anchor=p.anchor)
+    t0 = time.perf_counter()
+    result = train_segmentation(
+        network, data.train, data.val or None, config, p.loss_fn if p.loss_fn is not None else _stroke_loss(p.mode),
+        progress=progress, should_stop=should_stop, copy_model=True, raise_on_stop=p.raise_on_stop,
+        make_step=make_step,
+    )
+    return _fine_tune_result(result, data, len(pairs), p, time.perf_counter() - t0)
 
-    gen = np.random.default_rng(seed)
-    train_pairs, val_pairs = [], []
-    counts: dict[int, int] = {}
-    val_pixels = 0
+
+@dataclass
+class _StrokeData:
+    train: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    val: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    counts: dict[int, int]
+    val_pixels: int
+
+
+def _stroke_pairs(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], k: int, validation_fraction: float, gen: np.random.Generator
+) -> _StrokeData:
+    """Checked ``(image, strokes)`` pairs as the trainer's ``(image, label, weight)`` pairs, with
+    a share of each image's stroke components held out for validation."""
+    data = _StrokeData([], [], {}, 0)
     for n, (image, strokes) in enumerate(pairs):
         image = np.asarray(image, dtype=np.float32)
         s = np.asarray(strokes)
@@ -542,39 +614,23 @@ def fine_tune(
             raise AnnotationError(f"pair {n}: annotation shape {s.shape} does not match the image's {image.shape[1:]}")
         info = validate_strokes(s, k, fine_tune=True)
         for c, v in info["counts"].items():  # type: ignore[union-attr]
-            counts[c] = counts.get(c, 0) + v
+            data.counts[c] = data.counts.get(c, 0) + v
         tr, va = split_strokes(s, validation_fraction, gen) if validation_fraction > 0 else (s.astype(np.int64), None)
-        train_pairs.append((image, tr.astype(np.int64), (tr > 0).astype(np.float32)))
+        data.train.append((image, tr.astype(np.int64), (tr > 0).astype(np.float32)))
         if va is not None and va.any():
-            val_pairs.append((image, np.maximum(va - 1, 0).astype(np.int64), (va > 0).astype(np.float32)))
-            val_pixels += int((va > 0).sum())
-    loss = loss_fn if loss_fn is not None else _stroke_loss(mode)
-    handle = None
-    if anchor > 0:
-        parent = copy.deepcopy(network).eval().requires_grad_(False)
-        stash = InputStash()
-        handle = stash.attach(network)  # the trained deep copy carries the hook
-        loss = AnchoredLoss(loss, parent, stash, anchor)
-    t0 = time.perf_counter()
-    try:
-        result = train_segmentation(
-            network, train_pairs, val_pairs or None, config, loss_fn=loss, progress=progress,
-            should_stop=should_stop, copy_model=True, raise_on_stop=raise_on_stop,
-        )
-    finally:
-        if handle is not None:
-            handle.remove()
-    seconds = time.perf_counter() - t0
-    model = result.model.eval()
-    if handle is not None:
-        model._forward_pre_hooks.pop(handle.id, None)  # the returned network is hook-free
-    annotated = sum(counts.values())
+            data.val.append((image, np.maximum(va - 1, 0).astype(np.int64), (va > 0).astype(np.float32)))
+            data.val_pixels += int((va > 0).sum())
+    return data
+
+
+def _fine_tune_result(result: Any, data: _StrokeData, images: int, p: FineTuneParams, seconds: float) -> FineTuneResult:
+    annotated = sum(data.counts.values())
     annotation_counts = {
-        "images": len(pairs),
+        "images": images,
         "annotated_pixels": annotated,
-        "per_class": {str(c): v for c, v in sorted(counts.items())},
-        "validation_pixels": val_pixels,
-        "training_pixels": annotated - val_pixels,
+        "per_class": {str(c): v for c, v in sorted(data.counts.items())},
+        "validation_pixels": data.val_pixels,
+        "training_pixels": annotated - data.val_pixels,
     }
     metrics = {
         "best_val_dice": None if np.isnan(result.best_val_dice) else float(result.best_val_dice),
@@ -582,13 +638,13 @@ def fine_tune(
         "epochs_done": int(result.epochs_done),
         "steps_done": int(result.steps_done),
         "final_train_loss": float(result.history[-1]["train_loss"]) if result.history else None,
-        "mode": mode,
-        "anchor": float(anchor),
-        "seed": int(seed),
+        "mode": p.mode,
+        "anchor": float(p.anchor),
+        "seed": int(p.seed),
         "seconds": round(seconds, 3),
     }
     return FineTuneResult(
-        network=model,
+        network=result.model.eval(),
         train=result,
         best_val_dice=float(result.best_val_dice),
         stopped=bool(result.stopped),

@@ -16,9 +16,9 @@ from medloop.app.engine.train import (
     TrainConfig,
     load_checkpoint,
     train_segmentation,
-    weighted_cross_entropy,
 )
 from medloop.app.errors import ImageMismatchError, MedloopError
+from medloop.models.losses import weighted_cross_entropy  # moved from medloop.app.engine.train
 
 torch.set_num_threads(1)
 
