@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from medloop.app.errors import MedloopError
+from medloop.app.io.atomic import atomic_torch_save
 from medloop.app.io.image import MedImage
 from medloop.models.card import CARD_FILE, NOT_FOR_DIAGNOSIS, write_card
 
@@ -179,7 +180,7 @@ def train_recipe(
     network.load_state_dict(result.best_state)
     network.eval()
     weights = out_dir / WEIGHTS_FILE
-    _atomic_torch_save({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)
+    atomic_torch_save({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)
     test_data = _write_test_data(network, train_pairs[len(train_pairs) // 2][0], out_dir)
     card = _card(recipe, result, weights, test_data, time.perf_counter() - started, command)
     write_card(card, out_dir / CARD_FILE)
@@ -208,15 +209,6 @@ def _slices(x: np.ndarray, y: np.ndarray, axis: int, keep_empty: float = 0.1) ->
         if ys[k].any() or (empty := empty + 1) % int(1 / keep_empty) == 0:
             pairs.append((np.ascontiguousarray(xs[:, k]), np.ascontiguousarray(ys[k])))
     return pairs
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    import torch
-
-    from medloop.app.io.atomic import atomic_target
-
-    with atomic_target(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def _write_test_data(network, volume: np.ndarray, out_dir: Path) -> Path:

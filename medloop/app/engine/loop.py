@@ -163,14 +163,11 @@ class _Run:
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: never a partial file."""
-    import torch
-
-    from medloop.app.io.atomic import atomic_target
+    from medloop.app.io.atomic import atomic_torch_save
 
     path = Path(path)
     try:
-        with atomic_target(path) as tmp:
-            torch.save(state, tmp)
+        atomic_torch_save(state, path, suffix=".tmp")
     except OSError as exc:
         raise MedloopError(
             f"cannot write checkpoint {path}: {exc.strerror or exc}; check the folder is writable"

@@ -46,3 +46,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, suffix: str = ".tmp
 def atomic_write_text(path: str | os.PathLike, text: str, suffix: str = ".tmp") -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically; returns the path."""
     return atomic_write_bytes(path, text.encode("utf-8"), suffix=suffix)
+
+
+def atomic_torch_save(obj: object, path: str | os.PathLike, suffix: str = ".pt") -> Path:
+    """``torch.save`` ``obj`` (a state dict, a checkpoint) to ``path`` atomically; returns the path."""
+    import torch
+
+    with atomic_target(path, suffix=suffix) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)

@@ -79,15 +79,12 @@ def training_config(epochs: int | None) -> Any:
 
 def write_model(model, base_card: dict, out: Path, name: str, description: str, size, training: dict) -> None:
     """Weights (atomic) and a card derived from ``base_card`` that runs at input size ``size``."""
-    import torch
-
-    from medloop.app.io.atomic import atomic_target
+    from medloop.app.io.atomic import atomic_torch_save
     from medloop.models.card import write_card
     from medloop.models.registry import sha256_of
 
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_target(out / "weights.pt", suffix=".pt") as tmp:
-        torch.save(model.state_dict(), tmp)
+    atomic_torch_save(model.state_dict(), out / "weights.pt")
     card = dict(base_card)
     card.update(name=name, description=description, training=training)
     card["weights"] = {**card["weights"], "source": "weights.pt", "sha256": sha256_of(out / "weights.pt")}
