@@ -216,7 +216,7 @@ class SegmentationPanel(MethodPanel):
         on success both models are registered and selected ("Model" and "Refine crops with")."""
         from napari.utils.notifications import show_error
 
-        from medloop.plugins.segmentation.cascade_training import train_cascade
+        from medloop.plugins.segmentation.cascade_training import CascadeTrainParams, train_cascade
 
         name, labels_name, entry = self.image_combo.currentText(), self.train_labels_combo.currentText(), self.current_model()
         if not name or not labels_name or entry is None:
@@ -235,7 +235,8 @@ class SegmentationPanel(MethodPanel):
         self.status.setText(f"Training a cascade from {entry.name} on {name} ...")
         self.start(
             lambda progress, should_stop: train_cascade(
-                entry.name, pairs, size, epochs=epochs, models_dir=models_dir, progress=progress, should_stop=should_stop
+                entry.name, pairs, CascadeTrainParams(size, epochs=epochs), models_dir=models_dir,
+                progress=progress, should_stop=should_stop,
             ),
             self._cascade_trained,
         )
