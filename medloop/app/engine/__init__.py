@@ -18,9 +18,13 @@ _LAZY = {
     "choose_device": "devices",
     "importance_map": "tiling",
     "predict_labels": "tiling",
+    "SlideParams": "tiling",
+    "TilingParams": "tiling",
+    "segment_level": "tiling",
     "segment_slide": "tiling",
     "sliding_window_inference": "tiling",
     "tile_grid": "tiling",
+    "tiled_inference": "tiling",
 }
 
 __all__ = ["JobCancelled", "Progress", "ShouldStop", "check_stop", *_LAZY]

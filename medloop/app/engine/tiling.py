@@ -1,13 +1,15 @@
 """Sliding-window (tiled) inference for images larger than a network's input, and whole slides.
 
-:func:`sliding_window_inference` reproduces MONAI's ``sliding_window_inference`` (same tile
-grid, same Gaussian importance map, same weighted average), but reads tiles straight from a
-numpy or dask array (never materialising a dask image), keeps a single full-size buffer (the
-blended output; the weight normaliser is rebuilt slab by slab at the end), and reports progress
-and honours cancellation between batches.
+:func:`tiled_inference` reproduces MONAI's ``sliding_window_inference`` (same tile grid, same
+Gaussian importance map, same weighted average), but reads tiles straight from a numpy or dask
+array (never materialising a dask image), keeps a single full-size buffer (the blended output;
+the weight normaliser is rebuilt slab by slab at the end), and reports progress and honours
+cancellation between batches. Its settings are a :class:`TilingParams`;
+:func:`sliding_window_inference` is the same call with the settings as keyword arguments.
 
-:func:`segment_slide` runs it block by block over a whole-slide level and streams the argmax
-labels into a tiled label pyramid TIFF with :func:`medloop.app.io.slide.write_label_pyramid`.
+:func:`segment_level` runs it block by block over a whole-slide level (settings: a
+:class:`SlideParams`) and streams the argmax labels into a tiled label pyramid TIFF with
+:func:`medloop.app.io.slide.write_label_pyramid`; :func:`segment_slide` is its keyword form.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +150,41 @@ def _cached_importance_map(roi: tuple[int, ...], blend: str, sigma_scale: tuple[
 # Sliding-window inference
 
 
+@dataclass(frozen=True)
+class TilingParams:
+    """How :func:`tiled_inference` tiles an image, runs the predictor and blends its outputs.
+
+    Attributes:
+        roi_size: tile size per spatial axis (an int for all); non-positive means the whole axis.
+        overlap: fraction of a tile shared with its neighbour, in [0, 1).
+        blend: ``"gaussian"`` (tile centres count more) or ``"constant"``.
+        sigma_scale: Gaussian sigma as a fraction of the tile size.
+        batch_size: tiles per predictor call.
+        device: where the predictor runs; None: the device of the predictor's parameters if it
+            is a ``torch.nn.Module``, else :func:`choose_device` ("auto"). A string is checked
+            with :func:`choose_device`.
+        amp: mixed precision (see :func:`autocast_for`; None: on for CUDA only).
+        divisible_by: round the roi up to a multiple of this (e.g. 2**levels of a U-Net).
+        activation: ``"softmax"`` (over K) or ``"sigmoid"`` applied to each tile's logits
+            *before* blending (so the result is blended probabilities); None blends the raw
+            outputs, as MONAI does.
+        out_dtype: dtype of the returned array.
+        pad_value: value of the padding where the image is smaller than the roi.
+    """
+
+    roi_size: int | Sequence[int]
+    overlap: float | Sequence[float] = 0.25
+    blend: str = "gaussian"
+    sigma_scale: float | Sequence[float] = 0.125
+    batch_size: int = 4
+    device: torch.device | str | None = None
+    amp: bool | None = None
+    divisible_by: int = 1
+    activation: str | None = None
+    out_dtype: Any = np.float32
+    pad_value: float = 0.0
+
+
 def sliding_window_inference(
     image: Any,
     predictor: Predictor,
@@ -165,6 +202,22 @@ def sliding_window_inference(
     out_dtype: Any = np.float32,
     pad_value: float = 0.0,
 ) -> np.ndarray:
+    """:func:`tiled_inference` with the fields of :class:`TilingParams` as keyword arguments
+    (the form the segmentation method, retraining and the tests call)."""
+    params = TilingParams(
+        roi_size, overlap, blend, sigma_scale, batch_size, device, amp, divisible_by, activation,
+        out_dtype, pad_value,
+    )
+    return tiled_inference(image, predictor, params, progress, should_stop)
+
+
+def tiled_inference(
+    image: Any,
+    predictor: Predictor,
+    params: TilingParams,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+) -> np.ndarray:
     """Run ``predictor`` over overlapping tiles of ``image`` and blend the tiles' outputs.
 
     Same result as MONAI's ``sliding_window_inference(image[None], roi_size, batch_size,
@@ -176,85 +229,114 @@ def sliding_window_inference(
         image: ``(C, *spatial)`` numpy or dask array with 2 or 3 spatial axes. Tiles are read
             (dask: computed, one batch at a time, the next batch in the background) as float32;
             a dask image is never computed whole.
-        predictor: maps a float32 tensor ``(B, C, *roi)`` on ``device`` to ``(B, K, *roi)``
+        predictor: maps a float32 tensor ``(B, C, *roi)`` on the device to ``(B, K, *roi)``
             logits; called under ``torch.inference_mode`` and :func:`autocast_for`.
-        roi_size: tile size per spatial axis (an int for all); non-positive means the whole axis.
-        overlap: fraction of a tile shared with its neighbour, in [0, 1).
-        blend: ``"gaussian"`` (tile centres count more) or ``"constant"``.
-        sigma_scale: Gaussian sigma as a fraction of the tile size.
-        batch_size: tiles per predictor call.
-        device: where the predictor runs; None: the device of ``predictor``'s parameters if it
-            is a ``torch.nn.Module``, else :func:`choose_device` ("auto"). A string is checked
-            with :func:`choose_device`.
-        amp: mixed precision (see :func:`autocast_for`; None: on for CUDA only).
-        divisible_by: round the roi up to a multiple of this (e.g. 2**levels of a U-Net).
-        activation: ``"softmax"`` (over K) or ``"sigmoid"`` applied to each tile's logits
-            *before* blending (so the result is blended probabilities); None blends the raw
-            outputs, as MONAI does.
+        params: the tiling, device and blending settings (:class:`TilingParams`).
         progress: ``progress(done_tiles, total_tiles)`` after each batch.
         should_stop: polled before each batch; True raises :class:`JobCancelled`, so a cancel
             takes effect within one batch.
-        out_dtype: dtype of the returned array.
-        pad_value: value of the padding where the image is smaller than the roi.
 
     Returns:
-        ``(K, *spatial)`` array of ``out_dtype``, the same spatial shape as ``image``.
+        ``(K, *spatial)`` array of ``params.out_dtype``, the same spatial shape as ``image``.
 
     Raises:
         JobCancelled: ``should_stop()`` returned True.
         ValueError: bad shapes or settings, or the predictor's output does not fit its input.
     """
+    shape = _checked_tiling(image, params)
+    channels, spatial = shape[0], shape[1:]
+    grid = tile_grid(spatial, params.roi_size, params.overlap, params.divisible_by)
+    dev = _resolve_device(params.device, predictor)
+    scales = _per_axis(params.sigma_scale, len(grid.roi), "sigma_scale", kind=float)
+    weights = _cached_importance_map(grid.roi, params.blend, scales).to(dev)
+    reader = _TileReader(image, grid, channels, params.batch_size, dev, params.pad_value)
+    try:
+        acc = _blend_tiles(reader, predictor, weights, params, progress, should_stop)
+    finally:
+        reader.close()
+    return _blended_result(acc, grid, weights, spatial, params.out_dtype)
+
+
+def _checked_tiling(image: Any, params: TilingParams) -> tuple[int, ...]:
+    """The image's shape, after checking it and the settings :func:`tile_grid` does not check."""
     shape = tuple(int(s) for s in image.shape)
     if len(shape) not in (3, 4):
         raise ValueError(
             f"image must be (C, *spatial) with 2 or 3 spatial axes, got shape {shape}"
         )
-    if blend not in _BLENDS:
-        raise ValueError(f"unknown blend {blend!r}; use 'gaussian' or 'constant'")
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; use 'softmax', 'sigmoid' or None")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    channels, spatial = shape[0], shape[1:]
-    grid = tile_grid(spatial, roi_size, overlap, divisible_by)
-    dev = _resolve_device(device, predictor)
-    scales = _per_axis(sigma_scale, len(grid.roi), "sigma_scale", kind=float)
-    weights = _cached_importance_map(grid.roi, blend, scales).to(dev)
+    if params.blend not in _BLENDS:
+        raise ValueError(f"unknown blend {params.blend!r}; use 'gaussian' or 'constant'")
+    if params.activation not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {params.activation!r}; use 'softmax', 'sigmoid' or None")
+    if params.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {params.batch_size}")
+    return shape
+
+
+def _blend_tiles(
+    reader: _TileReader,
+    predictor: Predictor,
+    weights: torch.Tensor,
+    params: TilingParams,
+    progress: Progress | None,
+    should_stop: ShouldStop | None,
+) -> torch.Tensor:
+    """The weighted sum of every tile's output over the padded image, batch by batch (the
+    reader reads the next batch while the predictor runs where it reads ahead)."""
+    grid, dev = reader.grid, reader.dev
     tiles = grid.tiles()
-    batches = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
-    reader = _TileReader(image, grid, channels, batch_size, dev, pad_value)
+    batches = [tiles[i : i + params.batch_size] for i in range(0, len(tiles), params.batch_size)]
     acc: torch.Tensor | None = None
     done = 0
-    try:
-        pending = reader.submit(batches[0]) if reader.ahead else None
-        for index, batch in enumerate(batches):
-            check_stop(should_stop)
-            x = reader.result(pending if reader.ahead else reader.submit(batch))
-            if reader.ahead and index + 1 < len(batches):  # read on while the network runs
-                pending = reader.submit(batches[index + 1])
-            with torch.inference_mode():
-                with autocast_for(dev, amp):
-                    y = predictor(x)
-                y = _checked_output(y, len(batch), grid.roi)
-                if activation == "softmax":
-                    y = torch.softmax(y, dim=1)
-                elif activation == "sigmoid":
-                    y = torch.sigmoid(y)
-                if acc is None:
-                    acc = _accumulator((y.shape[1], *grid.padded), dev)
-                if acc.device == y.device:
-                    for t, start in zip(y, batch):
-                        acc[_tile_index(start, grid.roi)].addcmul_(t, weights)
-                else:  # GPU result, host accumulator: weight on the GPU, add on the host
-                    weighted = (y * weights).cpu()
-                    for t, start in zip(weighted, batch):
-                        acc[_tile_index(start, grid.roi)].add_(t)
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(tiles))
-    finally:
-        reader.close()
+    pending = reader.submit(batches[0]) if reader.ahead else None
+    for index, batch in enumerate(batches):
+        check_stop(should_stop)
+        x = reader.result(pending if reader.ahead else reader.submit(batch))
+        if reader.ahead and index + 1 < len(batches):  # read on while the network runs
+            pending = reader.submit(batches[index + 1])
+        with torch.inference_mode():
+            y = _predict_tiles(predictor, x, len(batch), grid.roi, dev, params)
+            if acc is None:
+                acc = _accumulator((y.shape[1], *grid.padded), dev)
+            _add_tiles(acc, y, batch, grid.roi, weights)
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(tiles))
     assert acc is not None
+    return acc
+
+
+def _predict_tiles(
+    predictor: Predictor, x: torch.Tensor, n: int, roi: tuple[int, ...], dev: torch.device, params: TilingParams
+) -> torch.Tensor:
+    """The predictor's float32 output for a batch of ``n`` tiles, after ``params.activation``."""
+    with autocast_for(dev, params.amp):
+        y = predictor(x)
+    y = _checked_output(y, n, roi)
+    if params.activation == "softmax":
+        y = torch.softmax(y, dim=1)
+    elif params.activation == "sigmoid":
+        y = torch.sigmoid(y)
+    return y
+
+
+def _add_tiles(
+    acc: torch.Tensor, y: torch.Tensor, batch: list[tuple[int, ...]], roi: tuple[int, ...], weights: torch.Tensor
+) -> None:
+    """Add each tile's output times ``weights`` into ``acc`` at the tile's place."""
+    if acc.device == y.device:
+        for t, start in zip(y, batch):
+            acc[_tile_index(start, roi)].addcmul_(t, weights)
+    else:  # GPU result, host accumulator: weight on the GPU, add on the host
+        weighted = (y * weights).cpu()
+        for t, start in zip(weighted, batch):
+            acc[_tile_index(start, roi)].add_(t)
+
+
+def _blended_result(
+    acc: torch.Tensor, grid: TileGrid, weights: torch.Tensor, spatial: tuple[int, ...], out_dtype: Any
+) -> np.ndarray:
+    """``acc`` divided by the summed weights, cropped to the image, as a numpy array."""
     with torch.inference_mode():
         _normalise(acc, grid, weights.to(acc.device))
         crop = (slice(None),) + tuple(slice(p, p + s) for p, s in zip(grid.pad_before, spatial))
@@ -436,6 +518,37 @@ def default_normalise(rgb: np.ndarray) -> np.ndarray:
     return x
 
 
+def _slide_tiling() -> TilingParams:
+    return TilingParams((512, 512), overlap=0.125, activation="softmax")
+
+
+@dataclass(frozen=True)
+class SlideParams:
+    """How :func:`segment_level` cuts a slide level into blocks and segments each.
+
+    Attributes:
+        tiling: the sliding-window settings of every block (:class:`TilingParams`; here 512 x 512
+            tiles, overlap 0.125 and softmax by default). ``out_dtype`` is the probabilities'.
+        normalise: maps an ``(h, w, 3)`` uint8 block to the network input ``(C, h, w)`` float32;
+            None: :func:`default_normalise` (scales to [0, 1]).
+        block_size: block width in pixels (block rows are write_label_pyramid's bands).
+        margin: context read on every side of a block; None: ``ceil(roi * overlap)``.
+        num_classes: classes the predictor outputs; None: found with one probe call. Decides
+            the label dtype (uint8 up to 256).
+        workers: blocks processed at once (None: 2 on a GPU, so reading overlaps inference,
+            else 1: on a CPU the network already uses every core).
+        tile: tile side of the label pyramid, as for ``write_label_pyramid``.
+    """
+
+    tiling: TilingParams = field(default_factory=_slide_tiling)
+    normalise: Callable[[np.ndarray], np.ndarray] | None = None
+    block_size: int = 2048
+    margin: int | None = None
+    num_classes: int | None = None
+    workers: int | None = None
+    tile: int = 512
+
+
 def segment_slide(
     level: Any,
     predictor: Predictor,
@@ -459,29 +572,40 @@ def segment_slide(
     progress: Progress | None = None,
     should_stop: ShouldStop | None = None,
 ) -> Path:
+    """:func:`segment_level` with the fields of :class:`SlideParams` and of its
+    :class:`TilingParams` as keyword arguments (the form the segmentation method and the tests
+    call)."""
+    tiling = TilingParams(roi_size, overlap, blend, sigma_scale, batch_size, device, amp, divisible_by, activation)
+    params = SlideParams(tiling, normalise, block_size, margin, num_classes, workers, tile)
+    return segment_level(level, predictor, out_path, spacing_um, params, progress, should_stop)
+
+
+def segment_level(
+    level: Any,
+    predictor: Predictor,
+    out_path: str | Path,
+    spacing_um: tuple[float, float],
+    params: SlideParams = SlideParams(),
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+) -> Path:
     """Segment a whole-slide level block by block into a label pyramid TIFF at ``out_path``.
 
-    The level is cut into blocks (``block_size`` wide; as tall as write_label_pyramid's bands
-    allow, so every block is computed once); each block is read with a ``margin`` of context on
-    every side (default ``ceil(roi * overlap)``), normalised, run through
-    :func:`sliding_window_inference` and reduced to labels with :func:`predict_labels`, and only
-    its centre is kept, so block seams get the same context as tile overlaps. The labels form
-    a lazy dask array that :func:`~medloop.app.io.slide.write_label_pyramid` computes band by
-    band and writes tile by tile: memory is bounded by ``workers`` blocks plus one band of
-    labels, whatever the slide size.
+    The level is cut into blocks (``params.block_size`` wide; as tall as write_label_pyramid's
+    bands allow, so every block is computed once); each block is read with a ``margin`` of
+    context on every side, normalised, run through :func:`tiled_inference` and reduced to
+    labels with :func:`predict_labels`, and only its centre is kept, so block seams get the
+    same context as tile overlaps. The labels form a lazy dask array that
+    :func:`~medloop.app.io.slide.write_label_pyramid` computes band by band and writes tile by
+    tile: memory is bounded by ``workers`` blocks plus one band of labels, whatever the slide
+    size.
 
     Args:
         level: ``(H, W, 3)`` uint8 dask (e.g. a :func:`~medloop.app.io.slide.read_slide` pyramid
             level) or numpy array.
-        predictor, roi_size, overlap, blend, sigma_scale, batch_size, device, amp, divisible_by,
-            activation: as for :func:`sliding_window_inference`.
-        out_path, spacing_um, tile: as for ``write_label_pyramid`` (spacing of this level).
-        normalise: maps an ``(h, w, 3)`` uint8 block to the network input ``(C, h, w)`` float32;
-            default :func:`default_normalise` (scales to [0, 1]).
-        num_classes: classes the predictor outputs; None: found with one probe call. Decides
-            the label dtype (uint8 up to 256).
-        workers: blocks processed at once (default 2 on a GPU, so reading overlaps inference,
-            else 1: on a CPU the network already uses every core).
+        predictor: as for :func:`tiled_inference`.
+        out_path, spacing_um: as for ``write_label_pyramid`` (spacing of this level).
+        params: blocks, tiles and classes (:class:`SlideParams`).
         progress: ``progress(done_tiles, total_tiles)`` over all blocks' tiles; called from
             worker threads.
         should_stop: polled before each batch of tiles and each written tile.
@@ -493,32 +617,82 @@ def segment_slide(
         JobCancelled: ``should_stop()`` returned True (nothing is left at ``out_path``).
         ImageWriteError: the pyramid cannot be written there.
     """
-    import dask.array as da
-
     from medloop.app.io import slide as slide_io
 
+    plan = _plan_slide(level, predictor, params, should_stop)
+    labels = _SlideBlocks(level, predictor, plan, progress, should_stop).labels()
+    try:
+        path = slide_io.write_label_pyramid(
+            labels, out_path, spacing_um, tile=plan.tile, should_stop=should_stop
+        )
+    except slide_io.LabelPyramidCancelled:
+        raise JobCancelled("cancelled") from None
+    if progress is not None:
+        progress(plan.total, plan.total)
+    return path
+
+
+Span = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class _SlidePlan:
+    """The blocks of one :func:`segment_level` run: ``rows`` x ``cols`` are the label blocks
+    kept, ``regions[i, j]`` the (row, column) spans read for block ``(i, j)`` (with context);
+    ``tiling`` has the rounded roi and the resolved device; ``total`` counts all blocks' tiles."""
+
+    tiling: TilingParams
+    normalise: Callable[[np.ndarray], np.ndarray]
+    num_classes: int
+    dtype: np.dtype
+    workers: int
+    tile: int
+    rows: list[Span]
+    cols: list[Span]
+    regions: dict[tuple[int, int], tuple[Span, Span]]
+    total: int
+
+
+def _plan_slide(level: Any, predictor: Predictor, params: SlideParams, should_stop: ShouldStop | None) -> _SlidePlan:
     shape = tuple(int(s) for s in level.shape)
     if len(shape) != 3:
         raise ValueError(f"level must be (height, width, channels), got shape {shape}")
     height, width = shape[:2]
-    normalise = normalise or default_normalise
-    dev = _resolve_device(device, predictor)
-    roi = _per_axis(roi_size, 2, "roi_size")
-    roi = tuple(-(-r // divisible_by) * divisible_by for r in roi)
+    t = params.tiling
+    normalise = params.normalise or default_normalise
+    dev = _resolve_device(t.device, predictor)
+    roi = _per_axis(t.roi_size, 2, "roi_size")
+    roi = tuple(-(-r // t.divisible_by) * t.divisible_by for r in roi)
     margins = (
-        tuple(math.ceil(r * overlap) for r in roi) if margin is None else (int(margin),) * 2
+        tuple(math.ceil(r * t.overlap) for r in roi) if params.margin is None else (int(params.margin),) * 2
     )
-    workers = workers or (2 if dev.type == "cuda" else 1)
+    workers = params.workers or (2 if dev.type == "cuda" else 1)
     check_stop(should_stop)
+    num_classes = params.num_classes
     if num_classes is None:
-        num_classes = _probe_classes(predictor, normalise, roi, dev, amp)
+        num_classes = _probe_classes(predictor, normalise, roi, dev, t.amp)
     dtype = np.dtype(np.uint8 if num_classes <= 256 else np.uint16)
+    rows, cols, regions = _slide_blocks((height, width), roi, margins, dtype, params)
+    total = sum(
+        tile_grid((ry[1] - ry[0], rx[1] - rx[0]), roi, t.overlap, t.divisible_by).n_tiles
+        for ry, rx in regions.values()
+    )
+    tiling = replace(t, roi_size=roi, device=dev)
+    return _SlidePlan(tiling, normalise, num_classes, dtype, workers, params.tile, rows, cols, regions, total)
 
+
+def _slide_blocks(
+    size: Span, roi: tuple[int, ...], margins: tuple[int, ...], dtype: np.dtype, params: SlideParams
+) -> tuple[list[Span], list[Span], dict[tuple[int, int], tuple[Span, Span]]]:
+    """Block rows, block columns and each block's region with context."""
+    from medloop.app.io import slide as slide_io
+
+    height, width = size
     # Block rows are exactly write_label_pyramid's bands (whole label tiles within its scratch
     # budget), so each band computes its blocks once and nothing is recomputed.
-    band_rows = slide_io.max_band_rows(width, dtype.itemsize, tile)
-    block_h = min(-(-max(block_size, 1) // tile) * tile, band_rows)
-    block_w = max(int(block_size), 1)
+    band_rows = slide_io.max_band_rows(width, dtype.itemsize, params.tile)
+    block_h = min(-(-max(params.block_size, 1) // params.tile) * params.tile, band_rows)
+    block_w = max(int(params.block_size), 1)
     rows = _axis_blocks(height, block_h)
     cols = _axis_blocks(width, block_w)
     regions = {
@@ -526,64 +700,76 @@ def segment_slide(
         for i, (y0, y1) in enumerate(rows)
         for j, (x0, x1) in enumerate(cols)
     }
-    counts = {
-        key: tile_grid((ry[1] - ry[0], rx[1] - rx[0]), roi, overlap, divisible_by).n_tiles
-        for key, (ry, rx) in regions.items()
-    }
-    total = sum(counts.values())
-    lock = threading.Lock()
-    gate = threading.BoundedSemaphore(workers)
-    state = {"done": 0}
+    return rows, cols, regions
 
-    def block(i: int, j: int) -> np.ndarray:
-        (y0, y1), (x0, x1) = rows[i], cols[j]
-        (ry0, ry1), (rx0, rx1) = regions[i, j]
-        last = [0]
 
-        def block_progress(done: int, _total: int) -> None:
-            with lock:
-                state["done"] += done - last[0]
-                last[0] = done
-                now = min(state["done"], total)
-            if progress is not None:
-                progress(now, total)
+class _SlideBlocks:
+    """The labels of a slide level as a lazy dask array: computing block ``(i, j)`` reads its
+    region, runs :func:`tiled_inference` and keeps the labels of its centre. At most
+    ``plan.workers`` blocks are in flight (that bounds memory); progress adds up the tiles of
+    all blocks."""
 
-        with gate:  # bounds memory: at most `workers` blocks are in flight
-            check_stop(should_stop)
-            rgb = np.asarray(level[ry0:ry1, rx0:rx1])
-            x = np.asarray(normalise(rgb), dtype=np.float32)
-            del rgb
-            if x.ndim != 3 or x.shape[1:] != (ry1 - ry0, rx1 - rx0):
-                raise ValueError(
-                    f"normalise must map an (h, w, 3) block to (C, h, w); it returned {x.shape} "
-                    f"for a block of {(ry1 - ry0, rx1 - rx0)}"
-                )
-            probs = sliding_window_inference(
-                x, predictor, roi, overlap=overlap, blend=blend, sigma_scale=sigma_scale,
-                batch_size=batch_size, device=dev, amp=amp, divisible_by=divisible_by,
-                activation=activation, progress=block_progress, should_stop=should_stop,
-            )
+    def __init__(
+        self, level: Any, predictor: Predictor, plan: _SlidePlan, progress: Progress | None,
+        should_stop: ShouldStop | None,
+    ) -> None:
+        self.level, self.predictor, self.plan = level, predictor, plan
+        self.progress, self.should_stop = progress, should_stop
+        self.lock = threading.Lock()
+        self.gate = threading.BoundedSemaphore(plan.workers)
+        self.done = 0
+
+    def labels(self) -> Any:
+        import dask.array as da
+
+        plan = self.plan
+        name = f"medloop-segment-{uuid.uuid4().hex}"
+        graph = {(name, i, j): (self.block, i, j) for i, j in plan.regions}
+        chunks = (tuple(b - a for a, b in plan.rows), tuple(b - a for a, b in plan.cols))
+        return da.Array(graph, name, chunks, meta=np.empty((0, 0), dtype=plan.dtype))
+
+    def block(self, i: int, j: int) -> np.ndarray:
+        plan = self.plan
+        (y0, y1), (x0, x1) = plan.rows[i], plan.cols[j]
+        (ry0, ry1), (rx0, rx1) = plan.regions[i, j]
+        with self.gate:  # bounds memory: at most `workers` blocks are in flight
+            check_stop(self.should_stop)
+            x = self._read(ry0, ry1, rx0, rx1)
+            probs = tiled_inference(x, self.predictor, plan.tiling, self._block_progress(), self.should_stop)
             del x
-            if probs.shape[0] != num_classes:
+            if probs.shape[0] != plan.num_classes:
                 raise ValueError(
-                    f"the predictor returned {probs.shape[0]} classes, expected {num_classes}"
+                    f"the predictor returned {probs.shape[0]} classes, expected {plan.num_classes}"
                 )
             keep = probs[:, y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
-            return predict_labels(keep).astype(dtype, copy=False)
+            return predict_labels(keep).astype(plan.dtype, copy=False)
 
-    name = f"medloop-segment-{uuid.uuid4().hex}"
-    graph = {(name, i, j): (block, i, j) for i, j in regions}
-    chunks = (tuple(b - a for a, b in rows), tuple(b - a for a, b in cols))
-    labels = da.Array(graph, name, chunks, meta=np.empty((0, 0), dtype=dtype))
-    try:
-        path = slide_io.write_label_pyramid(
-            labels, out_path, spacing_um, tile=tile, should_stop=should_stop
-        )
-    except slide_io.LabelPyramidCancelled:
-        raise JobCancelled("cancelled") from None
-    if progress is not None:
-        progress(total, total)
-    return path
+    def _read(self, ry0: int, ry1: int, rx0: int, rx1: int) -> np.ndarray:
+        """The normalised network input ``(C, h, w)`` of one region."""
+        rgb = np.asarray(self.level[ry0:ry1, rx0:rx1])
+        x = np.asarray(self.plan.normalise(rgb), dtype=np.float32)
+        del rgb
+        if x.ndim != 3 or x.shape[1:] != (ry1 - ry0, rx1 - rx0):
+            raise ValueError(
+                f"normalise must map an (h, w, 3) block to (C, h, w); it returned {x.shape} "
+                f"for a block of {(ry1 - ry0, rx1 - rx0)}"
+            )
+        return x
+
+    def _block_progress(self) -> Progress:
+        """One block's ``progress(done, total)``, reporting the tiles of all blocks so far."""
+        last = [0]
+        total = self.plan.total
+
+        def block_progress(done: int, _total: int) -> None:
+            with self.lock:
+                self.done += done - last[0]
+                last[0] = done
+                now = min(self.done, total)
+            if self.progress is not None:
+                self.progress(now, total)
+
+        return block_progress
 
 
 def _axis_blocks(n: int, size: int) -> list[tuple[int, int]]:

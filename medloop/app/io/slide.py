@@ -19,13 +19,14 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medloop.app.errors import ImageReadError, ImageWriteError
-from medloop.app.io.atomic import current_umask
+from medloop.app.io.atomic import atomic_target
 from medloop.app.io.image import MedImage
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".bif", ".svslide")
@@ -434,13 +435,34 @@ def write_label_pyramid(
 
     Returns:
         ``path``, which appears complete or not at all (written to a temporary file in the same
-        folder, then renamed).
+        folder, then renamed: :func:`~medloop.app.io.atomic.atomic_target`).
 
     Raises:
         ImageWriteError: not a 2-D integer map, missing folder, or the write failed.
         LabelPyramidCancelled: ``should_stop()`` returned True (nothing is left at ``path``).
     """
     p = Path(path)
+    out_dtype = _label_pyramid_dtype(labels, p, spacing_um, tile, min_level_size)
+    shapes = pyramid_shapes(tuple(int(s) for s in labels.shape), min_level_size)
+    total = sum(-(-h // tile) * -(-w // tile) for h, w in shapes)
+    try:
+        with atomic_target(p) as tmp, _levels_scratch(p, len(shapes)) as scratch:
+            writer = _PyramidTiles(labels, shapes, out_dtype, tile, scratch, progress, should_stop, total)
+            _write_pyramid_tiff(tmp, writer, spacing_um)
+    except _Stop:
+        raise LabelPyramidCancelled(f"cannot write {p}: cancelled; nothing was written") from None
+    except OSError as exc:
+        raise ImageWriteError(
+            f"cannot write {p}: {exc.strerror or _reason(exc)}; check free disk space and permissions"
+        ) from None
+    return p
+
+
+def _label_pyramid_dtype(
+    labels: Any, p: Path, spacing_um: tuple[float, float], tile: int, min_level_size: int
+) -> np.dtype:
+    """The dtype the pyramid stores ``labels`` in, after checking the arguments of
+    :func:`write_label_pyramid`."""
     shape = tuple(int(s) for s in labels.shape)
     dtype = np.dtype(labels.dtype)
     if len(shape) != 2:
@@ -461,25 +483,34 @@ def write_label_pyramid(
     out_dtype = np.dtype(np.uint8) if dtype.kind == "b" else dtype.newbyteorder("=")  # native, as the file
     if min(shape) == 0:
         raise ImageWriteError(f"cannot write {p}: the label map is empty (shape {shape})")
+    return out_dtype
 
-    shapes = pyramid_shapes(shape, min_level_size)
-    total = sum(-(-h // tile) * -(-w // tile) for h, w in shapes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    scratch = None
+
+@contextmanager
+def _levels_scratch(p: Path, levels: int) -> Iterator[Any]:
+    """The scratch file next to ``p`` that collects the reduced levels while level 0 streams
+    through (None for a single level); deleted on exit."""
+    if levels <= 1:
+        yield None
+        return
+    with tempfile.NamedTemporaryFile(prefix=f".{p.name}.", suffix=".levels.tmp", dir=p.parent) as scratch:
+        yield scratch
+
+
+def _write_pyramid_tiff(tmp: str, writer: _PyramidTiles, spacing_um: tuple[float, float]) -> None:
+    """Every level of ``writer`` as a page of the TIFF at ``tmp``, tiles deflated on a few threads."""
+    import tifffile
+
+    sx, sy = (float(s) for s in spacing_um)
+    shapes, out_dtype, tile = writer.shapes, writer.dtype, writer.tile
+    raw = sum(h * w for h, w in shapes) * out_dtype.itemsize
+    description = (
+        f"medloop label pyramid; spacing_um={sx!r},{sy!r}; levels={len(shapes)}; "
+        "level k is level 0 sampled every 2**k pixels"
+    )
     workers = max(1, min(4, os.cpu_count() or 1))
     pool = ThreadPoolExecutor(workers, thread_name_prefix="medloop-deflate")
     try:
-        import tifffile
-
-        if len(shapes) > 1:  # reduced levels, collected while level 0 streams through
-            scratch = tempfile.NamedTemporaryFile(prefix=f".{p.name}.", suffix=".levels.tmp", dir=p.parent)
-        writer = _PyramidTiles(labels, shapes, out_dtype, tile, scratch, progress, should_stop, total)
-        raw = sum(h * w for h, w in shapes) * out_dtype.itemsize
-        description = (
-            f"medloop label pyramid; spacing_um={sx!r},{sy!r}; levels={len(shapes)}; "
-            "level k is level 0 sampled every 2**k pixels"
-        )
         with tifffile.TiffWriter(tmp, bigtiff=raw > 2**31) as tw:
             for k, (h, w) in enumerate(shapes):
                 tw.write(
@@ -496,21 +527,8 @@ def write_label_pyramid(
                     metadata=None,
                     software="medloop",
                 )
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp made it 0600
-        os.replace(tmp, p)
-    except _Stop:
-        raise LabelPyramidCancelled(f"cannot write {p}: cancelled; nothing was written") from None
-    except OSError as exc:
-        raise ImageWriteError(
-            f"cannot write {p}: {exc.strerror or _reason(exc)}; check free disk space and permissions"
-        ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        if scratch is not None:
-            scratch.close()  # deletes it
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return p
 
 
 def _deflated(tiles: Iterator[np.ndarray], pool: ThreadPoolExecutor, workers: int) -> Iterator[bytes]:

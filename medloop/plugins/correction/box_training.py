@@ -13,8 +13,9 @@ Stage 2 sees only images: the unlabeled set enters as ``(C, H, W)`` arrays and i
 model's own (filtered) predictions, so no truth can reach it (BX-5). The bounds are computed from
 the Stage-1 images only.
 
-:func:`run_boxes_many` holds the one implementation (a list of boxed images);
-:func:`run_boxes` is its single-image form, used by
+:func:`train_boxes` holds the one implementation (a list of boxed images, :class:`BoxData`;
+the schedule, :class:`BoxRunParams`); :func:`run_boxes_many` is its keyword form and
+:func:`run_boxes` its single-image form, used by
 :func:`~medloop.plugins.correction.headless.run_weak` (CLI ``medloop train --weak boxes``) and
 the Correction panel.
 """
@@ -22,6 +23,7 @@ the Correction panel.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -58,6 +60,36 @@ TrainManyFn = Callable[..., Any]
 OnModelFn = Callable[[dict[str, Any], torch.nn.Module], None]
 
 
+@dataclass(frozen=True)
+class BoxRunParams:
+    """The schedule of a box-training run (:func:`train_boxes`).
+
+    Attributes:
+        seed: round ``r`` of stage 1 trains with seed ``seed + r``, round ``r`` of stage 2 with
+            ``seed + rounds + r``.
+        rounds: Stage-1 rounds at most (at least 1).
+        stage2_rounds: Stage-2 rounds at most (at least 1; used only with unlabeled images).
+        auto_stop: a stage ends once fewer than this share of its pseudo-label pixels changed
+            in a round (default 1 %; None runs every round, as the paper's fixed schedule).
+    """
+
+    seed: int = 0
+    rounds: int = 3
+    stage2_rounds: int = STAGE2_ROUNDS
+    auto_stop: float | None = AUTO_STOP_FRACTION
+
+
+@dataclass(frozen=True)
+class BoxData:
+    """What a box-training run learns from: ``(C, H, W)`` ``images`` with their boxes
+    (``boxes[i]``: the ``(N_i, 4)`` boxes ``(y0, x0, y1, x1)`` of ``images[i]``), and
+    ``unlabeled`` ``(C, H, W)`` images for stage 2 (Cues 2; none: no stage 2)."""
+
+    images: Sequence[np.ndarray]
+    boxes: Sequence[Any]
+    unlabeled: Sequence[np.ndarray] = ()
+
+
 def run_boxes(
     network: torch.nn.Module,
     x: np.ndarray,
@@ -76,16 +108,17 @@ def run_boxes(
     """Stage 1 on the ``(N, 4)`` boxes ``(y0, x0, y1, x1)`` of the ``(C, H, W)`` input ``x``;
     each round continues from the previous round's network. ``unlabeled``: ``(C, H, W)`` inputs
     for stage 2 (Cues 2). ``on_round(round, labels)`` sees each Stage-1 round's training labels
-    of ``x`` and finally the last pseudo-labels. See :func:`run_boxes_many`."""
+    of ``x`` and finally the last pseudo-labels. The other arguments are the fields of
+    :class:`BoxRunParams`; see :func:`train_boxes`."""
 
     def train_many(net: torch.nn.Module, pairs: Sequence[tuple[np.ndarray, np.ndarray]], round_seed: int) -> Any:
         (_, labels0), *rest = pairs  # the first pair is always (x, its labels)
         return train(net, labels0, round_seed, pairs=rest)
 
-    run = run_boxes_many(
-        network, [x], [annotation], train_many, seed=seed, rounds=rounds, should_stop=should_stop,
-        on_round=(lambda r, labels: on_round(r, labels[0])) if on_round else None,
-        unlabeled=unlabeled, stage2_rounds=stage2_rounds, on_model=on_model, auto_stop=auto_stop,
+    run = train_boxes(
+        network, BoxData([x], [annotation], unlabeled), train_many,
+        BoxRunParams(seed, rounds, stage2_rounds, auto_stop), should_stop,
+        on_round=(lambda r, labels: on_round(r, labels[0])) if on_round else None, on_model=on_model,
     )
     run.labels = run.labels[0]
     return run
@@ -106,51 +139,128 @@ def run_boxes_many(
     on_model: OnModelFn | None = None,
     auto_stop: float | None = AUTO_STOP_FRACTION,
 ) -> WeakRun:
-    """Gupta et al.'s Stage 1 on several boxed ``(C, H, W)`` images ``xs`` (``boxes_list[i]``:
-    the ``(N_i, 4)`` boxes of ``xs[i]``), then Stage 2 on ``unlabeled`` if any.
+    """:func:`train_boxes` with the fields of :class:`BoxData` and :class:`BoxRunParams` as
+    arguments (the form the tests and the benchmark call)."""
+    return train_boxes(
+        network, BoxData(xs, boxes_list, unlabeled), train_many,
+        BoxRunParams(seed, rounds, stage2_rounds, auto_stop), should_stop, on_round, on_model,
+    )
+
+
+def train_boxes(
+    network: torch.nn.Module,
+    data: BoxData,
+    train_many: TrainManyFn,
+    params: BoxRunParams = BoxRunParams(),
+    should_stop: Callable[[], bool] | None = None,
+    on_round: Callable[[int, list[np.ndarray]], None] | None = None,
+    on_model: OnModelFn | None = None,
+) -> WeakRun:
+    """Gupta et al.'s Stage 1 on the boxed ``(C, H, W)`` images of ``data``, then Stage 2 on
+    its unlabeled images if any.
 
     ``train_many(net, [(x, labels), ...], seed)`` trains a copy of ``net`` on paint-convention
     label maps (0 unlabeled, 1 background, 2 foreground) and returns a result with ``.network``
-    and ``.metrics``. Each round continues from the previous round's network; round ``r`` of
-    stage 1 uses seed ``seed + r``, round ``r`` of stage 2 ``seed + rounds + r``.
+    and ``.metrics``. Each round continues from the previous round's network; seeds, round
+    limits and the auto stop come from ``params``.
 
     Returns a :class:`WeakRun` whose ``labels`` is the list of final Stage-1 pseudo-labels (one
     per image), ``metrics["rounds"]`` the Stage-1 rounds, ``metrics["stage2"]`` the Stage-2
-    bounds and rounds (absent without ``unlabeled``) and ``rounds`` all rounds, each tagged with
-    its ``stage``. ``auto_stop``: a stage ends once fewer than this share of its pseudo-label
-    pixels changed in a round (default 1 %; None runs every round, as the paper's fixed
-    schedule). ``on_model(info, network)`` is called after every training round with the round's
-    info (plus ``pseudo_labels``: the labels that network produced) for evaluation or display.
-    ``should_stop()`` true before a round (or inside training) raises
-    :class:`JobCancelled`; nothing is returned and ``network`` is never modified.
+    bounds and rounds (absent without unlabeled images) and ``rounds`` all rounds, each tagged
+    with its ``stage``. ``on_round(round, labels)`` sees each Stage-1 round's training labels
+    and finally the last pseudo-labels. ``on_model(info, network)`` is called after every
+    training round with the round's info (plus ``pseudo_labels``: the labels that network
+    produced) for evaluation or display. ``should_stop()`` true before a round (or inside
+    training) raises :class:`JobCancelled`; nothing is returned and ``network`` is never
+    modified.
     """
-    xs = [np.asarray(x) for x in xs]
-    if not xs or len(xs) != len(boxes_list):
-        raise ValueError(f"need one box array per image: {len(xs)} images, {len(boxes_list)} box arrays")
-    rounds = int(rounds)
+    xs = [np.asarray(x) for x in data.images]
+    if not xs or len(xs) != len(data.boxes):
+        raise ValueError(f"need one box array per image: {len(xs)} images, {len(data.boxes)} box arrays")
+    rounds = int(params.rounds)
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
-    kind = "boxes"
-    boxes = [np.asarray(b) for b in boxes_list]
+    boxes = [np.asarray(b) for b in data.boxes]
     round0 = [round0_labels(b, x.shape[1:]) for b, x in zip(boxes, xs)]  # validates: BoxError
-    labels = [r0.astype(np.int64) for r0 in round0]
-    n_boxes = int(sum(len(b) for b in boxes))
-    _check_unlabeled(xs, unlabeled)  # before any training
+    _check_unlabeled(xs, data.unlabeled)  # before any training
 
     def check_stop() -> None:
         if should_stop is not None and should_stop():
             raise JobCancelled()
 
+    schedule = _Schedule(train_many, params, check_stop, on_model)
+    stage1 = _stage1(schedule, network, xs, boxes, [r0.astype(np.int64) for r0 in round0], on_round)
+    net, result, stage2, stage2_history = stage1.net, stage1.result, None, []
+    if len(data.unlabeled):
+        net, result, stage2, stage2_history = _stage2(schedule, stage1, xs, boxes, data.unlabeled)
+    counts = _box_counts(xs, boxes, round0, stage1.labels)
+    metrics = {
+        "kind": _KIND,
+        **result.metrics,
+        "seed": int(params.seed),
+        "rounds_done": len(stage1.history),
+        "rounds_max": rounds,
+        "changed_fraction": [h["changed_fraction"] for h in stage1.history],
+        "auto_stopped": stage1.auto_stopped,
+        "rounds": stage1.history,
+    }
+    if stage2 is not None:
+        counts["unlabeled_images"] = len(data.unlabeled)
+        metrics["stage2"] = stage2
+    return WeakRun(net, _KIND, stage1.labels, counts, metrics, stage1.history + stage2_history)
+
+
+_KIND = "boxes"
+_TRAIN_METRICS = ("best_val_dice", "epochs_done", "final_train_loss")
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """What every training round of a box run shares."""
+
+    train_many: TrainManyFn
+    params: BoxRunParams
+    check_stop: Callable[[], None]
+    on_model: OnModelFn | None
+
+    def settled(self, changed: float) -> bool:
+        """Whether a stage stops after a round that changed this share of its pseudo-labels."""
+        return self.params.auto_stop is not None and changed < self.params.auto_stop
+
+
+@dataclass(frozen=True)
+class _Stage1:
+    """The outcome of Stage 1: the last round's network and training result, its predictions of
+    the boxed images and their Cues-1 pseudo-labels, and the rounds' info."""
+
+    net: torch.nn.Module
+    result: Any
+    preds: list[np.ndarray]
+    labels: list[np.ndarray]
+    history: list[dict[str, Any]]
+    auto_stopped: bool
+
+
+def _stage1(
+    schedule: _Schedule,
+    network: torch.nn.Module,
+    xs: list[np.ndarray],
+    boxes: list[np.ndarray],
+    labels: list[np.ndarray],
+    on_round: Callable[[int, list[np.ndarray]], None] | None,
+) -> _Stage1:
+    """Stage 1 from the round-0 ``labels``: train, predict, refine with Cues 1, until the
+    pseudo-labels settle or the rounds run out."""
     history: list[dict[str, Any]] = []
     stopped_by_change = False
     net = network
     result = None
     preds: list[np.ndarray] = []
-    for r in range(rounds):
-        check_stop()
+    for r in range(int(schedule.params.rounds)):
+        schedule.check_stop()
         if on_round:
             on_round(r, labels)
-        result = train_many(net, list(zip(xs, labels)), seed + r)
+        result = schedule.train_many(net, list(zip(xs, labels)), schedule.params.seed + r)
         net = result.network
         preds = [predict_labels(net, x) for x in xs]
         new, resets = [], 0
@@ -165,50 +275,32 @@ def run_boxes_many(
             "changed_fraction": frac,
             "boxes_reset": resets,
             "foreground_pixels": int(sum((n == FOREGROUND).sum() for n in new)),
-            **{key: result.metrics.get(key) for key in ("best_val_dice", "epochs_done", "final_train_loss")},
+            **{key: result.metrics.get(key) for key in _TRAIN_METRICS},
         }
         history.append(info)
         labels = new
-        if on_model:
-            on_model(dict(info, pseudo_labels=labels), net)
-        if auto_stop is not None and frac < auto_stop:
+        if schedule.on_model:
+            schedule.on_model(dict(info, pseudo_labels=labels), net)
+        if schedule.settled(frac):
             stopped_by_change = True
             break
     assert result is not None
     if on_round:
         on_round(len(history), labels)  # the final pseudo-labels
+    return _Stage1(net, result, preds, labels, history, stopped_by_change)
 
-    stage2: dict[str, Any] | None = None
-    stage2_history: list[dict[str, Any]] = []
-    if len(unlabeled):
-        net, result, stage2, stage2_history = _stage2(
-            net, result, xs, boxes, preds, labels, unlabeled, train_many, seed + rounds,
-            int(stage2_rounds), check_stop, on_model, auto_stop,
-        )
 
-    counts = {
-        "kind": kind,
+def _box_counts(
+    xs: list[np.ndarray], boxes: list[np.ndarray], round0: list[np.ndarray], labels: list[np.ndarray]
+) -> dict[str, Any]:
+    return {
+        "kind": _KIND,
         "images": len(xs),
-        "boxes": n_boxes,
+        "boxes": int(sum(len(b) for b in boxes)),
         "box_pixels": int(sum((r0 == FOREGROUND).sum() for r0 in round0)),
         "pseudo_foreground_pixels": int(sum((lab == FOREGROUND).sum() for lab in labels)),
         "pseudo_background_pixels": int(sum((lab == BACKGROUND).sum() for lab in labels)),
     }
-    if stage2 is not None:
-        counts["unlabeled_images"] = len(unlabeled)
-    metrics = {
-        "kind": kind,
-        **result.metrics,
-        "seed": int(seed),
-        "rounds_done": len(history),
-        "rounds_max": rounds,
-        "changed_fraction": [h["changed_fraction"] for h in history],
-        "auto_stopped": stopped_by_change,
-        "rounds": history,
-    }
-    if stage2 is not None:
-        metrics["stage2"] = stage2
-    return WeakRun(net, kind, labels, counts, metrics, history + stage2_history)
 
 
 def stage1_objects(pred: np.ndarray, boxes: Any) -> np.ndarray:
@@ -231,48 +323,31 @@ def _check_unlabeled(xs: list[np.ndarray], unlabeled: Sequence[np.ndarray]) -> l
 
 
 def _stage2(
-    net: torch.nn.Module,
-    result: Any,
+    schedule: _Schedule,
+    stage1: _Stage1,
     xs: list[np.ndarray],
     boxes: list[np.ndarray],
-    stage1_preds: list[np.ndarray],
-    stage1_labels: list[np.ndarray],
     unlabeled: Sequence[np.ndarray],
-    train_many: TrainManyFn,
-    seed: int,
-    max_rounds: int,
-    check_stop: Callable[[], None],
-    on_model: OnModelFn | None,
-    auto_stop: float | None,
 ) -> tuple[torch.nn.Module, Any, dict[str, Any], list[dict[str, Any]]]:
     """Stage 2 (Cues 2); see the module docstring. Reads images only."""
+    max_rounds = int(schedule.params.stage2_rounds)
     if max_rounds < 1:
         raise ValueError(f"stage2_rounds must be at least 1, got {max_rounds}")
     us = _check_unlabeled(xs, unlabeled)
     # Bounds from the final Stage-1 model's segmentations of the Stage-1 images only (BX-5).
-    bounds = cues2_bounds([stage1_objects(p, b) for p, b in zip(stage1_preds, boxes)])
-    stage1_pairs = list(zip(xs, stage1_labels))
-
-    def pseudo(model: torch.nn.Module) -> tuple[list[np.ndarray], int, int]:
-        out, kept, dropped = [], 0, 0
-        for u in us:
-            fg = predict_labels(model, u) == 1
-            _, areas, ecc = object_features(fg)
-            inside = sum(bounds.contains(a, e) for a, e in zip(areas, ecc))
-            kept += inside
-            dropped += len(areas) - inside
-            out.append(apply_cues2(fg, bounds, dropped=DROPPED_LABEL).astype(np.int64))
-        return out, kept, dropped
-
-    pl, kept, dropped = pseudo(net)
+    bounds = cues2_bounds([stage1_objects(p, b) for p, b in zip(stage1.preds, boxes)])
+    stage1_pairs = list(zip(xs, stage1.labels))
+    seed = schedule.params.seed + int(schedule.params.rounds)
+    net, result = stage1.net, stage1.result
+    pl, kept, dropped = _cues2_pseudo_labels(net, us, bounds)
     history: list[dict[str, Any]] = []
     stopped_by_change = False
     for r in range(max_rounds):
-        check_stop()
+        schedule.check_stop()
         pairs = stage1_pairs + [(u, p) for u, p in zip(us, pl) if (p > 0).any()]
-        result = train_many(net, pairs, seed + r)
+        result = schedule.train_many(net, pairs, seed + r)
         net = result.network
-        new, new_kept, new_dropped = pseudo(net)
+        new, new_kept, new_dropped = _cues2_pseudo_labels(net, us, bounds)
         frac = changed_fraction(pl, new)
         info = {
             "stage": 2,
@@ -282,13 +357,13 @@ def _stage2(
             "foreground_pixels": int(sum((p == FOREGROUND).sum() for p in pl)),
             "ignored_pixels": int(sum((p == 0).sum() for p in pl)),
             "changed_fraction": frac,  # of the unlabeled pseudo-labels, after this round
-            **{key: result.metrics.get(key) for key in ("best_val_dice", "epochs_done", "final_train_loss")},
+            **{key: result.metrics.get(key) for key in _TRAIN_METRICS},
         }
         history.append(info)
-        if on_model:
-            on_model(dict(info, pseudo_labels=new), net)
+        if schedule.on_model:
+            schedule.on_model(dict(info, pseudo_labels=new), net)
         pl, kept, dropped = new, new_kept, new_dropped
-        if auto_stop is not None and frac < auto_stop:
+        if schedule.settled(frac):
             stopped_by_change = True
             break
     summary = {
@@ -309,3 +384,19 @@ def _stage2(
         "rounds": history,
     }
     return net, result, summary, history
+
+
+def _cues2_pseudo_labels(
+    model: torch.nn.Module, us: list[np.ndarray], bounds: Any
+) -> tuple[list[np.ndarray], int, int]:
+    """``model``'s Cues-2 pseudo-labels of the unlabeled images, and how many objects were kept
+    (within ``bounds``) and dropped."""
+    out, kept, dropped = [], 0, 0
+    for u in us:
+        fg = predict_labels(model, u) == 1
+        _, areas, ecc = object_features(fg)
+        inside = sum(bounds.contains(a, e) for a, e in zip(areas, ecc))
+        kept += inside
+        dropped += len(areas) - inside
+        out.append(apply_cues2(fg, bounds, dropped=DROPPED_LABEL).astype(np.int64))
+    return out, kept, dropped

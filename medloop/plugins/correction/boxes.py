@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -108,85 +108,114 @@ def boxes_from_shapes(
     types = [shape_types] * len(data) if isinstance(shape_types, str) else list(shape_types)
     if len(types) != len(data):
         raise ValueError(f"{len(data)} shapes but {len(types)} shape types")
+    rows, found = _scan_shapes(data, types, shape)
+    problems = _shape_problems(found, shape)
+    if problems:
+        raise BoxError(f"{prefix}: " + "; ".join(problems) + ".")
+    for message in _shape_adjustments(found, shape):
+        warnings.warn(f"{prefix}: {message}", MedloopWarning, stacklevel=2)
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 4)
 
+
+@dataclass
+class _ShapeFindings:
+    """Layer indices of the shapes :func:`boxes_from_shapes` rejects or adjusts."""
+
+    not_rect: list[tuple[int, str]] = field(default_factory=list)  # (index, what it is instead)
+    zero: list[int] = field(default_factory=list)
+    outside: list[int] = field(default_factory=list)
+    rotated: list[int] = field(default_factory=list)
+    clipped: list[int] = field(default_factory=list)
+
+
+def _scan_shapes(
+    data: list[Any], types: list[str], shape: tuple[int, int]
+) -> tuple[list[tuple[int, int, int, int]], _ShapeFindings]:
+    """The (clipped) boxes of the usable rectangles, and what was wrong with the others."""
     h, w = shape
-    not_rect: list[tuple[int, str]] = []
-    zero: list[int] = []
-    outside: list[int] = []
-    rotated: list[int] = []
-    clipped: list[int] = []
+    found = _ShapeFindings()
     rows: list[tuple[int, int, int, int]] = []
     for i, (verts, kind) in enumerate(zip(data, types)):
         v = np.asarray(verts, dtype=float)
         if kind != "rectangle" or v.shape != (4, 2) or not np.isfinite(v).all():
-            not_rect.append((i, str(kind) if kind != "rectangle" else "malformed vertices"))
+            found.not_rect.append((i, str(kind) if kind != "rectangle" else "malformed vertices"))
             continue
         edges = np.roll(v, -1, axis=0) - v
         if not np.all(np.min(np.abs(edges), axis=1) <= _TOL * max(1.0, float(np.abs(v).max()))):
-            rotated.append(i)
-        (ymin, xmin), (ymax, xmax) = v.min(axis=0), v.max(axis=0)
-        y0, x0 = int(np.ceil(ymin - _TOL)), int(np.ceil(xmin - _TOL))
-        y1, x1 = int(np.floor(ymax + _TOL)) + 1, int(np.floor(xmax + _TOL)) + 1
-        if ymax - ymin <= _TOL or xmax - xmin <= _TOL or y1 <= y0 or x1 <= x0:
-            zero.append(i)
+            found.rotated.append(i)
+        box = _pixel_centre_box(v)
+        if box is None:
+            found.zero.append(i)
             continue
+        y0, x0, y1, x1 = box
         cy0, cx0, cy1, cx1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
         if cy1 <= cy0 or cx1 <= cx0:
-            outside.append(i)
+            found.outside.append(i)
             continue
-        if (cy0, cx0, cy1, cx1) != (y0, x0, y1, x1):
-            clipped.append(i)
+        if (cy0, cx0, cy1, cx1) != box:
+            found.clipped.append(i)
         rows.append((cy0, cx0, cy1, cx1))
+    return rows, found
 
+
+def _pixel_centre_box(v: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The box of the pixels whose centres lie inside the hull of the ``(4, 2)`` vertices ``v``
+    or on its edge; None when there is none (zero area)."""
+    (ymin, xmin), (ymax, xmax) = v.min(axis=0), v.max(axis=0)
+    y0, x0 = int(np.ceil(ymin - _TOL)), int(np.ceil(xmin - _TOL))
+    y1, x1 = int(np.floor(ymax + _TOL)) + 1, int(np.floor(xmax + _TOL)) + 1
+    if ymax - ymin <= _TOL or xmax - xmin <= _TOL or y1 <= y0 or x1 <= x0:
+        return None
+    return y0, x0, y1, x1
+
+
+def _shape_problems(found: _ShapeFindings, shape: tuple[int, int]) -> list[str]:
+    """One phrase per kind of unusable shape (the parts of the :class:`BoxError` message)."""
+    h, w = shape
     problems = []
-    if not_rect:
-        idx = _join([i for i, _ in not_rect])
-        kinds = ", ".join(dict.fromkeys(k for _, k in not_rect))
+    if found.not_rect:
+        idx = _join([i for i, _ in found.not_rect])
+        kinds = ", ".join(dict.fromkeys(k for _, k in found.not_rect))
         problems.append(
             f"shape {idx} is not a rectangle ({kinds}), redraw it with the rectangle tool"
-            if len(not_rect) == 1
+            if len(found.not_rect) == 1
             else f"shapes {idx} are not rectangles ({kinds}), redraw them with the rectangle tool"
         )
-    if zero:
+    if found.zero:
         problems.append(
-            f"box {_join(zero)} has zero area (no pixel centre inside), drag it around its object"
-            if len(zero) == 1
-            else f"boxes {_join(zero)} have zero area (no pixel centre inside), "
+            f"box {_join(found.zero)} has zero area (no pixel centre inside), drag it around its object"
+            if len(found.zero) == 1
+            else f"boxes {_join(found.zero)} have zero area (no pixel centre inside), "
             "drag them around their objects"
         )
-    if outside:
+    if found.outside:
         problems.append(
-            f"box {_join(outside)} lies entirely outside the {h} x {w} image, move or delete it"
-            if len(outside) == 1
-            else f"boxes {_join(outside)} lie entirely outside the {h} x {w} image, "
+            f"box {_join(found.outside)} lies entirely outside the {h} x {w} image, move or delete it"
+            if len(found.outside) == 1
+            else f"boxes {_join(found.outside)} lie entirely outside the {h} x {w} image, "
             "move or delete them"
         )
-    if problems:
-        raise BoxError(f"{prefix}: " + "; ".join(problems) + ".")
-    if rotated:
-        warnings.warn(
-            f"{prefix}: "
-            + (
-                f"box {_join(rotated)} is rotated; using its axis-aligned hull."
-                if len(rotated) == 1
-                else f"boxes {_join(rotated)} are rotated; using their axis-aligned hulls."
-            ),
-            MedloopWarning,
-            stacklevel=2,
+    return problems
+
+
+def _shape_adjustments(found: _ShapeFindings, shape: tuple[int, int]) -> list[str]:
+    """The warnings for rotated and clipped boxes."""
+    h, w = shape
+    messages = []
+    if found.rotated:
+        messages.append(
+            f"box {_join(found.rotated)} is rotated; using its axis-aligned hull."
+            if len(found.rotated) == 1
+            else f"boxes {_join(found.rotated)} are rotated; using their axis-aligned hulls."
         )
-    if clipped:
-        warnings.warn(
-            f"{prefix}: "
-            + (
-                f"box {_join(clipped)} extends past the {h} x {w} image and was clipped to it."
-                if len(clipped) == 1
-                else f"boxes {_join(clipped)} extend past the {h} x {w} image and were "
-                "clipped to it."
-            ),
-            MedloopWarning,
-            stacklevel=2,
+    if found.clipped:
+        messages.append(
+            f"box {_join(found.clipped)} extends past the {h} x {w} image and was clipped to it."
+            if len(found.clipped) == 1
+            else f"boxes {_join(found.clipped)} extend past the {h} x {w} image and were "
+            "clipped to it."
         )
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+    return messages
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import torch
 
 from medloop.plugins.correction.weak_kit import WeakRun
 from medloop.plugins.correction.retrain import InputStash
-from medloop.plugins.correction.points import crf_loss, point_loss
+from medloop.plugins.correction.points import CrfParams, crf_point_loss, point_loss
 
 __all__ = [
     "CRF_BETA",
@@ -101,7 +101,7 @@ class PointLoss:
 
 
 class CrfPointLoss(PointLoss):
-    """L_crf = L_ce + beta * L_pair (:func:`~medloop.plugins.correction.points.crf_loss`) with
+    """L_crf = L_ce + beta * L_pair (:func:`~medloop.plugins.correction.points.crf_point_loss`) with
     the image taken from ``stash`` (the network input of the batch the logits came from).
     Colours are read in [0, ``value_range``] units on Qu et al.'s 0-255 scale (s_rgb = 10)."""
 
@@ -123,9 +123,8 @@ class CrfPointLoss(PointLoss):
         if image.shape[0] != logits.shape[0] or image.shape[2:] != logits.shape[2:]:
             raise RuntimeError(f"stashed input {tuple(image.shape)} does not match the logits {tuple(logits.shape)}")
         vor, clu = self.maps(target)
-        return crf_loss(
-            logits, vor, clu, image.to(logits.dtype), self.beta, self.s_pq, self.s_rgb, self.radius, self.value_range
-        )
+        params = CrfParams(self.beta, self.s_pq, self.s_rgb, self.radius, self.value_range)
+        return crf_point_loss(logits, vor, clu, image.to(logits.dtype), params)
 
 
 def value_range(*images: np.ndarray) -> float:
@@ -171,21 +170,15 @@ def run_points(
 
     Never sees a truth mask: only the image and the clicks (PT-5). Deterministic for a seed.
     """
-    from medloop.plugins.correction.points import cluster_labels, voronoi_labels
-
     if crf and config is None:
         raise ValueError("the CRF stage needs config: the TrainConfig object that train() uses")
     x = np.asarray(x, dtype=np.float32)
-    spatial = x.shape[1:]
-    pts = np.asarray(annotation, dtype=float) if np.size(annotation) else np.zeros((0, 2))
-    vor = voronoi_labels(pts, spatial)
-    clu = cluster_labels(x, pts, rng=seed)
+    pts, vor, clu = _point_maps(x, annotation, seed)
     labels = encode_maps(vor, clu)
     if on_round:
         on_round(0, labels)
     result = train(network, labels, seed, loss_fn=PointLoss())
-    info = _stage_info(result, "points", 0)
-    rounds = [info]
+    rounds = [_stage_info(result, "points", 0)]
     counts = {
         "kind": "points",
         "points": len(pts),
@@ -196,24 +189,49 @@ def run_points(
     }
     trained = result.network
     if crf:
-        stage1 = trained
-        work = copy.deepcopy(stage1)
-        stash = InputStash()
-        handle = stash.attach(work)
-        loss = CrfPointLoss(stash, beta, s_pq, s_rgb, value_range=value_range(x))
-        old = (config.lr, config.epochs)
-        try:
-            config.lr = old[0] * CRF_LR_FACTOR
-            config.epochs = max(1, round(old[1] * CRF_EPOCH_FRACTION))
-            result2 = train(work, labels, seed + 1, loss_fn=loss)
-        finally:
-            config.lr, config.epochs = old
-            handle.remove()
-        trained = copy.deepcopy(stage1)  # hook-free, loaded with the fine-tuned weights
-        trained.load_state_dict(result2.network.state_dict())
-        trained.eval()
+        trained, result2 = _crf_stage(trained, x, labels, train, config, seed, CrfParams(beta, s_pq, s_rgb))
         rounds.append(_stage_info(result2, "crf", 1, beta=float(beta), s_pq=float(s_pq), s_rgb=float(s_rgb)))
     metrics = {"kind": "points", **result.metrics, "crf": bool(crf), "rounds": rounds}
     if crf:
         metrics["crf_stage"] = rounds[1]
     return WeakRun(trained, "points", labels, counts, metrics, rounds)
+
+
+def _point_maps(x: np.ndarray, annotation: Any, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The clicks ``(N, 2)`` and their Voronoi and cluster pseudo-label maps on ``x``."""
+    from medloop.plugins.correction.points import cluster_labels, voronoi_labels
+
+    pts = np.asarray(annotation, dtype=float) if np.size(annotation) else np.zeros((0, 2))
+    vor = voronoi_labels(pts, x.shape[1:])
+    clu = cluster_labels(x, pts, rng=seed)
+    return pts, vor, clu
+
+
+def _crf_stage(
+    stage1: torch.nn.Module,
+    x: np.ndarray,
+    labels: np.ndarray,
+    train: TrainFn,
+    config: Any,
+    seed: int,
+    crf: CrfParams,
+) -> tuple[torch.nn.Module, Any]:
+    """The CRF-loss fine-tune of the stage-1 network (seed ``seed + 1``, ``CRF_LR_FACTOR`` x the
+    learning rate for ``CRF_EPOCH_FRACTION`` of the epochs; ``config`` is restored afterwards):
+    a hook-free copy of ``stage1`` with the fine-tuned weights, and the training result."""
+    work = copy.deepcopy(stage1)
+    stash = InputStash()
+    handle = stash.attach(work)
+    loss = CrfPointLoss(stash, crf.beta, crf.s_pq, crf.s_rgb, crf.radius, value_range=value_range(x))
+    old = (config.lr, config.epochs)
+    try:
+        config.lr = old[0] * CRF_LR_FACTOR
+        config.epochs = max(1, round(old[1] * CRF_EPOCH_FRACTION))
+        result = train(work, labels, seed + 1, loss_fn=loss)
+    finally:
+        config.lr, config.epochs = old
+        handle.remove()
+    trained = copy.deepcopy(stage1)  # hook-free, loaded with the fine-tuned weights
+    trained.load_state_dict(result.network.state_dict())
+    trained.eval()
+    return trained, result

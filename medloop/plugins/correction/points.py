@@ -23,6 +23,7 @@ Points are (row, column) pixel coordinates as napari's Points layer stores them 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,9 +34,11 @@ from medloop.app.errors import MedloopWarning
 from medloop.plugins.correction.weaklabels import AnnotationError, as_rng
 
 __all__ = [
+    "CrfParams",
     "clean_points",
     "cluster_labels",
     "crf_loss",
+    "crf_point_loss",
     "disk",
     "pairwise_crf_loss",
     "pairwise_crf_loss_dense",
@@ -376,6 +379,33 @@ def pairwise_crf_loss_dense(
     return total / (n * h * w)
 
 
+@dataclass(frozen=True)
+class CrfParams:
+    """The CRF term of :func:`crf_point_loss`: its weight ``beta``, the kernel widths ``s_pq``
+    (positions, px) and ``s_rgb`` (colours, 0-255 units), the window ``radius`` and the
+    image's ``value_range`` (see :func:`pairwise_crf_loss`)."""
+
+    beta: float = 1.0
+    s_pq: float = 10.0
+    s_rgb: float = 10.0
+    radius: int = 5
+    value_range: float = 1.0
+
+
+def crf_point_loss(
+    logits: torch.Tensor,
+    voronoi: np.ndarray | torch.Tensor,
+    cluster: np.ndarray | torch.Tensor,
+    image: np.ndarray | torch.Tensor,
+    params: CrfParams = CrfParams(),
+) -> torch.Tensor:
+    """L_crf = L_ce + beta * L_pair, the fine-tuning loss. ``beta`` must be re-tuned for the
+    windowed, per-pixel L_pair (spec: the prototype used 1.0, not the paper's 0.0005)."""
+    _, log_fg = _log_probs(logits)
+    pair = pairwise_crf_loss(log_fg.exp(), image, params.s_pq, params.s_rgb, params.radius, params.value_range)
+    return point_loss(logits, voronoi, cluster) + params.beta * pair
+
+
 def crf_loss(
     logits: torch.Tensor,
     voronoi: np.ndarray | torch.Tensor,
@@ -387,8 +417,5 @@ def crf_loss(
     radius: int = 5,
     value_range: float = 1.0,
 ) -> torch.Tensor:
-    """L_crf = L_ce + beta * L_pair, the fine-tuning loss. ``beta`` must be re-tuned for the
-    windowed, per-pixel L_pair (spec: the prototype used 1.0, not the paper's 0.0005)."""
-    _, log_fg = _log_probs(logits)
-    pair = pairwise_crf_loss(log_fg.exp(), image, s_pq, s_rgb, radius, value_range)
-    return point_loss(logits, voronoi, cluster) + beta * pair
+    """:func:`crf_point_loss` with the fields of :class:`CrfParams` as keyword arguments."""
+    return crf_point_loss(logits, voronoi, cluster, image, CrfParams(beta, s_pq, s_rgb, radius, value_range))

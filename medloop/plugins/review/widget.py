@@ -58,6 +58,14 @@ class ReviewPanel(MethodPanel):
         self.saver = None
         self.layers: dict[str, Any] = {}
 
+        self._build_controls()
+        self._build_layout()
+        self._connect_signals()
+        self._enable(False)
+
+    def _build_controls(self) -> None:
+        """The project buttons, reviewer, filter, case table, navigation, comment, verdicts,
+        outputs and mask tools."""
         self.open_button = QPushButton("Open review project …")
         self.new_button = QPushButton("New project: run a model over images …")
         self.start_buttons = [self.new_button, self.open_button]
@@ -84,8 +92,11 @@ class ReviewPanel(MethodPanel):
         self.second_button = QPushButton("Second opinion")
         self.export_button = QPushButton("Export accepted masks")
         self.report_button = QPushButton("Write report")
-        self.tools = MaskToolsBox(napari_viewer, on_edit=lambda layer: self._mask_changed())
+        self.tools = MaskToolsBox(self.viewer, on_edit=lambda layer: self._mask_changed())
 
+    def _build_layout(self) -> None:
+        """Project buttons and job row on top, then the form, the case table, navigation,
+        comment, verdict buttons, status, mask tools and outputs."""
         form = QFormLayout()
         form.addRow("Reviewer", self.reviewer_edit)
         form.addRow("Show", self.filter_combo)
@@ -115,6 +126,9 @@ class ReviewPanel(MethodPanel):
         layout.addWidget(self.tools)
         layout.addLayout(outputs)
 
+    def _connect_signals(self) -> None:
+        """Buttons, table, filter and reviewer field to their actions; Shift-Right / Shift-Left
+        step through the cases."""
         self.open_button.clicked.connect(self._choose_project)
         self.new_button.clicked.connect(self._new_project_dialog)
         self.filter_combo.currentIndexChanged.connect(self.refresh_table)
@@ -129,8 +143,7 @@ class ReviewPanel(MethodPanel):
         self.report_button.clicked.connect(self.report)
         self.reviewer_edit.editingFinished.connect(self._remember_reviewer)
         for key, step in (("Shift-Right", +1), ("Shift-Left", -1)):
-            napari_viewer.bind_key(key, lambda viewer, step=step: self.step(step), overwrite=True)
-        self._enable(False)
+            self.viewer.bind_key(key, lambda viewer, step=step: self.step(step), overwrite=True)
 
     # -- project ------------------------------------------------------------------------------
     def _choose_project(self) -> None:

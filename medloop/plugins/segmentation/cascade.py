@@ -34,7 +34,7 @@ made per connected component of the coarse foreground, and the winning crop's wh
 vector is kept (for K = 2 this is the paper's OR). One-channel (sigmoid) outputs count as
 (1 - p, p).
 
-Training the fine model (:func:`fine_training_pairs`): crops of the ground truth's connected
+Training the fine model (:func:`fine_crop_pairs`): crops of the ground truth's connected
 components, each box coordinate and size jittered by a uniform random whole number in
 ``[-jitter, jitter]`` full-resolution pixels (default ``k // 2``; the paper's code: ±16 px with
 k = 16) before squaring and padding, resized to S; images without objects give the whole image
@@ -281,6 +281,36 @@ def _predict_batch(x: torch.Tensor, predictor, input_size, device, amp, resize_m
         return to_probabilities(logits.float()).cpu()
 
 
+@dataclass(frozen=True)
+class CascadeParams:
+    """How :func:`segment_cascade` runs.
+
+    Attributes:
+        input_size: the coarse model's input size S (an int for every axis).
+        padding: k, in full-resolution pixels, around every object (None: S // 8).
+        min_size: objects (and crops) narrower than this many pixels are dropped.
+        batch_size: crops per call of the fine model.
+        fine_input_size: the fine model's input size (None: ``input_size``).
+        device, amp: where the models run and in what precision (None: the coarse model's
+            device; see :func:`~medloop.app.engine.devices.autocast_for`).
+        detect_threshold: crops go around the components where the coarse foreground
+            probability (1 - background) reaches it; None (the paper) uses the coarse labels
+            (argmax). A lower threshold finds objects the coarse model under-segments to nothing
+            at size S; the fine model then decides what is really there.
+        resize_mode: how images and probabilities are resized (see :func:`resize`).
+    """
+
+    input_size: int | Sequence[int]
+    padding: int | None = None
+    min_size: int = MIN_CROP
+    batch_size: int = 8
+    fine_input_size: int | Sequence[int] | None = None
+    device: Any = None
+    amp: bool | None = None
+    detect_threshold: float | None = None
+    resize_mode: str = "bilinear"
+
+
 def cascade_predict(
     image: np.ndarray,
     coarse: Callable[[torch.Tensor], torch.Tensor],
@@ -298,54 +328,84 @@ def cascade_predict(
     detect_threshold: float | None = None,
     resize_mode: str = "bilinear",
 ) -> CascadeResult:
+    """:func:`segment_cascade` with the fields of :class:`CascadeParams` as keyword arguments
+    (the form the segmentation method and the tests call)."""
+    params = CascadeParams(
+        input_size, padding, min_size, batch_size, fine_input_size, device, amp, detect_threshold, resize_mode
+    )
+    return segment_cascade(image, coarse, fine, params, fine_image, progress, should_stop)
+
+
+def segment_cascade(
+    image: np.ndarray,
+    coarse: Callable[[torch.Tensor], torch.Tensor],
+    fine: Callable[[torch.Tensor], torch.Tensor],
+    params: CascadeParams,
+    fine_image: np.ndarray | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> CascadeResult:
     """Segment-then-segment of one image ``(C, H, W)`` or volume ``(C, D, H, W)`` (float32,
     normalised for the models).
 
     ``coarse`` / ``fine`` map ``(B, C, *S)`` tensors to logits ``(B, K, *S)`` (networks or
-    any callables; 2-D or 3-D as the image). ``input_size`` is the coarse model's S, ``fine_input_size`` the fine
-    model's (default: the same); ``padding`` k in full-resolution pixels (default S // 8);
-    ``fine_image`` is the image as the fine model wants it normalised (default ``image``).
-    The fine model sees the crops ``batch_size`` at a time. ``progress(done, total)`` after the
-    coarse pass and after every fine batch (total = 1 + batches); ``should_stop()`` is polled
-    before each pass and raises :class:`~medloop.app.engine.jobs.JobCancelled`.
-    ``detect_threshold``: crops go around the components where the coarse foreground
-    probability (1 - background) reaches it; None (the paper) uses the coarse labels (argmax).
-    A lower threshold finds objects the coarse model under-segments to nothing at size S; the
-    fine model then decides what is really there.
+    any callables; 2-D or 3-D as the image); sizes, padding and batching come from ``params``
+    (:class:`CascadeParams`). ``fine_image`` is the image as the fine model wants it normalised
+    (default ``image``). ``progress(done, total)`` after the coarse pass and after every fine
+    batch (total = 1 + batches); ``should_stop()`` is polled before each pass and raises
+    :class:`~medloop.app.engine.jobs.JobCancelled`.
     """
     image = np.asarray(image, dtype=np.float32)
     if image.ndim not in (3, 4):
         raise ValueError(f"cascade_predict needs a (C, H, W) image or (C, D, H, W) volume, got shape {image.shape}")
     fine_image = image if fine_image is None else np.asarray(fine_image, dtype=np.float32)
     shape = image.shape[1:]
-    fine_size = _sizes(fine_input_size or input_size, len(shape))
-    k = default_padding(input_size) if padding is None else int(padding)
+    fine_size = _sizes(params.fine_input_size or params.input_size, len(shape))
+    k = default_padding(params.input_size) if params.padding is None else int(params.padding)
     check_stop(should_stop)
-    coarse_probs = _predict_batch(torch.from_numpy(image)[None], coarse, input_size, device, amp, resize_mode)[0]
-    if detect_threshold is None:
+    coarse_probs = _predict_batch(
+        torch.from_numpy(image)[None], coarse, params.input_size, params.device, params.amp, params.resize_mode
+    )[0]
+    if params.detect_threshold is None:
         found = coarse_probs.argmax(0).numpy() > 0
     else:
-        found = (1.0 - coarse_probs[0].numpy()) >= float(detect_threshold)
-    boxes = crop_boxes(found, shape, k, min_size)
-    batches = [boxes[i : i + batch_size] for i in range(0, len(boxes), batch_size)]
-    total = 1 + len(batches)
-    if progress is not None:
-        progress(1, total)
-    crops: list[np.ndarray] = []
-    source = torch.from_numpy(fine_image)
-    for done, batch in enumerate(batches, start=2):
-        check_stop(should_stop)
-        x = torch.stack([resize(source[(None, slice(None), *box_slices(box))], fine_size, resize_mode)[0] for box in batch])
-        probs = _predict_batch(x, fine, fine_size, device, amp, resize_mode)
-        for p, box in zip(probs, batch):
-            crops.append(resize(p[None], box_shape(box), resize_mode)[0].numpy())
-        if progress is not None:
-            progress(done, total)
+        found = (1.0 - coarse_probs[0].numpy()) >= float(params.detect_threshold)
+    boxes = crop_boxes(found, shape, k, params.min_size)
+    crops = _fine_crops(fine_image, fine, boxes, fine_size, params, progress, should_stop)
     fused = fuse_crops(shape, crops, boxes)
     if not crops and coarse_probs.shape[0] != 2:  # no crop: background in the models' K classes
         fused = np.zeros((coarse_probs.shape[0], *shape), np.float32)
         fused[0] = 1.0
     return CascadeResult(probabilities=fused, boxes=boxes, coarse_probabilities=coarse_probs.numpy())
+
+
+def _fine_crops(
+    fine_image: np.ndarray,
+    fine: Callable[[torch.Tensor], torch.Tensor],
+    boxes: list[Box],
+    fine_size: tuple[int, ...],
+    params: CascadeParams,
+    progress: Callable[[int, int], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> list[np.ndarray]:
+    """The fine model's probabilities of every crop, back at the crop's size, ``batch_size``
+    crops at a time (progress counts the coarse pass as done)."""
+    batches = [boxes[i : i + params.batch_size] for i in range(0, len(boxes), params.batch_size)]
+    total = 1 + len(batches)
+    if progress is not None:
+        progress(1, total)
+    crops: list[np.ndarray] = []
+    source = torch.from_numpy(fine_image)
+    mode = params.resize_mode
+    for done, batch in enumerate(batches, start=2):
+        check_stop(should_stop)
+        x = torch.stack([resize(source[(None, slice(None), *box_slices(box))], fine_size, mode)[0] for box in batch])
+        probs = _predict_batch(x, fine, fine_size, params.device, params.amp, mode)
+        for p, box in zip(probs, batch):
+            crops.append(resize(p[None], box_shape(box), mode)[0].numpy())
+        if progress is not None:
+            progress(done, total)
+    return crops
 
 
 # ----------------------------------------------------------------------------------- training
@@ -364,6 +424,22 @@ def jitter_box(box: Sequence[int], jitter: int, rng: np.random.Generator) -> Box
     return starts + tuple(a + size for a, size in zip(starts, sizes))
 
 
+@dataclass(frozen=True)
+class FineCropParams:
+    """How :func:`fine_crop_pairs` cuts the fine model's training crops: ground-truth boxes
+    jittered by up to ``jitter`` pixels (None: ``padding // 2``), padded by ``padding`` (None:
+    S // 8), squared and shifted inside as at inference, at most ``per_image`` random ones per
+    image (None: all); objects under ``min_size`` pixels are skipped; crops are resized to
+    ``input_size`` S with ``resize_mode``."""
+
+    input_size: int | Sequence[int]
+    padding: int | None = None
+    jitter: int | None = None
+    per_image: int | None = None
+    min_size: int = MIN_CROP
+    resize_mode: str = "bilinear"
+
+
 def fine_training_pairs(
     images: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
@@ -375,56 +451,87 @@ def fine_training_pairs(
     min_size: int = MIN_CROP,
     resize_mode: str = "bilinear",
 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`fine_crop_pairs` with the fields of :class:`FineCropParams` as keyword arguments
+    (the form the tests and the benchmark call)."""
+    params = FineCropParams(input_size, padding, jitter, per_image, min_size, resize_mode)
+    return fine_crop_pairs(images, masks, params, rng)
+
+
+def fine_crop_pairs(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    params: FineCropParams,
+    rng: int | np.random.Generator | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Training pairs ``(image (C, *S) float32, label (*S) int64)`` for the fine model:
-    ground-truth crops of every connected component of ``mask > 0`` (at most ``per_image``
-    random ones per image), boxes jittered by up to ``jitter`` pixels (default ``padding // 2``)
-    then padded, squared and shifted inside as at inference; an image without objects gives
-    the whole image resized to S."""
+    ground-truth crops of every connected component of ``mask > 0``, cut as ``params`` says
+    (:class:`FineCropParams`); an image without objects gives the whole image resized to S.
+    ``rng`` (a seed or a generator) draws the jitter and the ``per_image`` choice."""
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    k = default_padding(input_size) if padding is None else int(padding)
-    j = k // 2 if jitter is None else int(jitter)
     pairs = []
     for image, mask in zip(images, masks):
         image = np.asarray(image, dtype=np.float32)
         mask = np.asarray(mask)
         if image.ndim == mask.ndim:
             image = image[None]
-        size = _sizes(input_size, mask.ndim)
+        size = _sizes(params.input_size, mask.ndim)
         num_classes = max(int(mask.max()) + 1, 2)
-        boxes = [b for b in component_boxes(mask) if min(box_shape(b)) >= min_size]
-        if not boxes:
-            boxes_out = [(0,) * mask.ndim + tuple(mask.shape)]
-        else:
-            if per_image is not None and len(boxes) > per_image:
-                boxes = [boxes[i] for i in sorted(gen.choice(len(boxes), per_image, replace=False))]
-            boxes_out = [expand_box(jitter_box(b, j, gen), mask.shape, k) for b in boxes]
-        for box in boxes_out:
+        for box in _training_boxes(mask, params, gen):
             index = box_slices(box)
             crop = torch.from_numpy(np.ascontiguousarray(image[(slice(None), *index)]))[None]
-            pairs.append((resize(crop, size, resize_mode)[0].numpy(), resize_mask(mask[index], size, num_classes, resize_mode)))
+            pairs.append((
+                resize(crop, size, params.resize_mode)[0].numpy(),
+                resize_mask(mask[index], size, num_classes, params.resize_mode),
+            ))
     return pairs
+
+
+def _training_boxes(mask: np.ndarray, params: FineCropParams, gen: np.random.Generator) -> list[Box]:
+    """The crop boxes of one mask's objects (jittered, padded, squared, shifted inside), or the
+    whole mask when it has none."""
+    k = default_padding(params.input_size) if params.padding is None else int(params.padding)
+    j = k // 2 if params.jitter is None else int(params.jitter)
+    boxes = [b for b in component_boxes(mask) if min(box_shape(b)) >= params.min_size]
+    if not boxes:
+        return [(0,) * mask.ndim + tuple(mask.shape)]
+    if params.per_image is not None and len(boxes) > params.per_image:
+        boxes = [boxes[i] for i in sorted(gen.choice(len(boxes), params.per_image, replace=False))]
+    return [expand_box(jitter_box(b, j, gen), mask.shape, k) for b in boxes]
+
+
+@dataclass(frozen=True)
+class StageTrainParams:
+    """How :func:`train_coarse_model` / :func:`train_fine_model` train one model of a cascade:
+    at input size S ``input_size`` with ``config`` (a
+    :class:`~medloop.app.engine.train.TrainConfig`; its seed is replaced by ``seed``). The
+    coarse model learns ``target`` masks (see :func:`coarse_training_pairs`); the fine model's
+    crops use ``padding``, ``jitter`` and ``per_image`` (see :class:`FineCropParams`)."""
+
+    input_size: int | Sequence[int]
+    config: Any
+    seed: int = 0
+    target: str = "any"
+    padding: int | None = None
+    jitter: int | None = None
+    per_image: int | None = None
 
 
 def train_fine_model(
     network: torch.nn.Module,
     images: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
-    input_size: int | Sequence[int],
-    config: Any,
-    padding: int | None = None,
-    jitter: int | None = None,
-    per_image: int | None = None,
-    seed: int = 0,
+    params: StageTrainParams,
     progress: Callable[..., None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Any:
     """Train a cascade's fine model: a copy of ``network`` (normally the coarse model — transfer
     learning, as the paper) on jittered ground-truth crops resized to S
-    (:func:`fine_training_pairs`). ``images`` ``(C, *spatial)`` normalised for the model,
+    (:func:`fine_crop_pairs`). ``images`` ``(C, *spatial)`` normalised for the model,
     ``masks`` ``(*spatial)`` class indices (2-D or 3-D). Returns the :class:`~medloop.app.engine.train.TrainResult` (its
     ``model`` is the trained copy; ``network`` is not changed). Deterministic for a seed."""
-    pairs = fine_training_pairs(images, masks, input_size, padding, jitter, rng=seed, per_image=per_image)
-    return _train_copy(network, pairs, config, seed, progress, should_stop)
+    crops = FineCropParams(params.input_size, params.padding, params.jitter, params.per_image)
+    pairs = fine_crop_pairs(images, masks, crops, rng=params.seed)
+    return _train_copy(network, pairs, params.config, params.seed, progress, should_stop)
 
 
 def coarse_training_pairs(
@@ -457,17 +564,15 @@ def train_coarse_model(
     network: torch.nn.Module,
     images: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
-    input_size: int | Sequence[int],
-    config: Any,
-    target: str = "any",
-    seed: int = 0,
+    params: StageTrainParams,
     progress: Callable[..., None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Any:
     """Train a cascade's coarse model: a copy of ``network`` on whole images resized to S
-    (:func:`coarse_training_pairs`). Inputs and result as :func:`train_fine_model`."""
-    pairs = coarse_training_pairs(images, masks, input_size, target)
-    return _train_copy(network, pairs, config, seed, progress, should_stop)
+    (:func:`coarse_training_pairs`, ``params.target`` masks). Inputs and result as
+    :func:`train_fine_model`."""
+    pairs = coarse_training_pairs(images, masks, params.input_size, params.target)
+    return _train_copy(network, pairs, params.config, params.seed, progress, should_stop)
 
 
 def _train_copy(network, pairs, config, seed, progress, should_stop) -> Any:

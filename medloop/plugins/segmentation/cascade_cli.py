@@ -19,7 +19,7 @@ def train_cascade_model(args: argparse.Namespace, read) -> int:
     weights; ``read(path)`` reads an image. Prints the folder written."""
     from medloop.models.registry import build_model, get_model
     from medloop.plugins.segmentation import cascade_training as ct
-    from medloop.plugins.segmentation.cascade import train_coarse_model, train_fine_model
+    from medloop.plugins.segmentation.cascade import StageTrainParams, train_coarse_model, train_fine_model
     from medloop.plugins.segmentation.method import input_size_of
 
     flag = "--cascade-coarse" if args.cascade_coarse else "--cascade-fine"
@@ -43,12 +43,13 @@ def train_cascade_model(args: argparse.Namespace, read) -> int:
             print(f"train: epoch {info['epoch']} loss {info['train_loss']:.4g}", file=sys.stderr, flush=True)
 
     if args.cascade_coarse:
-        result = train_coarse_model(network, images, masks, size, config, target=args.coarse_target, seed=args.seed, progress=show)
+        stage = StageTrainParams(size, config, seed=args.seed, target=args.coarse_target)
+        result = train_coarse_model(network, images, masks, stage, progress=show)
         name = args.name or f"{base.name}-coarse"
         description = ct.coarse_description(base.name, size, args.coarse_target)
         training = {"cascade_coarse_of": base.name, "target": args.coarse_target}
     else:
-        result = train_fine_model(network, images, masks, size, config, seed=args.seed, progress=show)
+        result = train_fine_model(network, images, masks, StageTrainParams(size, config, seed=args.seed), progress=show)
         name = args.name or f"{base.name}-fine"
         description = ct.fine_description(base.name, size)
         training = {"cascade_fine_of": base.name}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,35 +116,44 @@ def free_name(stem: str, models_dir: Path | None) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class CascadeTrainParams:
+    """What :func:`train_cascade` trains: both models at input size S ``input_size`` for
+    ``epochs`` (None: :func:`training_config`'s 20) from ``seed``, the coarse one on ``target``
+    masks (see :func:`~medloop.plugins.segmentation.cascade.resize_mask`)."""
+
+    input_size: int
+    epochs: int | None = None
+    seed: int = 0
+    target: str = "any"
+
+
 def train_cascade(
     base_name: str,
     pairs: Sequence[tuple[MedImage, MedImage, str, str]],
-    input_size: int,
-    *,
-    epochs: int | None = None,
-    seed: int = 0,
-    target: str = "any",
+    params: CascadeTrainParams,
     models_dir: Path | None = None,
     progress: Callable[..., None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[str, str]:
     """Train both models of a cascade and register them in ``models_dir`` (None: the user's
     folder): the coarse model from ``base_name``'s weights on whole images resized to
-    ``input_size`` (``target`` masks, see :func:`~medloop.plugins.segmentation.cascade.resize_mask`),
-    then the fine model from the coarse weights on jittered ground-truth crops. Returns the two
-    new model names (``<base>-coarse-S``, ``<base>-fine-S``, numbered when taken).
+    ``params.input_size``, then the fine model from the coarse weights on jittered ground-truth
+    crops. Returns the two new model names (``<base>-coarse-S``, ``<base>-fine-S``, numbered
+    when taken).
 
     ``progress(done, total, info)`` counts the steps of both; ``should_stop()`` cancels
     (``JobCancelled``) and registers nothing. Data are checked before any training."""
     from medloop.models.registry import build_model, get_model, register_model
-    from medloop.plugins.segmentation.cascade import train_coarse_model, train_fine_model
+    from medloop.plugins.segmentation.cascade import StageTrainParams, train_coarse_model, train_fine_model
 
+    input_size, seed, target = params.input_size, params.seed, params.target
     base = get_model(base_name, models_dir)
     size = (int(input_size),) * base.card.spatial_dims
     network = build_model(base)
     check_input_size(base.name, network, size)
     images, masks = training_arrays(pairs, base.card)
-    config = training_config(epochs)
+    config = training_config(params.epochs)
     total = 2 * config.epochs * config.steps_per_epoch
 
     def phase(offset: int):
@@ -152,9 +162,9 @@ def train_cascade(
                 progress(offset + done, total, {**(info or {}), "phase": "fine" if offset else "coarse"})
         return report
 
-    coarse = train_coarse_model(network, images, masks, size, config, target=target, seed=seed,
-                                progress=phase(0), should_stop=should_stop)
-    fine = train_fine_model(coarse.model, images, masks, size, config, seed=seed,
+    stage = StageTrainParams(size, config, seed=seed, target=target)
+    coarse = train_coarse_model(network, images, masks, stage, progress=phase(0), should_stop=should_stop)
+    fine = train_fine_model(coarse.model, images, masks, stage,
                             progress=phase(config.epochs * config.steps_per_epoch), should_stop=should_stop)
     coarse_name = free_name(f"{base.name}-coarse-{input_size}", models_dir)
     fine_name = free_name(f"{base.name}-fine-{input_size}", models_dir)

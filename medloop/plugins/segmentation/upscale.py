@@ -252,11 +252,3 @@ def model_axis_factors(image: MedImage, grid: MedImage, factors: Sequence[int]) 
     img_xyz = list(factors)[::-1]
     grid_xyz = [img_xyz[int(np.argmax(match[i]))] for i in range(n)]
     return tuple(grid_xyz[::-1])
-
-
-def upscale_cost_note(factors: Sequence[int], overlap: bool) -> str:
-    """A short description for provenance and the status line."""
-    copies = int(np.prod([k * (2 if overlap and k > 1 else 1) for k in factors]))
-    axes = AXIS_NAMES[len(factors)]
-    text = ", ".join(f"{a} x{k}" for a, k in zip(axes, factors) if k > 1) or "none"
-    return f"{text} ({copies} shifted copies)"

@@ -39,7 +39,20 @@ class SegmentationPanel(MethodPanel):
     def __init__(self, napari_viewer: "napari.Viewer") -> None:
         super().__init__(napari_viewer)
         self.last_result = None
+        self._build_run_controls()
+        self._build_train_controls()
+        self._build_layout()
+        self._fill_models()
+        self._fill_devices()
+        self.refresh_layers()
+        self.model_combo.currentIndexChanged.connect(self._model_changed)
+        self.run_button.clicked.connect(self.run)
+        self.train_button.clicked.connect(self.train_cascade)
+        self._model_changed()
+        _warm_up_compute_imports()
 
+    def _build_run_controls(self) -> None:
+        """Model, device, tiles, upscaling, cascade refinement and the Run button."""
         self.model_combo = QComboBox()
         self.model_info = QLabel()
         self.model_info.setWordWrap(True)
@@ -69,7 +82,9 @@ class SegmentationPanel(MethodPanel):
         )
         self.run_button = QPushButton("Run")
         self.start_buttons.append(self.run_button)
-        # Training a cascade from what the annotator labelled: coarse from the chosen model, fine from coarse.
+
+    def _build_train_controls(self) -> None:
+        """Training a cascade from what the annotator labelled: coarse from the chosen model, fine from coarse."""
         self.train_labels_combo = QComboBox()
         self.train_labels_combo.setToolTip("The labels layer with the objects of the chosen image (same grid)")
         self.train_size_spin = QSpinBox()
@@ -87,6 +102,8 @@ class SegmentationPanel(MethodPanel):
         )
         self.start_buttons.append(self.train_button)
 
+    def _build_layout(self) -> None:
+        """The run form, the Run/Cancel buttons, the training box, progress and status."""
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
         form.addRow("Model", self.model_combo)
@@ -117,15 +134,6 @@ class SegmentationPanel(MethodPanel):
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addStretch(1)
-
-        self._fill_models()
-        self._fill_devices()
-        self.refresh_layers()
-        self.model_combo.currentIndexChanged.connect(self._model_changed)
-        self.run_button.clicked.connect(self.run)
-        self.train_button.clicked.connect(self.train_cascade)
-        self._model_changed()
-        _warm_up_compute_imports()
 
     # -- inputs -------------------------------------------------------------------------------
     def refresh_layers(self, *_: Any) -> None:
@@ -216,7 +224,7 @@ class SegmentationPanel(MethodPanel):
         on success both models are registered and selected ("Model" and "Refine crops with")."""
         from napari.utils.notifications import show_error
 
-        from medloop.plugins.segmentation.cascade_training import train_cascade
+        from medloop.plugins.segmentation.cascade_training import CascadeTrainParams, train_cascade
 
         name, labels_name, entry = self.image_combo.currentText(), self.train_labels_combo.currentText(), self.current_model()
         if not name or not labels_name or entry is None:
@@ -235,7 +243,8 @@ class SegmentationPanel(MethodPanel):
         self.status.setText(f"Training a cascade from {entry.name} on {name} ...")
         self.start(
             lambda progress, should_stop: train_cascade(
-                entry.name, pairs, size, epochs=epochs, models_dir=models_dir, progress=progress, should_stop=should_stop
+                entry.name, pairs, CascadeTrainParams(size, epochs=epochs), models_dir=models_dir,
+                progress=progress, should_stop=should_stop,
             ),
             self._cascade_trained,
         )
