@@ -459,9 +459,9 @@ class _TileReader:
         regions = [self._region(start) for start in batch]
         sources = [self.image[src] for src, _, _ in regions]
         if self.is_dask:
-            import dask
+            from medloop.app.io.lazy import compute_here
 
-            sources = dask.compute(*sources)
+            sources = compute_here(*sources)
         for i, ((_, dst, full), data) in enumerate(zip(regions, sources)):
             if not full:
                 buf[i].fill(self.pad_value)
@@ -746,7 +746,9 @@ class _SlideBlocks:
 
     def _read(self, ry0: int, ry1: int, rx0: int, rx1: int) -> np.ndarray:
         """The normalised network input ``(C, h, w)`` of one region."""
-        rgb = np.asarray(self.level[ry0:ry1, rx0:rx1])
+        from medloop.app.io.lazy import compute_here
+
+        rgb = np.asarray(compute_here(self.level[ry0:ry1, rx0:rx1])[0])
         x = np.asarray(self.plan.normalise(rgb), dtype=np.float32)
         del rgb
         if x.ndim != 3 or x.shape[1:] != (ry1 - ry0, rx1 - rx0):

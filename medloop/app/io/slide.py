@@ -27,6 +27,7 @@ import numpy as np
 
 from medloop.app.errors import ImageReadError, ImageWriteError
 from medloop.app.io.atomic import atomic_target
+from medloop.app.io.lazy import compute_here
 from medloop.app.io.image import MedImage
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".bif", ".svslide")
@@ -578,7 +579,7 @@ class _PyramidTiles:
         band_h = self._band_height()
         for y0 in range(0, h, band_h):
             self._check_stop()
-            band = np.asarray(self.labels[y0 : y0 + band_h]).astype(self.dtype, copy=False)
+            band = np.asarray(compute_here(self.labels[y0 : y0 + band_h])[0]).astype(self.dtype, copy=False)
             if self.scratch is not None:
                 self._save_reduced(self.scratch, band, y0)
             for r in range(0, band.shape[0], self.tile):

@@ -134,13 +134,10 @@ def live_features(
                 feats = feats[(slice(None),) + tuple(slice(0, n) for n in spatial)]
                 out = feats.cpu().contiguous()
             else:
-                from medloop.app.engine.tiling import sliding_window_inference
+                from medloop.app.engine.tiling import TilingParams, tiled_inference
 
-                out = torch.from_numpy(
-                    sliding_window_inference(
-                        img, features_of, roi_size, overlap=overlap, device=device, divisible_by=divisible_by, amp=False
-                    )
-                )
+                tiling = TilingParams(roi_size, overlap, device=device, divisible_by=divisible_by, amp=False)
+                out = torch.from_numpy(tiled_inference(img, features_of, tiling))
     finally:
         hook.remove()
         network.train(was_training)

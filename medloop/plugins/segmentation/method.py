@@ -80,7 +80,7 @@ def segment(
 def _segment(image, params, progress, should_stop, network, fine_network) -> SegmentResult:
     from medloop.app.engine.devices import channels_last_on_cpu, choose_device
     from medloop.app.engine.resample import probabilities_to_grid, to_model_grid
-    from medloop.app.engine.tiling import predict_labels, sliding_window_inference, tile_grid
+    from medloop.app.engine.tiling import TilingParams, predict_labels, tile_grid, tiled_inference
     from medloop.models.registry import build_model, get_model
 
     if params.cascade is not None:
@@ -113,19 +113,11 @@ def _segment(image, params, progress, should_stop, network, fine_network) -> Seg
     tile = tile_grid(inputs.shape[1:], roi, overlap, divisor).roi  # the tile sliding_window_inference will use
     per_call = upscale.tiles_per_call(device, params.batch_size, int(np.prod(tile)))
     with channels_last_on_cpu(network):
-        probs = sliding_window_inference(
-            inputs,
-            upscale.stacked_predictor(predictor, len(offsets), per_call),  # softmax per copy
-            roi_size=roi,
-            overlap=overlap,
-            batch_size=params.batch_size,
-            device=device,
-            amp=params.amp,
-            divisible_by=divisor,
-            activation=None,
-            progress=progress,
-            should_stop=should_stop,
+        tiling = TilingParams(
+            roi, overlap, batch_size=params.batch_size, device=device, amp=params.amp, divisible_by=divisor
         )
+        stacked = upscale.stacked_predictor(predictor, len(offsets), per_call)  # softmax per copy
+        probs = tiled_inference(inputs, stacked, tiling, progress=progress, should_stop=should_stop)
     if slices:
         probs = np.moveaxis(probs, 1, 1 + card.slice_axis)
     probs = upscale.fuse(probs.reshape(len(offsets), -1, *probs.shape[1:]), offsets, grid_factors, params.upscale_fusion)
@@ -219,7 +211,7 @@ def _segment_cascade(image, params, progress, should_stop, network, fine_network
     ``params.cascade`` on every crop (see :mod:`medloop.plugins.segmentation.cascade`)."""
     from medloop.app.engine.devices import channels_last_on_cpu, choose_device
     from medloop.models.registry import build_model, get_model
-    from medloop.plugins.segmentation.cascade import cascade_predict, default_padding
+    from medloop.plugins.segmentation.cascade import CascadeParams, default_padding, segment_cascade
 
     coarse_entry = get_model(params.model, params.models_dir)
     fine_entry = get_model(params.cascade, params.models_dir)
@@ -257,10 +249,12 @@ def _segment_cascade(image, params, progress, should_stop, network, fine_network
         fine_network = build_model(fine_entry, device)
     scalar = _scalar(image)
     with channels_last_on_cpu(network, fine_network):
-        result = cascade_predict(
-            network_input(scalar, coarse), network, fine_network, size, padding=padding,
-            batch_size=params.batch_size, fine_input_size=fine_size, fine_image=network_input(scalar, fine),
-            device=device, amp=params.amp, progress=progress, should_stop=should_stop,
+        run = CascadeParams(
+            size, padding=padding, batch_size=params.batch_size, fine_input_size=fine_size, device=device, amp=params.amp
+        )
+        result = segment_cascade(
+            network_input(scalar, coarse), network, fine_network, run, fine_image=network_input(scalar, fine),
+            progress=progress, should_stop=should_stop,
         )
     provenance = model_provenance(coarse, device, started, input_size=list(size), cascade={
             "coarse": {"model": coarse.name, "version": coarse.version, "weights_sha256": coarse.weights_sha256},
@@ -282,7 +276,7 @@ def segment_slide_file(
     """Segment one level of a whole slide into a tiled pyramidal label TIFF, tile by tile
     (memory stays bounded whatever the slide size). Returns the provenance."""
     from medloop.app.engine.devices import channels_last_on_cpu, choose_device
-    from medloop.app.engine.tiling import segment_slide
+    from medloop.app.engine.tiling import SlideParams, TilingParams, segment_level
     from medloop.models.registry import build_model, get_model
 
     entry = get_model(params.model, params.models_dir)
@@ -302,20 +296,14 @@ def segment_slide_file(
     roi = tuple(params.roi_size or card.inference.get("roi_size") or (512, 512))
     overlap = params.overlap if params.overlap is not None else float(card.inference.get("overlap", 0.125))
     with channels_last_on_cpu(network):
-        segment_slide(
-            image.pyramid[level] if image.pyramid else image.array,
-            network,
-            out_path,
-            spacing_um=tuple(s * factor for s in image.spacing),
-            roi_size=roi,
-            overlap=overlap,
-            batch_size=params.batch_size,
-            device=device,
-            amp=params.amp,
+        tiling = TilingParams(
+            roi, overlap, batch_size=params.batch_size, device=device, amp=params.amp, activation="softmax",
             divisible_by=int(getattr(network, "divisible_by", 1)),
-            num_classes=len(card.classes),
-            progress=progress,
-            should_stop=should_stop,
+        )
+        segment_level(
+            image.pyramid[level] if image.pyramid else image.array, network, out_path,
+            tuple(s * factor for s in image.spacing), SlideParams(tiling, num_classes=len(card.classes)),
+            progress=progress, should_stop=should_stop,
         )
     return model_provenance(card, device, started, roi_size=list(roi), overlap=overlap, level=level)
 
