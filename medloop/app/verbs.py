@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+from medloop.app.errors import MedloopError
 
 
 def add_read_options(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +27,29 @@ def read(args: argparse.Namespace, path: Path):
     return read_image(
         path, series=getattr(args, "series", None), allow_irregular=getattr(args, "allow_irregular", False)
     )
+
+
+def add_cohort_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """``--workers N`` and ``--scheduler ADDRESS``, for verbs that run over many images."""
+    parser.add_argument(
+        "--workers", type=int, metavar="N",
+        help=f"{prefix}run on N local worker processes (a Dask LocalCluster; default: one at a time in this process)",
+    )
+    parser.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help=f"{prefix}run on an existing Dask scheduler (tcp://host:port; e.g. dask-jobqueue on SLURM/PBS)",
+    )
+
+
+def cohort_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The cohort runner's ``scheduler``/``workers`` from ``--workers`` / ``--scheduler``."""
+    if args.workers is not None and args.scheduler:
+        raise MedloopError("give --workers N (local processes) or --scheduler ADDRESS (an existing cluster), not both")
+    if args.workers is not None and args.workers < 1:
+        raise MedloopError(f"--workers must be at least 1, got {args.workers}")
+    if args.scheduler:
+        return {"scheduler": args.scheduler}
+    return {"scheduler": "local", "workers": args.workers} if args.workers else {}
 
 
 def progress_printer(label: str) -> Callable[..., None] | None:

@@ -37,6 +37,7 @@ import numpy as np
 from medloop.app.errors import MedloopError, MedloopWarning
 from medloop.app.io.image import MedImage
 from medloop.app.io.hashing import sha256_file
+from medloop.plugins.review.model_run import label_dtype
 from medloop.models.provenance import model_reference
 from medloop.plugins.review.audit import AuditLog, BadLine
 
@@ -393,30 +394,61 @@ class ReviewProject:
         model: str,
         references: Sequence[Path] | None = None,
         ids: Sequence[str] | None = None,
-        device: str = "auto",
-        models_dir: Path | None = None,
-        flips: bool = False,
+        *,
         created_by: str | None = None,
         progress: Callable[..., None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        **run: Any,
     ) -> ReviewProject:
-        """Run ``model`` (the segmentation plugin's ``segment-image`` service) over ``images``; predictions and entropy maps
-        go into the project, cases sort by entropy. ``flips`` adds mirrored test-time runs
-        (y and x) and their disagreement score (3x the inference time).
+        """Run ``model`` (the segmentation plugin's ``segment-image`` service) over ``images``
+        through the cohort runner; predictions and entropy maps go into the project, cases sort
+        by entropy. ``run``: the fields of :class:`~medloop.plugins.review.model_run.ModelRun`
+        (``device``, ``models_dir``, ``flips`` for mirrored test-time runs and their
+        disagreement score, ``scheduler``/``workers`` to run on a Dask cluster).
 
-        Inputs and the model are checked before anything is written or run.
+        Inputs and the model are checked before anything runs. ``progress(done, total, info)``
+        after every case; ``should_stop`` cancels between cases (no manifest is written, so there
+        is no project; the finished cases are kept and a later call resumes from them). A case that
+        fails stops the project with its one-line error, the others' outputs are kept likewise.
         """
-        from medloop.app.io.write import write_image
-        from medloop.plugins.review.uncertainty import (
-            flipped_predictions,
-            uncertainty_summary,
-        )
-        from medloop.app.engine.jobs import check_stop
-        from medloop.app.plugin import service
-        from medloop.models.inputs import check_input
-        from medloop.models.registry import build_model, get_model
+        from medloop.app.engine.cohort import Case as CohortCase
+        from medloop.app.engine.cohort import run_cohort
+        from medloop.plugins.review.model_run import ModelRun, ReviewPredictTask
 
         folder = Path(folder)
+        options = ModelRun(**run)
+        checked = cls._checked_model_cases(folder, images, model, references, ids, options)
+        task = ReviewPredictTask(model, options.device, None if options.models_dir is None else str(options.models_dir), options.flips)
+
+        def report(done: int, total: int, info: dict[str, Any]) -> None:
+            if progress is not None:
+                progress(done, total, {"case": info["case"], "done": done, "total": total})
+
+        result = run_cohort(
+            [CohortCase(cid, spec.image) for spec, cid, _, _ in checked], task, folder / PREDICTIONS_DIR,
+            scheduler=options.scheduler, workers=options.workers, progress=report, should_stop=should_stop,
+        )
+        if result.failed:
+            first = next(iter(result.failed.items()))
+            raise ReviewError(
+                f"{len(result.failed)} of {len(checked)} cases failed, so no review project was made "
+                f"(first: {first[0]}: {first[1]}); fix or leave out those images and run again (finished cases are kept)"
+            )
+        entries = [
+            _model_case(folder, spec, cid, entry["record"])
+            for (spec, cid, _, _), entry in zip(checked, result.entries)
+        ]
+        return cls._write_manifest(folder, entries, created_by, {"model": result.entries[-1]["record"]["model"]})
+
+    @staticmethod
+    def _checked_model_cases(
+        folder: Path, images: Sequence[Path], model: str, references: Sequence[Path] | None,
+        ids: Sequence[str] | None, options: Any,
+    ) -> list[tuple[CaseInput, str, MedImage, None]]:
+        """The cases of a model run, checked (paths, ids, grids, the model can take each image)."""
+        from medloop.models.inputs import check_input
+        from medloop.models.registry import get_model
+
         _check_new_folder(folder)
         refs = list(references or [])
         if refs and len(refs) != len(images):
@@ -427,47 +459,11 @@ class ReviewProject:
         ]
         if not specs:
             raise ReviewError(f"no cases for review project {folder}; give at least one image")
-        entry = get_model(model, models_dir)  # an unknown model fails here, before any work
+        entry = get_model(model, options.models_dir)  # an unknown model fails here, before any work
         checked = _check_cases(specs, need_predictions=False)
-        for spec, _, image, _ in checked:
+        for _, _, image, _ in checked:
             check_input(image, entry.card)
-        from medloop.app.engine.devices import choose_device
-
-        network = build_model(entry, choose_device(device))
-        segment_image = service("segment-image")  # the segmentation plugin's, through the registry
-
-        def segment(im: MedImage, _params: None = None, network: Any = network) -> Any:
-            return segment_image(im, model, device=device, models_dir=models_dir, network=network)
-
-        params = None
-        (folder / PREDICTIONS_DIR).mkdir(parents=True, exist_ok=True)
-        entries = []
-        for i, (spec, cid, image, _) in enumerate(checked):
-            check_stop(should_stop)  # between cases: a cancelled run writes no manifest (no project)
-            result = segment(image, params, network=network)
-            labels = np.asarray(result.labels.array)
-            flipped = []
-            if flips:
-                flipped = flipped_predictions(image, lambda im: segment(im, params, network=network).labels.array)
-            emap, scores = uncertainty_summary(result.probabilities, labels, flipped)
-            pred_path = folder / PREDICTIONS_DIR / f"{cid}{MASK_SUFFIX}"
-            write_image(image.with_array(labels.astype(_label_dtype(labels)), channel_axis=False, metadata={}), pred_path)
-            prov = result.provenance
-            entries.append(
-                Case(
-                    id=cid,
-                    image=_stored(folder, spec.image),
-                    predictions=(Prediction(_stored(folder, pred_path), model_reference(prov)),),
-                    reference=_stored(folder, spec.reference) if spec.reference is not None else None,
-                    uncertainty=_write_uncertainty(folder, cid, image, emap),
-                    uncertainty_score=scores["score"],
-                    entropy=scores["entropy"],
-                    flip_disagreement=scores["flip_disagreement"],
-                )
-            )
-            if progress is not None:
-                progress(i + 1, len(checked), {"case": cid, "done": i + 1, "total": len(checked)})
-        return cls._write_manifest(folder, entries, created_by, {"model": model_reference(result.provenance)})
+        return checked
 
     @classmethod
     def _write_manifest(cls, folder: Path, cases: list[Case], created_by: str | None, extra: dict[str, Any] | None) -> ReviewProject:
@@ -661,7 +657,7 @@ class ReviewProject:
         path = folder / f"{case_id}.{stamp}-{secrets.token_hex(3)}{MASK_SUFFIX}"
         labels = np.asarray(mask)
         if labels.dtype == bool or labels.dtype.kind not in "iu":
-            labels = labels.astype(_label_dtype(labels))
+            labels = labels.astype(label_dtype(labels))
         return write_image(image.with_array(labels, channel_axis=False, metadata={}, path=None), path)
 
     def reviewed_mask(self, case_id: str, reviewer: str | None = None, state: ProjectState | None = None) -> tuple[np.ndarray | None, str]:
@@ -748,12 +744,20 @@ class ReviewProject:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _label_dtype(labels: np.ndarray) -> type:
-    top = int(np.max(labels)) if np.size(labels) else 0
-    low = int(np.min(labels)) if np.size(labels) else 0
-    if low < 0:
-        return np.int32
-    return np.uint8 if top < 256 else np.uint16 if top < 65536 else np.int32
+def _model_case(folder: Path, spec: CaseInput, cid: str, record: dict[str, Any]) -> Case:
+    """The manifest's case for one finished model-run case (its cohort record)."""
+    outputs = [folder / PREDICTIONS_DIR / name for name in record["outputs"]]
+    scores = record["scores"]
+    return Case(
+        id=cid,
+        image=_stored(folder, spec.image),
+        predictions=(Prediction(_stored(folder, outputs[0]), record["model"]),),
+        reference=_stored(folder, spec.reference) if spec.reference is not None else None,
+        uncertainty=_stored(folder, outputs[1]) if len(outputs) > 1 else None,
+        uncertainty_score=scores["score"],
+        entropy=scores["entropy"],
+        flip_disagreement=scores["flip_disagreement"],
+    )
 
 
 def _stored(folder: Path, path: str | os.PathLike) -> str:

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from medloop.app.verbs import add_cohort_options, cohort_options
 from medloop.plugins.review.project import (
     ACTIONS,
     CaseInput,
@@ -40,6 +41,7 @@ def add_verbs(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser
     init.add_argument("--flips", action="store_true", help="--model: also score disagreement on mirrored inputs (3x slower)")
     init.add_argument("--device", default="auto", help="--model: auto, cpu, cuda, cuda:N, mps")
     init.add_argument("--models-dir", type=Path, help="--model: folder of registered models")
+    add_cohort_options(init, "--model: ")
     init.add_argument("--prediction-model", metavar="NAME", help="name of the model that made --predictions (for the audit log)")
     init.add_argument("--prediction-model-version", metavar="V", help="its version")
     init.add_argument("--prediction-weights-sha256", metavar="SHA", help="its weights' sha256")
@@ -90,7 +92,7 @@ def _init(args: argparse.Namespace) -> int:
             raise ReviewError("give either --model (run it) or --predictions (existing masks), not both")
         project = ReviewProject.create_with_model(
             args.dir, args.images, args.model, references=args.references, ids=args.ids, device=args.device,
-            models_dir=args.models_dir, flips=args.flips,
+            models_dir=args.models_dir, flips=args.flips, **cohort_options(args),
         )
     else:
         if not args.predictions:

@@ -10,14 +10,16 @@ from pathlib import Path
 import numpy as np
 
 from medloop.app.errors import MedloopError
-from medloop.app.verbs import add_read_options, progress_printer, read
+from medloop.app.verbs import add_cohort_options, add_read_options, cohort_options, progress_printer, read
 
 
 def add_verbs(sub: argparse._SubParsersAction) -> None:
     """Add ``medloop segment``."""
-    seg = sub.add_parser("segment", help="segment an image with a model; labels keep the input's exact geometry")
-    seg.add_argument("input", type=Path, metavar="IN", help="image file or DICOM folder")
-    seg.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="label map (.nii.gz, .nrrd, .mha, .tif)")
+    seg = sub.add_parser(
+        "segment", help="segment an image (or a folder / list of images) with a model; labels keep the input's exact geometry"
+    )
+    seg.add_argument("input", type=Path, metavar="IN", help="image file or DICOM folder; or a folder of images or a list file (one path per line) with OUT a folder")
+    seg.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="label map (.nii.gz, .nrrd, .mha, .tif); for a cohort, the output folder (<id>.nii.gz + <id>.json each)")
     seg.add_argument("--model", required=True, help="model name (see 'medloop models') or a model folder")
     seg.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     seg.add_argument("--tile", type=int, nargs="+", metavar="N", help="tile size in voxels (one value or one per axis)")
@@ -33,6 +35,7 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
     seg.add_argument("--cascade", metavar="FINE_MODEL", help="segment-then-segment (seed 002, 2-D images): --model finds the objects on the image resized to its input size, FINE_MODEL segments a crop around each")
     seg.add_argument("--cascade-padding", type=int, metavar="K", help="--cascade: pixels added around each object's box (default: input size / 8)")
     add_read_options(seg)
+    add_cohort_options(seg, "cohort: ")
     seg.set_defaults(handler=cmd_segment)
 
 
@@ -57,6 +60,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from medloop.app.io.write import write_image
     from medloop.plugins.segmentation.method import segment
 
+    if _is_cohort(args):
+        return _segment_cohort(args)
     image = read(args, args.input)
     params = _params(args, image.ndim)
     if image.is_multiscale:
@@ -75,6 +80,45 @@ def cmd_segment(args: argparse.Namespace) -> int:
         print(f"cascade: {result.provenance['cascade']['crops']} crops segmented by {args.cascade}")
     print(f"wrote {args.output} ({result.provenance['seconds']} s on {result.provenance['device']})")
     return 0
+
+
+def _is_cohort(args: argparse.Namespace) -> bool:
+    """A folder of images or a list file in, a folder out (a DICOM series folder with an image
+    file out stays one image); ``--workers``/``--scheduler`` always mean a cohort."""
+    from medloop.app.io.read import suffix_of, supported_suffixes
+
+    if args.workers is not None or args.scheduler:
+        return True
+    out_is_image = suffix_of(args.output) in supported_suffixes()
+    if args.input.is_dir():
+        return not out_is_image
+    return args.input.is_file() and suffix_of(args.input) not in supported_suffixes()
+
+
+def _segment_cohort(args: argparse.Namespace) -> int:
+    """Every image of a folder or list file into the output folder; one line per case."""
+    import sys
+
+    from medloop.app.io.read import suffix_of, supported_suffixes
+    from medloop.plugins.segmentation.batch import segment_cohort
+
+    if suffix_of(args.output) in supported_suffixes():
+        raise MedloopError(f"{args.input} is a cohort (a folder or list of images); give -o an output folder, not the image file {args.output}")
+    if args.probabilities is not None:
+        raise MedloopError("--probabilities names one file; in a cohort run leave it out (each case writes <id>.nii.gz)")
+    if args.series is not None or args.allow_irregular:
+        raise MedloopError("--series and --allow-irregular apply to one DICOM folder; segment its series one at a time")
+    if args.tile or args.upscale:
+        raise MedloopError("--tile and --upscale depend on each image's dimensions; in a cohort run leave them out (the model card's tile is used)")
+    params = _params(args, 3)
+
+    def show(done: int, total: int, info: dict) -> None:
+        state = info["status"] if info["status"] != "failed" else f"failed: {info['error']}"
+        print(f"[{done}/{total}] {info['case']}: {state}", file=sys.stderr if info["status"] == "failed" else sys.stdout, flush=True)
+
+    report = segment_cohort(args.input, args.output, params, progress=show, **cohort_options(args))
+    print(report.summary())
+    return 2 if report.failed else 0
 
 
 def _segment_slide(args: argparse.Namespace, image, params) -> int:
