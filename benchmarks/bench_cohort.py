@@ -12,11 +12,12 @@ and written as ``.nii.gz``:
   distributing alone, 2 workers the speed-up;
 - runner, resume: the serial run again over its finished output (everything skipped).
 
-Torch uses ``SegmentParams.num_threads`` (None: one core fewer than the machine has) in the
-plain loop and the serial runner; ``--threads`` sets it for all rows. Every row must write the
-same label bytes as the plain loop. Times are medians of ``--repeats`` rounds in which the rows take turns. A first line measures
-what the machine gives parallel processes (pure-Python loops, 1 vs ``--workers`` at once): on a
-VM whose cores are shared, no runner can beat it.
+Torch uses ``SegmentParams.num_threads`` (None: one core fewer than the machine has) in every
+process; ``--threads`` sets it. Every row must write the same label bytes as the plain loop.
+Times are medians over ``--repeats`` rounds in which the rows take turns; ratios are medians of
+same-round ratios. Two more lines: the LocalCluster's start + close cost, and what the machine
+gives parallel processes (pure-Python loops, 1 vs ``--workers`` at once) -- on a VM whose cores
+are shared, no runner can beat that.
 
     python benchmarks/bench_cohort.py              # ~3 min on 2 cores
     python benchmarks/bench_cohort.py --repeats 5 --workers 4
@@ -151,7 +152,9 @@ def main(argv=None) -> int:
         runs = {
             plain: ("plain", lambda out: plain_loop(paths, out, params)),
             serial: ("serial", lambda out: segment_cohort(root / "in", out, params)),
-            "runner, local 1 worker": ("local1", lambda out: segment_cohort(root / "in", out, params, scheduler="local", workers=1)),
+            "runner, local 1 worker": (
+                "local1", lambda out: segment_cohort(root / "in", out, params, scheduler="local", workers=1)
+            ),
             local: ("local", lambda out: segment_cohort(root / "in", out, params, scheduler="local", workers=args.workers)),
         }
         times = timed_rounds(runs, root, args.repeats)
