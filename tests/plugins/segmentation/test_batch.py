@@ -69,7 +69,8 @@ def test_two_local_workers_match_one_at_a_time_segment(tmp_path, inputs, params)
         for geometry in ("GetSpacing", "GetOrigin", "GetDirection"):
             np.testing.assert_allclose(getattr(got, geometry)(), getattr(source, geometry)(), rtol=0, atol=1e-5)
     first = np.asarray(read_image(tmp_path / "out" / "case0.nii.gz").array)
-    assert report.entries[0]["record"]["voxels"] == {"background": int((first == 0).sum()), "bright": int((first == 1).sum())}
+    voxels = {"background": int((first == 0).sum()), "bright": int((first == 1).sum())}
+    assert report.entries[0]["record"]["voxels"] == voxels
 
 
 def test_serial_builds_the_network_once_and_honours_stop(tmp_path, inputs, params, monkeypatch):
