@@ -203,9 +203,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     entries = list_models(args.models_dir)
     rows = [
         {
-            "name": e.name, "version": e.card.version,
+            "name": e.name, "version": e.card.version, "task": e.card.task,
             "dims": f"{e.card.spatial_dims}-D" + (" (volumes slice by slice)" if e.card.slice_axis is not None else ""),
-            "modality": e.card.raw["medical"].get("modality", ""),
+            "modality": e.card.raw.get("medical", {}).get("modality", ""),
             "classes": list(e.card.classes.values()), "packaged": e.packaged, "folder": str(e.folder),
         }
         for e in entries
@@ -216,7 +216,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         print("no models; register one with 'medloop models register WEIGHTS --card CARD'")
     for r in rows if not args.json else []:
         where = "packaged" if r["packaged"] else r["folder"]
-        print(f"{r['name']}  v{r['version']}  {r['dims']} {r['modality']}  classes: {', '.join(r['classes'])}  ({where})")
+        what = f"classes: {', '.join(r['classes'])}" if r["classes"] else r["task"]
+        print(f"{r['name']}  v{r['version']}  {r['task']}  {r['dims']} {r['modality']}  {what}  ({where})")
     return 0
 
 
