@@ -47,6 +47,7 @@ class HomePanel(QWidget):
         self.sample_list = QListWidget()
         self.sample_list.addItems([s.display_name for s in self.samples])
         self.sample_list.setCurrentRow(0)
+        self.sample_list.setMaximumHeight(18 * max(len(self.samples), 1) + 12)  # no empty box under one sample
         self.sample_list.itemDoubleClicked.connect(self.open_sample)
         layout.addWidget(self.sample_list)
         self.sample_button = QPushButton("Open sample")

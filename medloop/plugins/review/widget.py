@@ -81,6 +81,7 @@ class ReviewPanel(MethodPanel):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSortingEnabled(True)
+        self.table.setMinimumHeight(140)  # five cases visible, however crowded the dock
         self.prev_button = QPushButton("◀ Previous")
         self.next_button = QPushButton("Next ▶")
         self.comment_edit = QPlainTextEdit()
@@ -185,7 +186,11 @@ class ReviewPanel(MethodPanel):
             if "case" in info:
                 self.status.setText(f"Segmenting: {info['done']} / {info['total']} ({info['case']}) ...")
 
-        self.start(compute, on_done=lambda project: self.open_project(project.folder), on_info=on_info)
+        def done(project) -> None:
+            self.open_project(project.folder)
+            self.status.setText(f"Made {Path(folder).name} with {model}: {len(project.cases)} case(s), most uncertain first.")
+
+        self.start(compute, on_done=done, on_info=on_info)
 
     def refresh_layers(self, *_: Any) -> None:
         """Review picks cases, not image layers: nothing to offer."""

@@ -149,3 +149,38 @@ def test_new_project_from_the_panel_runs_the_model(make_napari_viewer, qtbot, tm
     assert case.predictions[0].model["model"] == "brain-tissue-t1" and case.uncertainty_score is not None
     prediction = widget.project.load_prediction("mni152_t1_2mm")
     assert set(np.unique(prediction.array)) == {0, 1, 2}
+
+
+def test_new_project_cancels_between_cases_without_stalling(make_napari_viewer, qtbot, tmp_path, brain_sample):
+    """Making a project is the panel's MethodPanel job: progress per case, Cancel between cases
+    (no manifest: no project; the finished case is kept), and the event loop never stalls."""
+    from dataclasses import replace
+
+    import torch
+
+    from medloop.app.io.write import write_image
+    from medloop.plugins.review.project import MANIFEST_NAME
+    from tests.plugins.segmentation.test_widget import StallMeter
+
+    torch.set_num_threads(1)
+    t1, _ = brain_sample
+    paths = [
+        write_image(replace(t1, array=np.ascontiguousarray(np.asarray(t1.array)[z : z + 6]), path=None), tmp_path / f"s{k}.nii.gz")
+        for k, z in enumerate((30, 45, 60))
+    ]
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medloop", "Review")
+    widget.settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    widget.reviewer_edit.setText("dr-d")
+    meter = StallMeter()
+    widget.new_project(tmp_path / "proj", paths, "brain-tissue-t1")
+    assert not widget.new_button.isEnabled() and widget.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=120_000)
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.job is None, timeout=120_000)
+    meter.timer.stop()
+    assert meter.worst < 0.2, f"event loop blocked for {meter.worst * 1000:.0f} ms"
+    assert widget.status.text() == "Cancelled; no project was made."
+    assert widget.project is None and not (tmp_path / "proj" / MANIFEST_NAME).exists()
+    assert (tmp_path / "proj" / "predictions" / "s0.nii.gz").is_file()
+    assert widget.new_button.isEnabled() and not widget.cancel_button.isEnabled()
