@@ -175,3 +175,18 @@ def test_a_package_without_a_declaration_is_refused(tmp_path, monkeypatch):
     with pytest.raises(PluginError) as err:
         load_plugins()
     assert str(err.value) == f"plugin package {PACKAGE} has no PLUGIN = Plugin(...) in its __init__.py; declare it there"
+
+
+@pytest.mark.viewer
+def test_home_opens_builtin_and_entry_point_panels_once(throwaway, make_napari_viewer):
+    from medloop.app.gui.home import HomePanel
+
+    viewer = make_napari_viewer()
+    home = HomePanel(viewer)
+    for _ in range(2):  # a second double-click shows the open panel instead of docking another
+        home._open_method(home.method_list.item(0))
+        home._open_method(home.method_list.item(3))
+    docks = viewer.window.dock_widgets
+    assert sorted(docks) == ["Segmentation (napari-medloop)", "Throwaway"]
+    assert type(docks["Segmentation (napari-medloop)"]).__name__ == "SegmentationPanel"
+    assert (type(docks["Throwaway"]).__name__, docks["Throwaway"].text()) == ("ThrowawayPanel", "throwaway panel")
