@@ -52,7 +52,7 @@ def make_loss(name: str, epochs: int, steps_per_epoch: int):
     """``loss_fn(logits, target, weight)`` on paint-convention targets (class c stored as c + 1)."""
     import torch
 
-    from medloop.models.losses import (
+    from medloop.app.engine.losses import (
         boundary_loss,
         generalised_dice_loss,
         probabilities,
@@ -85,7 +85,7 @@ class CodeRamp:
     def __call__(self, logits, target, weight):
         import torch
 
-        from medloop.models.losses import (
+        from medloop.app.engine.losses import (
             boundary_loss,
             generalised_dice_loss,
             probabilities,

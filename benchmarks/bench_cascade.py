@@ -103,7 +103,7 @@ def dice_ce_loss(logits, target, weight):
     pixels otherwise teach "all background" first."""
     import torch
 
-    from medloop.models.losses import weighted_cross_entropy
+    from medloop.app.engine.losses import weighted_cross_entropy
 
     p = torch.softmax(logits, dim=1)[:, 1] * weight
     t = (target == 1).to(p.dtype) * weight

@@ -68,7 +68,6 @@ def main(argv=None) -> int:
     from medloop.app.engine.train import TrainConfig, train_segmentation
     from medloop.app.io.image import MedImage
     from medloop.app.samples import load_brain_sample
-    from medloop.models import losses  # noqa: F401 - registers the loss names ("cross_entropy")
     from medloop.models.nets import build_network
     from medloop.models.registry import build_model, get_model
     from medloop.plugins.segmentation.method import SegmentParams, segment

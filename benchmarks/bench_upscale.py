@@ -143,7 +143,7 @@ def learned_model(folder: Path, epochs: int = 40):
     from medloop.app.engine.augment import AugmentConfig
     from medloop.app.engine.train import TrainConfig, train_segmentation
     from medloop.models.nets import build_network
-    from medloop.models.losses import loss_by_name
+    from medloop.app.engine.losses import loss_by_name
 
     pairs = []
     for seed in (1, 2, 3):

@@ -75,8 +75,8 @@ def resolve_data(ref: str) -> MedImage:
 
 
 def recipe_loss(name: str) -> Callable:
-    """The registered training loss a recipe names (:func:`medloop.models.losses.loss_by_name`)."""
-    from medloop.models.losses import loss_by_name
+    """The registered training loss a recipe names (:func:`medloop.app.engine.losses.loss_by_name`)."""
+    from medloop.app.engine.losses import loss_by_name
 
     try:
         return loss_by_name(name)

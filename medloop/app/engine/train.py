@@ -15,9 +15,7 @@ nothing has been validated yet); with ``raise_on_stop=True`` it raises
 touched, which is what the GUI wants: swap the weights in on success, change nothing on cancel.
 
 Losses. ``loss_fn(logits, target, weight) -> scalar``; names (``TrainConfig.loss``) resolve
-through the one loss registry (:func:`register_loss` / :func:`resolve_loss`). The registry lives
-here, in the ground; :mod:`medloop.models.losses` registers medloop's losses into it when imported,
-so the engine never imports ``medloop.models``.
+through the one loss table, :data:`medloop.app.engine.losses.LOSSES` (:func:`resolve_loss`).
 """
 
 from __future__ import annotations
@@ -49,7 +47,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "LOSSES",
     "PatchSampler",
     "SegmentationOptions",
     "SegmentationStep",
@@ -57,7 +54,6 @@ __all__ = [
     "TrainResult",
     "load_checkpoint",
     "predict_whole",
-    "register_loss",
     "resolve_loss",
     "save_checkpoint",
     "segmentation_validator",
@@ -93,8 +89,8 @@ class TrainConfig:
     # after ``plateau_patience`` validations without improvement).
     schedule: str = "constant"
     plateau_patience: int = 3
-    # A loss callable ``loss_fn(logits, target, weight)``, or a name in the loss registry
-    # (:func:`resolve_loss`; importing medloop.models.losses registers "cross_entropy", "dice_ce", ...).
+    # A loss callable ``loss_fn(logits, target, weight)``, or a name in the one loss table
+    # (medloop.app.engine.losses.LOSSES: "cross_entropy", "dice_ce", ...; see :func:`resolve_loss`).
     loss: Union[str, LossFn, None] = "cross_entropy"
     augment: AugmentConfig | None = None
     # Probability that a patch centres on a foreground voxel (label > 0 with weight > 0).
@@ -129,27 +125,14 @@ class TrainResult:
 
 # ------------------------------------------------------------------------------ loss registry
 
-#: Loss name -> ``loss_fn(logits, target, weight)``; filled by :func:`register_loss`.
-LOSSES: dict[str, LossFn] = {}
-
-
-def register_loss(name: str, fn: LossFn, *aliases: str) -> LossFn:
-    """Make ``fn`` available as ``TrainConfig.loss = name`` (and each alias); returns ``fn``."""
-    for key in (name, *aliases):
-        LOSSES[key] = fn
-    return fn
-
-
 def resolve_loss(loss: Union[str, LossFn, None]) -> LossFn:
-    """The callable for a loss setting: a callable passes through, a name is looked up (None:
-    "cross_entropy")."""
+    """The callable for a loss setting: a callable passes through, a name is looked up in the one
+    loss table (:data:`medloop.app.engine.losses.LOSSES`; None: "cross_entropy")."""
     if callable(loss):
         return loss
-    name = "cross_entropy" if loss is None else loss
-    if name in LOSSES:
-        return LOSSES[name]
-    known = ", ".join(sorted(LOSSES)) or "none registered: import medloop.models.losses"
-    raise MedloopError(f"unknown loss {name!r}; use one of {known}, or pass a loss function")
+    from medloop.app.engine.losses import loss_by_name
+
+    return loss_by_name("cross_entropy" if loss is None else loss)
 
 
 # ------------------------------------------------------------------------------- validation

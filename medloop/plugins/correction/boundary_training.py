@@ -20,7 +20,7 @@ Per tile (one sample of the batch):
 
 The batch loss is the mean over the tiles that have annotation. alpha follows the paper's
 per-epoch ramp ``max(floor, 1 - step * epoch)`` with the step scaled so the floor is reached at
-the run's last epoch (:meth:`~medloop.models.losses.BoundaryLossSchedule.for_run`): the paper's
+the run's last epoch (:meth:`~medloop.app.engine.losses.BoundaryLossSchedule.for_run`): the paper's
 0.01 per epoch would never get near the floor in a 20-epoch fine-tune. The epoch is counted from
 the calls, ``config.steps_per_epoch`` calls per epoch, as the trainer calls the loss once per step.
 """
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from medloop.app.errors import MedloopWarning
-from medloop.models.losses import (
+from medloop.app.engine.losses import (
     BoundaryLossSchedule,
     boundary_loss,
     generalised_dice_loss,

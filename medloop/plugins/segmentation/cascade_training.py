@@ -68,7 +68,7 @@ def training_config(epochs: int | None) -> Any:
     """20 epochs x 20 steps of 8 patches, flips, Adam 1e-3, Dice + cross-entropy."""
     from medloop.app.engine.augment import AugmentConfig
     from medloop.app.engine.train import TrainConfig
-    from medloop.models.losses import loss_by_name
+    from medloop.app.engine.losses import loss_by_name
 
     aug = AugmentConfig.none()
     aug.p_flip = 0.5

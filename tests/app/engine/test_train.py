@@ -18,7 +18,7 @@ from medloop.app.engine.train import (
     train_segmentation,
 )
 from medloop.app.errors import ImageMismatchError, MedloopError
-from medloop.models.losses import weighted_cross_entropy  # moved from medloop.app.engine.train
+from medloop.app.engine.losses import weighted_cross_entropy  # moved from medloop.app.engine.train
 
 torch.set_num_threads(1)
 

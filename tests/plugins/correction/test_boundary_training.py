@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from medloop.app.errors import MedloopWarning
-from medloop.models.losses import (
+from medloop.app.engine.losses import (
     boundary_loss,
     generalised_dice_loss,
     probabilities,

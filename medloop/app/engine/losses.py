@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from medloop.app.engine.train import register_loss, resolve_loss
 from medloop.app.errors import MedloopError
 
 __all__ = [
+    "LOSSES",
     "BoundaryLossSchedule",
     "boundary_alpha",
     "boundary_loss",
@@ -316,9 +316,8 @@ class BoundaryLossSchedule:
 
 # --- the loss registry ---------------------------------------------------------------------------
 # Training losses by name, all ``loss(logits, target, weight)``: ``TrainConfig.loss``, recipes'
-# "loss" and the CLI resolve names here. The table itself lives in the ground
-# (medloop.app.engine.train.LOSSES) so that the engine resolves names without importing models;
-# importing this module fills it.
+# "loss" and the CLI resolve names here (:data:`LOSSES`, :func:`loss_by_name`). A method's own
+# losses (sparse strokes, points, boundary) are passed to the training loop as callables.
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -340,16 +339,22 @@ def _auto_weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.
     return weighted_cross_entropy(logits, target, weight, weights="auto")
 
 
-register_loss("dice_ce", dice_ce_loss)
-register_loss("dice", _dice)
-register_loss("iou", _iou)
-register_loss("wce", _auto_weighted_ce)
-register_loss("cross_entropy", weighted_cross_entropy, "ce")
+#: Loss name -> ``loss(logits, target, weight)``: the one table of training losses.
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "dice_ce": dice_ce_loss,
+    "dice": _dice,
+    "iou": _iou,
+    "wce": _auto_weighted_ce,
+    "cross_entropy": weighted_cross_entropy,
+    "ce": weighted_cross_entropy,
+}
 
 
 def loss_by_name(name: str) -> Callable[..., torch.Tensor]:
-    """The registered training loss ``(logits, target, weight) -> scalar`` called ``name``;
+    """The training loss ``(logits, target, weight) -> scalar`` called ``name``;
     :class:`~medloop.app.errors.MedloopError` naming the known ones otherwise."""
     if not isinstance(name, str):
         raise MedloopError(f"a loss name must be a string, got {type(name).__name__}")
-    return resolve_loss(name)
+    if name not in LOSSES:
+        raise MedloopError(f"unknown loss {name!r}; use one of {', '.join(sorted(LOSSES))}, or pass a loss function")
+    return LOSSES[name]

@@ -8,7 +8,7 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-from medloop.models.losses import (
+from medloop.app.engine.losses import (
     BoundaryLossSchedule,
     boundary_alpha,
     boundary_loss,
