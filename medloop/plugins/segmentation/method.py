@@ -96,7 +96,7 @@ def _segment(image, params, progress, should_stop, network, fine_network) -> Seg
         network = build_model(entry, device)
     factors = _upscale_factors(image, params)
     slices = image.ndim == 3 and card.spatial_dims == 2
-    grid = to_model_grid(_scalar(image), _model_spacing(card, slices), card.orientation)
+    grid = to_model_grid(_scalar(image), _model_spacing(card, image, slices), card.orientation)
     inputs = network_input(grid, card)
     grid_factors = upscale.model_axis_factors(image, grid, factors)
     offsets = upscale.shift_offsets(grid_factors, params.upscale_align, params.upscale_overlap)
@@ -317,16 +317,27 @@ def _upscale_factors(image: MedImage, params: SegmentParams) -> tuple[int, ...]:
     return factors
 
 
-def _model_spacing(card, slices: bool) -> tuple[float | None, ...] | None:
-    """The model's grid spacing; a 2-D model run slice by slice keeps the volume's own slice
-    spacing (its slices are segmented independently: resampling between them is the job of
-    output upscaling, not of the model grid)."""
+def _model_spacing(card, image: MedImage, slices: bool) -> tuple[float | None, ...] | None:
+    """The model's grid spacing for ``image``, in ITK (x, y[, z]) order.
+
+    A 2-D model run slice by slice keeps the volume's own slice spacing (its slices are segmented
+    independently: resampling between them is the job of output upscaling, not of the model
+    grid). A 2-D image given to a slice model (a PNG, one DICOM slice) takes the model's in-plane
+    spacing; an image without physical units (pixels) keeps its own grid.
+    """
     spacing = card.spacing
-    if spacing is None or not slices or len(spacing) != 3:
+    if spacing is None or image.unit not in ("mm", "um"):
+        return None if image.unit not in ("mm", "um") else spacing
+    if len(spacing) != 3 or card.slice_axis is None:
         return spacing
     out: list[float | None] = list(spacing)
-    out[2 - card.slice_axis] = None  # ITK (x, y, z) order
-    return tuple(out)
+    if slices:
+        out[2 - card.slice_axis] = None  # ITK (x, y, z) order
+        return tuple(out)
+    if image.ndim == 2:
+        del out[2 - card.slice_axis]  # the slice plane's two axes
+        return tuple(out)
+    return spacing
 
 
 def _slice_by_slice(inputs: np.ndarray, network, roi_2d: tuple[int, ...], axis: int):

@@ -49,3 +49,32 @@ def test_cli_segment_thick_slices_keeps_geometry(cli, variants, tmp_path):
     dice = dice_per_class(sitk.GetArrayFromImage(seg), np.asarray(truth.array), 3)
     assert dice[WM] >= 0.85 and dice[GM] >= 0.75
     assert "grey matter:" in result.stdout and " mL" in result.stdout
+
+
+def test_2d_slice_and_png_through_the_slice_model(cli, brain_sample, tmp_path):
+    """A 2-D image (one axial slice in mm, or a PNG in pixels) goes through the slice-by-slice
+    model as a 2-D image: the labels match the same slice segmented inside the volume."""
+    from PIL import Image
+
+    from medloop.app.io.image import MedImage
+    from medloop.app.io.read import read_image
+
+    t1, _ = brain_sample
+    z = 47
+    in_volume = np.asarray(segment(t1, SegmentParams("brain-tissue-t1", device="cpu")).labels.array)[z]
+    plane = np.asarray(t1.array)[z].astype(np.float32)
+    path = write_image(MedImage(plane, spacing=(2.0, 2.0), origin=(0.0, 0.0), direction=np.eye(2)), tmp_path / "slice.nii.gz")
+    result = cli("segment", str(path), "-o", str(tmp_path / "labels.nii.gz"), "--model", "brain-tissue-t1", "--device", "cpu")
+    assert result.returncode == 0 and result.stderr == ""
+    labels = read_image(tmp_path / "labels.nii.gz")
+    assert labels.shape == plane.shape and labels.spacing == (2.0, 2.0)
+    dice = dice_per_class(np.asarray(labels.array), in_volume, 3)
+    assert dice[1] > 0.92 and dice[2] > 0.92, dice  # per-slice intensity normalisation differs a little
+    png = tmp_path / "slice.png"
+    Image.fromarray(np.round(plane / plane.max() * 255).astype(np.uint8)).save(png)
+    result = cli("segment", str(png), "-o", str(tmp_path / "png_labels.nii.gz"), "--model", "brain-tissue-t1", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    from_png = read_image(tmp_path / "png_labels.nii.gz")
+    assert from_png.shape == plane.shape  # a pixel image keeps its own grid
+    dice = dice_per_class(np.asarray(from_png.array), in_volume, 3)
+    assert dice[1] > 0.9 and dice[2] > 0.9
