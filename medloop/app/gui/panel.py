@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     import napari
 
 
+PROGRESS_INTERVAL_S = 0.25
+
+
 class MethodPanel(QWidget):
     """Base class of the method panels; subclasses lay the shared widgets out as they like."""
 
@@ -30,6 +33,7 @@ class MethodPanel(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
+        self._progress_shown = 0.0
         #: Buttons that start a job: disabled while one runs.
         self.start_buttons: list[QPushButton] = []
         self.viewer.layers.events.inserted.connect(self.refresh_layers)
@@ -83,6 +87,14 @@ class MethodPanel(QWidget):
         self.cancel_button.setEnabled(running)
 
     def _on_progress(self, done: int, total: int) -> None:
+        # QProgressBar repaints synchronously whenever its text changes, and under a GL canvas
+        # that costs 30-60 ms of GUI thread each time: show at most 4 updates a second.
+        import time
+
+        now = time.perf_counter()
+        if done < total and now - self._progress_shown < PROGRESS_INTERVAL_S:
+            return
+        self._progress_shown = now
         self.progress.setMaximum(max(total, 1))
         self.progress.setValue(done)
 

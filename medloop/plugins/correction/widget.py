@@ -200,6 +200,11 @@ class CorrectionPanel(MethodPanel):
         kwargs = image.layer_kwargs()
         kwargs.pop("rgb", None)
         kind = self.kind
+        if kind == "strokes" and self.live_check.isChecked() and self.current_entry() is not None:
+            # The live prediction's layer is made now, with the annotation layer (below it, so the
+            # strokes stay visible), not on the first stroke: adding a layer costs napari a few
+            # hundred ms on the GUI thread, which must not land while the user paints.
+            self._prediction_layer(image, self._names("strokes")[1], self.current_entry())
         if kind == "strokes":
             saved = store.load(image, ann_name)
             data = saved.astype(np.uint8) if saved is not None else np.zeros(image.shape[: image.ndim], np.uint8)
@@ -270,7 +275,6 @@ class CorrectionPanel(MethodPanel):
     def live_update(self) -> None:
         """Refit the model's head to the strokes (in a worker) and show the new prediction; on a
         volume with a slice-by-slice model, the slice on screen."""
-        from medloop.plugins.correction.retrain import LiveSession
         from medloop.plugins.correction.sparse import validate_strokes
 
         if self.job is not None:
@@ -291,19 +295,26 @@ class CorrectionPanel(MethodPanel):
             self.status.setText(str(exc))
             return
         key = (layer.name, entry.name, z)
-        if self.session_key != key:
-            x = self._model_input(image)
-            network = self._network(entry)
-            self.session = LiveSession(network, x if z is None else x[:, z])
-            self.session_key = key
-        session = self.session
+        session = self.session if self.session_key == key else None
         mode = self.balancing_combo.currentText()
-        session.mode = "mini-batch" if mode == "auto" else mode
 
         def compute(progress, should_stop):
-            return session.update(strokes_now, should_stop=should_stop)
+            from medloop.models.inputs import network_input
+            from medloop.plugins.correction.retrain import LiveSession  # its first import is heavy
 
-        self.start(compute, lambda labels: self._show_live(labels, z, image, pred_name, entry))
+            live = session
+            if live is None:  # a fresh session: network and inputs are built here, in the worker
+                x = network_input(image, entry.card)
+                live = LiveSession(self._network(entry), x if z is None else x[:, z])
+            live.mode = "mini-batch" if mode == "auto" else mode
+            return live, live.update(strokes_now, should_stop=should_stop)
+
+        def done(result) -> None:
+            self.session, labels = result
+            self.session_key = key
+            self._show_live(labels, z, image, pred_name, entry)
+
+        self.start(compute, done)
 
     def _network(self, entry):
         from medloop.models.registry import build_model
