@@ -76,3 +76,104 @@ def write_series(
         writer.Execute(piece)
         paths.append(path)
     return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Files written with pydicom: what GDCM-through-SimpleITK cannot write (1-bit data, a chosen
+# preamble, a wrong NumberOfFrames, whole-slide images).
+
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+
+
+def _pydicom_dataset(sop_class: str, modality: str):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[sop_class, modality, "instance"])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[sop_class, "study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[sop_class, "series"])
+    ds.Modality = modality
+    return ds
+
+
+def write_pydicom_image(
+    path: Path,
+    frames: np.ndarray,
+    bits: int = 16,
+    preamble: bytes | None = None,
+    number_of_frames: str | None = None,
+    sop_class: str = "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture
+) -> Path:
+    """An uncompressed grey DICOM of ``frames`` ((rows, cols) or (n, rows, cols)).
+
+    ``bits`` = 1 packs the 0/1 values eight to a byte (as DICOM SEG does); ``number_of_frames``
+    is written verbatim (even when it is wrong); ``preamble`` replaces the 128 zero bytes.
+    """
+    from pydicom.pixels import pack_bits
+
+    frames = np.asarray(frames)
+    ds = _pydicom_dataset(sop_class, "SEG" if bits == 1 else "OT")
+    ds.Rows, ds.Columns = frames.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit, ds.PixelRepresentation = bits - 1, 0
+    ds.PixelSpacing = [0.5, 0.5]
+    if number_of_frames is not None:
+        ds.add_new(0x00280008, "IS", number_of_frames)
+    elif frames.ndim == 3:
+        ds.NumberOfFrames = frames.shape[0]
+    if bits == 1:
+        ds.PixelData = pack_bits(frames.astype(np.uint8))
+    else:
+        ds.PixelData = frames.astype(f"<u{bits // 8}").tobytes()
+    if preamble is not None:
+        ds.preamble = preamble.ljust(128, b"\0")
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_dicom_wsi(path: Path, size: tuple[int, int] = (1024, 768), tile: int = 256, mpp: float = 0.5, seed: int = 0) -> np.ndarray:
+    """A one-level DICOM whole-slide image (VL Whole Slide Microscopy, TILED_FULL, uncompressed
+    RGB) as OpenSlide 4 reads it; returns the (height, width, 3) RGB image it holds."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    h, w = size
+    image = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    ny, nx = -(-h // tile), -(-w // tile)
+    padded = np.zeros((ny * tile, nx * tile, 3), np.uint8)
+    padded[:h, :w] = image
+    frames = padded.reshape(ny, tile, nx, tile, 3).swapaxes(1, 2).reshape(-1, tile, tile, 3)
+    ds = _pydicom_dataset(WSI_SOP_CLASS, "SM")
+    from pydicom.uid import generate_uid
+
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=["frame of reference", str(seed)])
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    ds.DimensionOrganizationType = "TILED_FULL"
+    ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = h, w
+    ds.Rows = ds.Columns = tile
+    ds.NumberOfFrames = len(frames)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.ImagedVolumeWidth, ds.ImagedVolumeHeight, ds.ImagedVolumeDepth = w * mpp / 1000, h * mpp / 1000, 0.001
+    ds.TotalPixelMatrixFocalPlanes = ds.NumberOfOpticalPaths = 1
+    path_item = Dataset()
+    path_item.OpticalPathIdentifier = "1"
+    ds.OpticalPathSequence = Sequence([path_item])
+    measures = Dataset()
+    measures.PixelSpacing = [mpp / 1000, mpp / 1000]  # mm
+    measures.SliceThickness = 0.001
+    shared = Dataset()
+    shared.PixelMeasuresSequence = Sequence([measures])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    ds.ContainerIdentifier = "slide-1"
+    ds.PixelData = frames.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return image
