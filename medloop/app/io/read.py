@@ -200,7 +200,10 @@ def _sitk_read(p: Path, source: Path, name: str, scratch: Path):
 
     try:
         with quiet_decoders():
-            return sitk.ReadImage(str(source))
+            img = sitk.ReadImage(str(source))
+        if name == "NIfTI":
+            _warn_if_sform_ignored(p, source, img)
+        return img
     except RuntimeError as exc:
         if suffix_of(p).endswith(".gz") and gzip_is_truncated(p):
             raise ImageReadError(f"cannot read {p}: {TRUNCATED_GZIP}") from None
@@ -210,6 +213,35 @@ def _sitk_read(p: Path, source: Path, name: str, scratch: Path):
             f"cannot read {p}: corrupt {name} header or data ({_itk_reason(exc)}); "
             "check that the file is complete and not damaged"
         ) from None
+
+
+def _warn_if_sform_ignored(p: Path, source: Path, img) -> None:
+    """ITK quietly reads a NIfTI whose sform is sheared with its qform: say so, and how far apart
+    the two place the voxels."""
+    import warnings
+
+    from medloop.app.errors import MedloopWarning
+    from medloop.app.io import nifti
+
+    srow = nifti.sform(source)
+    if srow is None or img.GetDimension() < 3:
+        return
+    m = srow[:, :3]
+    gram = m.T @ m
+    if np.abs(gram - np.diag(np.diag(gram))).max() <= 1e-6 * np.abs(np.diag(gram)).max():
+        return
+    size = img.GetSize()[:3]
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in size], indexing="ij")).reshape(3, -1).T
+    lps = np.diag([-1.0, -1.0, 1.0])
+    by_sform = (lps @ (m @ corners.T + srow[:, 3:4])).T
+    by_itk = np.array([img.TransformContinuousIndexToPhysicalPoint([float(c) for c in k] + [0.0] * (img.GetDimension() - 3)) for k in corners])[:, :3]
+    shift = float(np.max(np.linalg.norm(by_sform - by_itk, axis=1)))
+    warnings.warn(
+        f"{p}: its sform is sheared (not orthonormal), so it was read with its qform instead; "
+        f"the sform would place voxels up to {shift:.3g} mm elsewhere",
+        MedloopWarning,
+        stacklevel=6,
+    )
 
 
 def _orthonormalised(p: Path, source: Path, scratch: Path):

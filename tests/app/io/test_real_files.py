@@ -232,6 +232,27 @@ def test_sheared_sform_is_orthonormalised_with_a_warning(tmp_path):
     np.testing.assert_array_equal(image.array, data.transpose(2, 1, 0))
 
 
+def test_sheared_sform_beside_a_qform_says_the_qform_was_used(tmp_path):
+    data = _volume(3)
+    plain = np.diag([2.0, 3.0, 4.0, 1.0])
+    sheared = plain.copy()
+    sheared[0, 1] = 0.8  # x moves 0.8 mm per y step: up to 0.8 * 5 = 4 mm at y = 5
+    img = nib.Nifti1Image(data, sheared)
+    img.set_qform(plain, code=1)
+    img.set_sform(sheared, code=2)
+    path = tmp_path / "both.nii.gz"
+    nib.save(img, path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = read_image(path)
+    assert [str(w.message) for w in caught if issubclass(w.category, MedloopWarning)] == [
+        f"{path}: its sform is sheared (not orthonormal), so it was read with its qform instead; "
+        "the sform would place voxels up to 4 mm elsewhere"
+    ]
+    np.testing.assert_allclose(image.spacing, (2.0, 3.0, 4.0), atol=1e-6)
+    np.testing.assert_allclose(image.direction, np.diag([-1.0, -1.0, 1.0]), atol=1e-6)
+
+
 def test_analyze_pair_reads_and_a_lone_hdr_says_what_is_missing(tmp_path):
     data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
     nib.save(nib.AnalyzeImage(data, np.diag([2.0, 3.0, 4.0, 1.0])), tmp_path / "pair.hdr")
