@@ -138,22 +138,35 @@ def write_pydicom_image(
     return path
 
 
-def write_dicom_wsi(path: Path, size: tuple[int, int] = (1024, 768), tile: int = 256, mpp: float = 0.5, seed: int = 0) -> np.ndarray:
-    """A one-level DICOM whole-slide image (VL Whole Slide Microscopy, TILED_FULL, uncompressed
-    RGB) as OpenSlide 4 reads it; returns the (height, width, 3) RGB image it holds."""
+def write_dicom_wsi(
+    folder: Path, size: tuple[int, int] = (1024, 768), tile: int = 256, mpp: float = 0.5, levels: int = 1, seed: int = 0
+) -> np.ndarray:
+    """A DICOM whole-slide image (VL Whole Slide Microscopy, TILED_FULL, uncompressed RGB) as
+    OpenSlide 4 reads it: one file per level (level k is every 2**k-th pixel), one series, in
+    ``folder``; returns the level-0 (height, width, 3) RGB image."""
+    from pydicom.uid import generate_uid
+
+    image = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    uids = {k: generate_uid(entropy_srcs=[k, str(seed)]) for k in ("study", "series", "frame")}
+    for k in range(levels):
+        ds = _wsi_level(image[:: 2**k, :: 2**k], tile, mpp * 2**k, uids, size, mpp)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["level", str(k), str(seed)])
+        ds.save_as(folder / f"level{k}.dcm", enforce_file_format=True)
+    return image
+
+
+def _wsi_level(level: np.ndarray, tile: int, mpp: float, uids: dict, size0: tuple[int, int], mpp0: float):
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
-    h, w = size
-    image = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    h, w = level.shape[:2]
     ny, nx = -(-h // tile), -(-w // tile)
     padded = np.zeros((ny * tile, nx * tile, 3), np.uint8)
-    padded[:h, :w] = image
+    padded[:h, :w] = level
     frames = padded.reshape(ny, tile, nx, tile, 3).swapaxes(1, 2).reshape(-1, tile, tile, 3)
     ds = _pydicom_dataset(WSI_SOP_CLASS, "SM")
-    from pydicom.uid import generate_uid
-
-    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=["frame of reference", str(seed)])
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uids["study"], uids["series"], uids["frame"]
     ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
     ds.DimensionOrganizationType = "TILED_FULL"
     ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = h, w
@@ -162,7 +175,8 @@ def write_dicom_wsi(path: Path, size: tuple[int, int] = (1024, 768), tile: int =
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
     ds.BitsAllocated = ds.BitsStored = 8
     ds.HighBit, ds.PixelRepresentation = 7, 0
-    ds.ImagedVolumeWidth, ds.ImagedVolumeHeight, ds.ImagedVolumeDepth = w * mpp / 1000, h * mpp / 1000, 0.001
+    ds.ImagedVolumeWidth, ds.ImagedVolumeHeight = size0[1] * mpp0 / 1000, size0[0] * mpp0 / 1000
+    ds.ImagedVolumeDepth = 0.001
     ds.TotalPixelMatrixFocalPlanes = ds.NumberOfOpticalPaths = 1
     path_item = Dataset()
     path_item.OpticalPathIdentifier = "1"
@@ -175,5 +189,4 @@ def write_dicom_wsi(path: Path, size: tuple[int, int] = (1024, 768), tile: int =
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
     ds.ContainerIdentifier = "slide-1"
     ds.PixelData = frames.tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return image
+    return ds

@@ -78,14 +78,32 @@ def test_dicom_without_preamble_is_recognised(tmp_path):
 
 def test_dicom_whole_slide_reads_as_a_slide_in_microns(tmp_path):
     folder = tmp_path / "slide"
-    folder.mkdir()
-    expected = write_dicom_wsi(folder / "level0.dcm", size=(1024, 768), tile=256, mpp=0.5)
-    for source in (folder / "level0.dcm", folder):
+    expected = write_dicom_wsi(folder, size=(1024, 768), tile=256, mpp=0.5, levels=2)
+    for source in (folder / "level0.dcm", folder / "level1.dcm", folder):
         image = read_image(source)
         assert image.unit == "um" and image.modality == "SM"
         assert image.spacing == (0.5, 0.5) and image.metadata["spacing_known"]
-        assert image.shape == (1024, 768, 3)
-        np.testing.assert_array_equal(np.asarray(image.array), expected)
+        assert [lv.shape for lv in image.pyramid] == [(1024, 768, 3), (512, 384, 3)]
+        np.testing.assert_array_equal(np.asarray(image.pyramid[0]), expected)
+        np.testing.assert_array_equal(np.asarray(image.pyramid[1]), expected[::2, ::2])
+
+
+def test_dicom_whole_slide_openslide_cannot_open_is_one_clear_line(tmp_path):
+    import openslide
+
+    folder = tmp_path / "slide"
+    write_dicom_wsi(folder)
+    path = folder / "level0.dcm"
+    ds = pydicom.dcmread(path)
+    del ds.TotalPixelMatrixRows  # required by the WSI module: OpenSlide refuses the file
+    ds.save_as(path)
+    with pytest.raises(ImageReadError) as err:
+        read_image(path)
+    assert str(err.value) == (
+        f"cannot read {path}: a DICOM whole-slide image that OpenSlide {openslide.__library_version__} "
+        "cannot open (incomplete series or unsupported variant); keep all files of the slide's series "
+        "in one folder, or export the slide as .svs or pyramidal .tif"
+    )
 
 
 # --------------------------------------------------------------------------------------------
