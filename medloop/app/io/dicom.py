@@ -215,12 +215,16 @@ def dicom_facts(path: Path) -> DicomFacts | None:
     gets to explain what is wrong)."""
     import pydicom
 
+    magic = is_dicom_file(path)
     try:
         with warnings.catch_warnings():  # pydicom's remarks on odd values: the checks below decide
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(str(path), defer_size=1024, force=True)
-        sop = str(ds.get("SOPClassUID", "") or "")
-        if not re.fullmatch(r"[0-9]+(\.[0-9]+)+", sop):  # garbage parsed by force: not trusted
+            # Without the DICM magic pydicom must force its way in. Either way only a data set
+            # with a proper SOP class UID is trusted: random bytes after "DICM" parse too.
+            ds = pydicom.dcmread(str(path), defer_size=1024, force=not magic)
+        meta = getattr(ds, "file_meta", None)
+        sop = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None else "") or "")
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)+", sop):  # garbage that parsed: not trusted
             return None
         pixel = None
         for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009):  # (Float/DoubleFloat) PixelData
@@ -236,7 +240,6 @@ def dicom_facts(path: Path) -> DicomFacts | None:
             frames_text = (raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)).strip(" \0")
         else:
             frames_text = None
-        meta = getattr(ds, "file_meta", None)
         return DicomFacts(
             sop_class=sop,
             sop_name=getattr(ds.get("SOPClassUID"), "name", "") or sop,
@@ -257,7 +260,7 @@ def _refuse_unreadable(path: Path, f: DicomFacts) -> None:
     """Refuse objects without an image and multi-frame files whose frame count is wrong."""
     if not f.has_pixels:
         raise ImageReadError(
-            f"cannot read {path}: this DICOM file contains no image ({f.sop_name or 'no pixel data'}); "
+            f"cannot read {path}: this DICOM file contains no image ({f.sop_name}); "
             "open a DICOM image file or series instead"
         )
     bits = f.rows * f.columns * f.samples * f.bits_allocated
@@ -287,24 +290,42 @@ def _exact_pixels(path: Path, f: DicomFacts, array: np.ndarray) -> np.ndarray:
         # 1-bit data (DICOM SEG, binary masks) is 0/1; GDCM expands set bits to 255.
         return (array != 0).astype(np.uint8)
     if f.syntax == _RLE and f.samples > 1 and f.bits_allocated > 8:
-        # GDCM mixes up the byte segments of multi-byte RLE colour; pydicom decodes it exactly.
-        try:
-            import pydicom
-
-            ref = np.asarray(pydicom.dcmread(str(path)).pixel_array)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is refused in one line
-            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            raise ImageReadError(
-                f"cannot read {path}: RLE colour with {f.bits_allocated}-bit samples cannot be decoded "
-                f"exactly ({reason}); re-export it uncompressed"
-            ) from None
-        if ref.size != array.size:
-            raise ImageReadError(
-                f"cannot read {path}: RLE colour with {f.bits_allocated}-bit samples cannot be decoded "
-                f"exactly (decoders disagree on its size); re-export it uncompressed"
-            )
-        return ref.reshape(array.shape).astype(array.dtype, copy=False)
+        # GDCM mixes up the byte segments of multi-byte RLE colour.
+        return _pydicom_pixels(path, array, f"RLE colour with {f.bits_allocated}-bit samples")
+    if f.syntax == _BIG_ENDIAN and f.bits_allocated >= 32:
+        # GDCM swaps 32-bit big-endian samples as two 16-bit halves.
+        return _pydicom_pixels(path, array, f"big-endian {f.bits_allocated}-bit pixel data")
     return array
+
+
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+
+
+def _pydicom_pixels(path: Path, array: np.ndarray, what: str) -> np.ndarray:
+    """pydicom's decode (with the modality LUT GDCM applies) in GDCM's shape and type, or a
+    one-line refusal when it cannot be had exactly."""
+    def refuse(reason: str) -> ImageReadError:
+        return ImageReadError(f"cannot read {path}: {what} cannot be decoded exactly ({reason}); re-export it uncompressed little-endian")
+
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(str(path))
+            ref = np.asarray(ds.pixel_array)
+            if int(ds.get("SamplesPerPixel", 1) or 1) == 1 and ("RescaleSlope" in ds or "RescaleIntercept" in ds):
+                ref = np.asarray(apply_modality_lut(ref, ds))
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is refused in one line
+        text = str(exc).strip()
+        raise refuse(text.splitlines()[0][:160] if text else type(exc).__name__) from None
+    if ref.size != array.size:
+        raise refuse("decoders disagree on its size")
+    out = ref.reshape(array.shape).astype(array.dtype, copy=False)
+    if not np.array_equal(out, ref.reshape(array.shape)):
+        raise refuse(f"its values do not fit {array.dtype}")
+    return out
 
 
 def _read_wsi(path: Path) -> MedImage:
