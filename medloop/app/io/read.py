@@ -234,8 +234,11 @@ def _warn_if_sform_ignored(p: Path, source: Path, img) -> None:
     corners = np.array(np.meshgrid(*[[0, n - 1] for n in size], indexing="ij")).reshape(3, -1).T
     lps = np.diag([-1.0, -1.0, 1.0])
     by_sform = (lps @ (m @ corners.T + srow[:, 3:4])).T
-    by_itk = np.array([img.TransformContinuousIndexToPhysicalPoint([float(c) for c in k] + [0.0] * (img.GetDimension() - 3)) for k in corners])[:, :3]
+    pad = [0.0] * (img.GetDimension() - 3)
+    by_itk = np.array([img.TransformContinuousIndexToPhysicalPoint([float(c) for c in k] + pad) for k in corners])[:, :3]
     shift = float(np.max(np.linalg.norm(by_sform - by_itk, axis=1)))
+    if shift <= 1e-3 * min(img.GetSpacing()[:3]):  # ITK found the sform close enough and used it
+        return
     warnings.warn(
         f"{p}: its sform is sheared (not orthonormal), so it was read with its qform instead; "
         f"the sform would place voxels up to {shift:.3g} mm elsewhere",
