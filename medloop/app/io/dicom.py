@@ -208,6 +208,7 @@ class DicomFacts:
     columns: int
     frames_text: str | None  # NumberOfFrames as written (None if absent)
     pixel_bytes: int | None  # native PixelData length; None when encapsulated or absent
+    encapsulated: tuple[int | None, int] | None = None  # (frames if known, most frames possible)
 
 
 def dicom_facts(path: Path) -> DicomFacts | None:
@@ -229,11 +230,11 @@ def dicom_facts(path: Path) -> DicomFacts | None:
         pixel = None
         for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009):  # (Float/DoubleFloat) PixelData
             pixel = pixel or ds.get_item(tag)
-        length = None
+        length, encapsulated = None, None
         if pixel is not None:
             length = pixel.length if hasattr(pixel, "length") else len(pixel.value or b"")
             if length == _ENCAPSULATED_LENGTH or getattr(pixel, "is_undefined_length", False):
-                length = None
+                length, encapsulated = None, _encapsulated_frames(ds)
         frames = ds.get_item(0x00280008)
         if frames is not None:
             raw = frames.value
@@ -242,7 +243,7 @@ def dicom_facts(path: Path) -> DicomFacts | None:
             frames_text = None
         return DicomFacts(
             sop_class=sop,
-            sop_name=getattr(ds.get("SOPClassUID"), "name", "") or sop,
+            sop_name=pydicom.uid.UID(sop).name or sop,
             has_pixels=pixel is not None,
             syntax=str(meta.get("TransferSyntaxUID", "")) if meta is not None else "",
             bits_allocated=int(ds.get("BitsAllocated", 0) or 0),
@@ -251,9 +252,28 @@ def dicom_facts(path: Path) -> DicomFacts | None:
             columns=int(ds.get("Columns", 0) or 0),
             frames_text=frames_text,
             pixel_bytes=length,
+            encapsulated=encapsulated,
         )
     except Exception:  # noqa: BLE001 - any parse failure: leave the verdict to GDCM
         return None
+
+
+def _encapsulated_frames(ds) -> tuple[int | None, int] | None:
+    """(frames, most frames possible) of compressed pixel data: the Basic Offset Table counts
+    the frames when present; otherwise every frame takes at least one fragment."""
+    from io import BytesIO
+
+    from pydicom.encaps import parse_basic_offsets, parse_fragments
+
+    try:
+        buffer = BytesIO(ds.PixelData)
+        offsets = parse_basic_offsets(buffer)
+        fragments = parse_fragments(buffer)[0]
+    except Exception:  # noqa: BLE001 - unparseable: GDCM decides
+        return None
+    if offsets:
+        return len(offsets), len(offsets)
+    return (1 if fragments == 1 else None), fragments
 
 
 def _refuse_unreadable(path: Path, f: DicomFacts) -> None:
@@ -264,22 +284,27 @@ def _refuse_unreadable(path: Path, f: DicomFacts) -> None:
             "open a DICOM image file or series instead"
         )
     bits = f.rows * f.columns * f.samples * f.bits_allocated
-    if f.pixel_bytes is None or bits <= 0:
+    if f.pixel_bytes is not None and bits > 0:
+        held: int | None = f.pixel_bytes * 8 // bits
+        most = held
+    elif f.encapsulated is not None:
+        held, most = f.encapsulated
+    else:
         return
-    held = f.pixel_bytes * 8 // bits
     declared = f.frames_text
     if declared is None:
-        if held <= 1:
+        if most <= 1 or held is None:
             return
         said = "missing"
     elif declared.isdigit() and int(declared) >= 1:
-        if int(declared) == held:
+        if (held is None and int(declared) <= most) or int(declared) == held:
             return
         said = f"{int(declared)}"
     else:
         said = f"malformed ({declared!r})"
+    holds = f"{held} frame(s)" if held is not None else f"at most {most} frame(s)"
     raise ImageReadError(
-        f"cannot read {path}: NumberOfFrames is {said} but the pixel data holds {held} frame(s); "
+        f"cannot read {path}: NumberOfFrames is {said} but the pixel data holds {holds}; "
         "correct NumberOfFrames (e.g. with dcmodify) or re-export the file"
     )
 

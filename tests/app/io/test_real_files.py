@@ -167,6 +167,46 @@ def test_number_of_frames_that_disagrees_with_the_pixels_is_refused(tmp_path, de
     np.testing.assert_array_equal(read_image(right).array, frames)
 
 
+@pytest.mark.parametrize("declared, said", [("2", "2"), ("7", "7"), ("2.5", "malformed ('2.5')")])
+def test_number_of_frames_is_checked_for_compressed_pixel_data_too(tmp_path, declared, said):
+    from pydicom.uid import RLELossless
+
+    frames = np.random.default_rng(5).integers(0, 4000, size=(3, 8, 6)).astype(np.uint16)
+    path = write_pydicom_image(tmp_path / "rle.dcm", frames)
+    ds = pydicom.dcmread(path)
+    ds.compress(RLELossless, encoding_plugin="pydicom")  # encapsulated: frames counted by the offset table
+    ds.save_as(path)
+    np.testing.assert_array_equal(read_image(path).array, frames)
+    ds.NumberOfFrames = None
+    ds.add_new(0x00280008, "IS", declared)
+    ds.save_as(path)
+    with pytest.raises(ImageReadError) as err:
+        read_image(path)
+    assert str(err.value) == (
+        f"cannot read {path}: NumberOfFrames is {said} but the pixel data holds 3 frame(s); "
+        "correct NumberOfFrames (e.g. with dcmodify) or re-export the file"
+    )
+
+
+def test_compressed_frames_without_offset_table_are_bounded_by_their_fragments(tmp_path):
+    from pydicom.encaps import encapsulate, generate_frames
+    from pydicom.uid import RLELossless
+
+    frames = np.random.default_rng(6).integers(0, 4000, size=(3, 8, 6)).astype(np.uint16)
+    path = write_pydicom_image(tmp_path / "rle.dcm", frames)
+    ds = pydicom.dcmread(path)
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    ds.PixelData = encapsulate(list(generate_frames(ds.PixelData, number_of_frames=3)), has_bot=False)
+    ds.NumberOfFrames = 4
+    ds.save_as(path)
+    with pytest.raises(ImageReadError) as err:
+        read_image(path)
+    assert str(err.value) == (
+        f"cannot read {path}: NumberOfFrames is 4 but the pixel data holds at most 3 frame(s); "
+        "correct NumberOfFrames (e.g. with dcmodify) or re-export the file"
+    )
+
+
 @pytest.mark.parametrize(
     "name",
     [
