@@ -207,7 +207,7 @@ def pyramid_level(image: MedImage, level: int, path: Any) -> MedImage:
             f"pixels ({size / 2**30:.1f} GiB), too large to hold at once; choose a higher level, or "
             "convert the whole pyramid to .tif (written tile by tile)"
         )
-    scale = int(levels[0].shape[1]) / int(chosen.shape[1])
+    scale = _downsample(image, level)
     from dataclasses import replace
 
     meta = {**image.metadata, "level": level, "level_downsample": scale}
@@ -217,6 +217,15 @@ def pyramid_level(image: MedImage, level: int, path: Any) -> MedImage:
     )
 
 
+def _downsample(image: MedImage, level: int) -> float:
+    """Level ``level``'s downsample: OpenSlide's own figure when the slide gave it, else widths."""
+    known = image.metadata.get("level_downsamples") or ()
+    if level < len(known):
+        return float(known[level])
+    levels = list(image.pyramid) or [image.array]
+    return int(levels[0].shape[1]) / int(levels[level].shape[1])
+
+
 def check_slide_decodes(image: MedImage, side: int = 256) -> None:
     """Decode one small region at the centre of the lowest-resolution level and of level 0, so
     a damaged slide is reported now rather than when its tiles are first shown.
@@ -224,8 +233,6 @@ def check_slide_decodes(image: MedImage, side: int = 256) -> None:
     Raises:
         ImageReadError: a tile does not decode (the message names the level and place).
     """
-    from medloop.app.io.lazy import compute_here
-
     levels = list(image.pyramid) or [image.array]
     for level in dict.fromkeys((len(levels) - 1, 0)):
         h, w = int(levels[level].shape[0]), int(levels[level].shape[1])
@@ -586,7 +593,6 @@ def write_image_pyramid(
     levels = list(image.pyramid) or [image.array]
     um = {"mm": 1000.0, "um": 1.0}.get(image.unit, 1.0)
     sx, sy = (float(v) * um for v in image.spacing[:2])
-    w0 = int(levels[0].shape[1])
     total = sum(-(-int(a.shape[0]) // tile) * -(-int(a.shape[1]) // tile) for a in levels)
     done = [0]
     raw = sum(int(np.prod(a.shape)) for a in levels)
@@ -596,7 +602,7 @@ def write_image_pyramid(
         with atomic_target(p) as tmp, tifffile.TiffWriter(tmp, bigtiff=raw > 2**31) as tw:
             for k, level in enumerate(levels):
                 h, w = int(level.shape[0]), int(level.shape[1])
-                scale = w0 / w  # this level's downsample
+                scale = _downsample(image, k)
                 tw.write(
                     _deflated(_image_tiles(level, tile, progress, done, total), pool, workers),
                     shape=(h, w) + tuple(int(c) for c in level.shape[2:]),
