@@ -86,6 +86,8 @@ def test_dicom_whole_slide_reads_as_a_slide_in_microns(tmp_path):
         assert [lv.shape for lv in image.pyramid] == [(1024, 768, 3), (512, 384, 3)]
         np.testing.assert_array_equal(np.asarray(image.pyramid[0]), expected)
         np.testing.assert_array_equal(np.asarray(image.pyramid[1]), expected[::2, ::2])
+    ((levels, kwargs, kind),) = get_reader(str(folder))(str(folder))  # napari: one multiscale layer
+    assert kind == "image" and kwargs["multiscale"] and kwargs["scale"] == (0.5, 0.5) and len(levels) == 2
 
 
 def test_dicom_whole_slide_openslide_cannot_open_is_one_clear_line(tmp_path):
