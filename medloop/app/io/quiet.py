@@ -44,10 +44,12 @@ def quiet_decoders() -> Iterator[Chatter]:
             finally:
                 _DEPTH -= 1
             return
-        import SimpleITK as sitk
-
-        before = sitk.ProcessObject.GetGlobalWarningDisplay()
-        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        # ITK's warning display is switched off only if ITK is in use (importing it costs ~0.3 s,
+        # too much for opening a slide); its callers import it before they get here.
+        sitk = sys.modules.get("SimpleITK")
+        before = sitk.ProcessObject.GetGlobalWarningDisplay() if sitk is not None else None
+        if sitk is not None:
+            sitk.ProcessObject.SetGlobalWarningDisplay(False)
         try:
             sys.stderr.flush()
         except (AttributeError, OSError, ValueError):
@@ -67,7 +69,8 @@ def quiet_decoders() -> Iterator[Chatter]:
             if saved is not None:
                 os.dup2(saved, 2)
                 os.close(saved)
-            sitk.ProcessObject.SetGlobalWarningDisplay(before)
+            if sitk is not None:
+                sitk.ProcessObject.SetGlobalWarningDisplay(before)
             sink.seek(0)
             chatter.text = sink.read(65536).decode("utf-8", "replace")
             sink.close()

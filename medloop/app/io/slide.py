@@ -108,8 +108,11 @@ def read_slide(path: str | os.PathLike) -> MedImage:
     p = Path(path)
     if not p.is_file():
         raise ImageReadError(f"cannot read {p}: no such file; check the path")
+    from medloop.app.io.quiet import quiet_decoders
+
     try:
-        slide = openslide.OpenSlide(str(p))
+        with quiet_decoders():  # libtiff / libdicom remarks on odd tags stay off the terminal
+            slide = openslide.OpenSlide(str(p))
     except openslide.OpenSlideUnsupportedFormatError:
         raise ImageReadError(_unsupported_message(p)) from None
     except (openslide.OpenSlideError, OSError) as exc:
