@@ -63,6 +63,11 @@ def build_parser(plugins: list[Plugin] | None = None) -> argparse.ArgumentParser
     convert = sub.add_parser("convert", help="convert an image or DICOM folder to NIfTI/NRRD/MHA/TIFF, keeping geometry")
     convert.add_argument("input", type=Path, metavar="IN", help="image file or DICOM folder")
     convert.add_argument("output", type=Path, metavar="OUT", help="output file (.nii.gz, .nii, .nrrd, .mha, .tif)")
+    convert.add_argument(
+        "--level", type=int, metavar="K",
+        help="whole-slide pyramid: write only level K (0 = full resolution); without it a pyramid "
+        "goes whole, tile by tile, to a pyramidal .tif",
+    )
     _add_read_options(convert)
     convert.set_defaults(handler=cmd_convert)
 
@@ -112,6 +117,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         if len(series) > 1:
             return _print_series(args, series)
     image = _read(args, args.path)
+    if image.pyramid:  # opening reads headers only: prove the tiles decode too
+        from medloop.app.io.slide import check_slide_decodes
+
+        check_slide_decodes(image)
     axes = ("z", "y", "x")[-image.ndim :] + (("c",) if image.channel_axis else ())
     record = {
         "path": str(args.path),
@@ -162,6 +171,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from medloop.app.io.write import write_image
 
     image = _read(args, args.input)
+    if getattr(args, "level", None) is not None:
+        from medloop.app.io.slide import pyramid_level
+
+        image = pyramid_level(image, args.level, args.input)
     written = write_image(image, args.output)
     print(f"wrote {written}")
     return 0

@@ -20,9 +20,13 @@ HOME_PANEL = "medloop"
 HOME_COMMAND = f"{PLUGIN_NAME}.home"
 
 # The reader and writer belong to the shell (app/io), not to any method.
+# Only what medloop reads: a "*" would offer medloop for every dropped file (a .txt included)
+# and make napari ask which reader to use each time. DICOM folders come through
+# accepts_directories; an extension-less DICOM file is recognised by content (get_reader).
 _READER_PATTERNS = [
-    "*.nii", "*.nii.gz", "*.nrrd", "*.nhdr", "*.mha", "*.mhd", "*.dcm", "*.dicom", "*.tif", "*.tiff", "*.png",
-    "*.jpg", "*.jpeg", "*.bmp", "*.svs", "*.ndpi", "*.mrxs", "*.vms", "*.vmu", "*.scn", "*.bif", "*.svslide", "*",
+    "*.nii", "*.nii.gz", "*.hdr", "*.nrrd", "*.nhdr", "*.mha", "*.mhd", "*.dcm", "*.dicom", "*.tif", "*.tiff",
+    "*.png", "*.jpg", "*.jpeg", "*.bmp", "*.svs", "*.ndpi", "*.mrxs", "*.vms", "*.vmu", "*.scn", "*.bif",
+    "*.svslide",
 ]
 _IO_COMMANDS = [
     {"id": f"{PLUGIN_NAME}.get_reader", "title": "Open a medical image with its geometry",

@@ -127,50 +127,237 @@ def read_all_dicom_series(folder: Path, allow_irregular: bool = False) -> list[M
 def read_dicom_file(path: Path) -> MedImage:
     """Read a single DICOM file; a one-frame image becomes 2-D, a multi-frame one stays 3-D.
 
-    A 2-D image keeps the in-plane part of its geometry: PixelSpacing, the first two
-    ImagePositionPatient values and the top-left 2x2 of the direction. A slice that is not
-    axial has no such 2-D frame, so it gets an identity direction and zero origin. The full
-    3-D ImagePositionPatient and ImageOrientationPatient stay in the metadata.
+    A one-frame axial image keeps the in-plane part of its geometry: PixelSpacing, the first
+    two ImagePositionPatient values and the top-left 2x2 of the direction. A slice that is not
+    axial has no such 2-D frame, so it stays a one-slice 3-D image whose origin and direction
+    are its ImagePositionPatient and ImageOrientationPatient. The full 3-D tags stay in the
+    metadata either way. A whole-slide image (VL Whole Slide Microscopy) is read as a slide.
+
+    Raises:
+        ImageReadError: not DICOM, no image in it, a NumberOfFrames that disagrees with the
+            pixel data, or pixels that cannot be decoded exactly.
     """
     import SimpleITK as sitk
 
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"cannot read {path}: no such file or folder; check the path")
+    facts = dicom_facts(path)
+    if facts is not None:
+        if facts.sop_class == WSI_SOP_CLASS:
+            return _read_wsi(path)
+        _refuse_unreadable(path, facts)
     reader = sitk.ImageFileReader()
     reader.SetImageIO("GDCMImageIO")
     reader.SetFileName(str(path))
     reader.LoadPrivateTagsOff()
+    from medloop.app.io.quiet import quiet_decoders
+
     try:
-        with _quiet_itk():
+        with quiet_decoders() as chatter:
             img = reader.Execute()
     except RuntimeError as exc:
         raise _corrupt(path, exc) from None
     tags = {k: reader.GetMetaData(k).strip() for k in reader.GetMetaDataKeys() if _TAG.match(k)}
     meta = _series_metadata(tags)
+    if chatter.lines:  # kept, not printed: the decoder's own words, for whoever needs them
+        meta["decoder_messages"] = chatter.lines
     for name, tag in (("ImagePositionPatient", "0020|0032"), ("ImageOrientationPatient", "0020|0037")):
         if tags.get(tag):
             meta[name] = _floats(tags[tag])
     array = sitk.GetArrayFromImage(img)
+    if facts is not None:
+        array = _exact_pixels(path, facts, array)
     channels = img.GetNumberOfComponentsPerPixel() > 1
     direction = np.asarray(img.GetDirection()).reshape(3, 3)
-    if img.GetSize()[2] > 1:
-        return MedImage(
-            array, img.GetSpacing(), img.GetOrigin(), direction,
-            channel_axis=channels, modality=meta["Modality"], metadata=meta, path=str(path),
-        )
     in_plane = direction[:2, :2]
     axial = np.allclose(in_plane.T @ in_plane, np.eye(2), atol=1e-6)
+    if img.GetSize()[2] > 1 or not axial:
+        return MedImage(
+            array if img.GetSize()[2] > 1 else array[:1], img.GetSpacing(), img.GetOrigin(), direction,
+            channel_axis=channels, modality=meta["Modality"], metadata=meta, path=str(path),
+        )
     return MedImage(
         array=array[0],
         spacing=img.GetSpacing()[:2],
-        origin=img.GetOrigin()[:2] if axial else (0.0, 0.0),
-        direction=in_plane if axial else np.eye(2),
+        origin=img.GetOrigin()[:2],
+        direction=in_plane,
         channel_axis=channels,
         modality=meta["Modality"],
         metadata=meta,
         path=str(path),
     )
+
+
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
+_RLE = "1.2.840.10008.1.2.5"
+_ENCAPSULATED_LENGTH = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class DicomFacts:
+    """What pydicom says about a file before any pixel is decoded."""
+
+    sop_class: str
+    sop_name: str
+    has_pixels: bool
+    syntax: str
+    bits_allocated: int
+    samples: int
+    rows: int
+    columns: int
+    frames_text: str | None  # NumberOfFrames as written (None if absent)
+    pixel_bytes: int | None  # native PixelData length; None when encapsulated or absent
+    encapsulated: tuple[int | None, int] | None = None  # (frames if known, most frames possible)
+
+
+def dicom_facts(path: Path) -> DicomFacts | None:
+    """The header facts of one DICOM file, or None when pydicom cannot parse it (GDCM then
+    gets to explain what is wrong)."""
+    import pydicom
+
+    magic = is_dicom_file(path)
+    try:
+        with warnings.catch_warnings():  # pydicom's remarks on odd values: the checks below decide
+            warnings.simplefilter("ignore")
+            # Without the DICM magic pydicom must force its way in. Either way only a data set
+            # with a proper SOP class UID is trusted: random bytes after "DICM" parse too.
+            ds = pydicom.dcmread(str(path), defer_size=1024, force=not magic)
+        meta = getattr(ds, "file_meta", None)
+        sop = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None else "") or "")
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)+", sop):  # garbage that parsed: not trusted
+            return None
+        pixel = None
+        for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009):  # (Float/DoubleFloat) PixelData
+            pixel = pixel or ds.get_item(tag)
+        length, encapsulated = None, None
+        if pixel is not None:
+            length = pixel.length if hasattr(pixel, "length") else len(pixel.value or b"")
+            if length == _ENCAPSULATED_LENGTH or getattr(pixel, "is_undefined_length", False):
+                length, encapsulated = None, _encapsulated_frames(ds)
+        frames = ds.get_item(0x00280008)
+        if frames is not None:
+            raw = frames.value
+            frames_text = (raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)).strip(" \0")
+        else:
+            frames_text = None
+        return DicomFacts(
+            sop_class=sop,
+            sop_name=pydicom.uid.UID(sop).name or sop,
+            has_pixels=pixel is not None,
+            syntax=str(meta.get("TransferSyntaxUID", "")) if meta is not None else "",
+            bits_allocated=int(ds.get("BitsAllocated", 0) or 0),
+            samples=int(ds.get("SamplesPerPixel", 1) or 1),
+            rows=int(ds.get("Rows", 0) or 0),
+            columns=int(ds.get("Columns", 0) or 0),
+            frames_text=frames_text,
+            pixel_bytes=length,
+            encapsulated=encapsulated,
+        )
+    except Exception:  # noqa: BLE001 - any parse failure: leave the verdict to GDCM
+        return None
+
+
+def _encapsulated_frames(ds) -> tuple[int | None, int] | None:
+    """(frames, most frames possible) of compressed pixel data: the Basic Offset Table counts
+    the frames when present; otherwise every frame takes at least one fragment."""
+    from io import BytesIO
+
+    from pydicom.encaps import parse_basic_offsets, parse_fragments
+
+    try:
+        buffer = BytesIO(ds.PixelData)
+        offsets = parse_basic_offsets(buffer)
+        fragments = parse_fragments(buffer)[0]
+    except Exception:  # noqa: BLE001 - unparseable: GDCM decides
+        return None
+    if offsets:
+        return len(offsets), len(offsets)
+    return (1 if fragments == 1 else None), fragments
+
+
+def _refuse_unreadable(path: Path, f: DicomFacts) -> None:
+    """Refuse objects without an image and multi-frame files whose frame count is wrong."""
+    if not f.has_pixels:
+        raise ImageReadError(
+            f"cannot read {path}: this DICOM file contains no image ({f.sop_name}); "
+            "open a DICOM image file or series instead"
+        )
+    bits = f.rows * f.columns * f.samples * f.bits_allocated
+    if f.pixel_bytes is not None and bits > 0:
+        held: int | None = f.pixel_bytes * 8 // bits
+        most = held
+    elif f.encapsulated is not None:
+        held, most = f.encapsulated
+    else:
+        return
+    declared = f.frames_text
+    if declared is None:
+        if most <= 1 or held is None:
+            return
+        said = "missing"
+    elif declared.isdigit() and int(declared) >= 1:
+        if (held is None and int(declared) <= most) or int(declared) == held:
+            return
+        said = f"{int(declared)}"
+    else:
+        said = f"malformed ({declared!r})"
+    holds = f"{held} frame(s)" if held is not None else f"at most {most} frame(s)"
+    raise ImageReadError(
+        f"cannot read {path}: NumberOfFrames is {said} but the pixel data holds {holds}; "
+        "correct NumberOfFrames (e.g. with dcmodify) or re-export the file"
+    )
+
+
+def _exact_pixels(path: Path, f: DicomFacts, array: np.ndarray) -> np.ndarray:
+    """Pixels as the standard defines them where GDCM's decode differs from it."""
+    if f.bits_allocated == 1:
+        # 1-bit data (DICOM SEG, binary masks) is 0/1; GDCM expands set bits to 255.
+        return (array != 0).astype(np.uint8)
+    if f.syntax == _RLE and f.samples > 1 and f.bits_allocated > 8:
+        # GDCM mixes up the byte segments of multi-byte RLE colour.
+        return _pydicom_pixels(path, array, f"RLE colour with {f.bits_allocated}-bit samples")
+    if f.syntax == _BIG_ENDIAN and f.bits_allocated >= 32:
+        # GDCM swaps 32-bit big-endian samples as two 16-bit halves.
+        return _pydicom_pixels(path, array, f"big-endian {f.bits_allocated}-bit pixel data")
+    return array
+
+
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+
+
+def _pydicom_pixels(path: Path, array: np.ndarray, what: str) -> np.ndarray:
+    """pydicom's decode (with the modality LUT GDCM applies) in GDCM's shape and type, or a
+    one-line refusal when it cannot be had exactly."""
+    def refuse(reason: str) -> ImageReadError:
+        return ImageReadError(f"cannot read {path}: {what} cannot be decoded exactly ({reason}); re-export it uncompressed little-endian")
+
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(str(path))
+            ref = np.asarray(ds.pixel_array)
+            if int(ds.get("SamplesPerPixel", 1) or 1) == 1 and ("RescaleSlope" in ds or "RescaleIntercept" in ds):
+                ref = np.asarray(apply_modality_lut(ref, ds))
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is refused in one line
+        text = str(exc).strip()
+        raise refuse(text.splitlines()[0][:160] if text else type(exc).__name__) from None
+    if ref.size != array.size:
+        raise refuse("decoders disagree on its size")
+    out = ref.reshape(array.shape).astype(array.dtype, copy=False)
+    if not np.array_equal(out, ref.reshape(array.shape)):
+        raise refuse(f"its values do not fit {array.dtype}")
+    return out
+
+
+def _read_wsi(path: Path) -> MedImage:
+    """A DICOM whole-slide image through OpenSlide (which reads the series around this file)."""
+    from medloop.app.io.slide import read_dicom_slide
+
+    return read_dicom_slide(path)
 
 
 def _choose(folder: Path, all_series: list[DicomSeries], series: str | int | None) -> DicomSeries:
@@ -207,6 +394,9 @@ def _read_series(folder: Path, s: DicomSeries, allow_irregular: bool) -> MedImag
 
     if len(s.files) == 1:
         return _with_series(read_dicom_file(Path(s.files[0])), folder, s)
+    first = dicom_facts(Path(s.files[0]))
+    if first is not None and first.sop_class == WSI_SOP_CLASS:  # one slide, one file per level
+        return _with_series(_read_wsi(Path(s.files[0])), folder, s)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(s.files))
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -372,16 +562,13 @@ def _corrupt(path: Path, exc: RuntimeError) -> ImageReadError:
 
 @contextlib.contextmanager
 def _quiet_itk() -> Iterator[None]:
-    # ITK prints its own warnings to stderr ("No Series were found", "Non uniform sampling");
-    # the errors and warnings raised here say the same with the path and what to do.
-    import SimpleITK as sitk
+    # ITK and GDCM print their own warnings to stderr ("No Series were found", "Non uniform
+    # sampling", JPEG decoder messages); the errors and warnings raised here say the same with
+    # the path and what to do.
+    from medloop.app.io.quiet import quiet_decoders
 
-    before = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
+    with quiet_decoders():
         yield
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(before)
 
 
 def _tag(tags: dict[str, str], key: str) -> str:

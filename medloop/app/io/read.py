@@ -21,7 +21,7 @@ SUFFIX_KIND = {
     ".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "metaimage",
     ".mhd": "metaimage", ".dcm": "dicom", ".dicom": "dicom", ".tif": "tiff", ".tiff": "tiff",
     ".ome.tif": "tiff", ".ome.tiff": "tiff", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg",
-    ".bmp": "bmp",
+    ".bmp": "bmp", ".hdr": "nifti",
 }
 KIND_NAME = {
     "nifti": "NIfTI", "nrrd": "NRRD", "metaimage": "MetaImage", "dicom": "DICOM", "tiff": "TIFF",
@@ -65,6 +65,8 @@ def read_image(path: str | os.PathLike, series: str | None = None, allow_irregul
     if p.stat().st_size == 0:
         raise ImageReadError(f"cannot read {p}: the file is empty; re-export or copy it again")
     suffix = suffix_of(p)
+    if suffix in (".hdr", ".img"):
+        p, suffix = _analyze_pair(p, suffix)
     from medloop.app.io.slide import SLIDE_SUFFIXES
 
     if suffix in SLIDE_SUFFIXES:
@@ -85,6 +87,21 @@ def read_image(path: str | os.PathLike, series: str | None = None, allow_irregul
     if kind != expected:
         raise ImageReadError(_content_mismatch(p, suffix, expected, kind))
     return _checked(_read_kind(p, kind), p)
+
+
+def _analyze_pair(p: Path, suffix: str) -> tuple[Path, str]:
+    """An Analyze/NIfTI pair is read through its .hdr, which needs the .img beside it."""
+    other = ".img" if suffix == ".hdr" else ".hdr"
+    beside = [p.with_suffix(s) for s in (other, other.upper())]
+    found = next((b for b in beside if b.is_file()), None)
+    if suffix == ".hdr" and found is None:
+        raise ImageReadError(
+            f"cannot read {p}: the .img beside it is missing (an Analyze/NIfTI pair needs both "
+            f"{p.stem}.hdr and {p.stem}.img); copy the .img file too"
+        )
+    if suffix == ".img" and found is not None:
+        return found, ".hdr"
+    return p, suffix
 
 
 TRUNCATED_GZIP = "the gzip stream is truncated (incomplete copy or download); copy the file again"
@@ -108,7 +125,8 @@ def _content_mismatch(p: Path, suffix: str, expected: str, kind: str | None) -> 
 
 
 def _read_kind(p: Path, kind: str) -> MedImage:
-    problem = nifti_check(p) if kind == "nifti" else None
+    # A .hdr holds no voxels (they are in the .img), so its size says nothing.
+    problem = nifti_check(p) if kind == "nifti" and suffix_of(p) != ".hdr" else None
     if problem == "truncated" and suffix_of(p).endswith(".gz"):
         raise ImageReadError(f"cannot read {p}: {TRUNCATED_GZIP}")
     if problem == "truncated":
@@ -135,19 +153,23 @@ def _read_kind(p: Path, kind: str) -> MedImage:
 
 
 def _read_with_sitk(p: Path, name: str) -> MedImage:
-    import SimpleITK as sitk
+    import tempfile
 
-    from medloop.app.io.sitk_convert import from_sitk
+    from medloop.app.io import nifti
 
-    try:
-        img = sitk.ReadImage(str(p))
-    except RuntimeError as exc:
-        if suffix_of(p).endswith(".gz") and gzip_is_truncated(p):
-            raise ImageReadError(f"cannot read {p}: {TRUNCATED_GZIP}") from None
-        raise ImageReadError(
-            f"cannot read {p}: corrupt {name} header or data ({_itk_reason(exc)}); "
-            "check that the file is complete and not damaged"
-        ) from None
+    with tempfile.TemporaryDirectory(prefix="medloop-read-") as scratch:
+        source = p
+        if name == "NIfTI" and nifti.is_nifti2(p):  # ITK reads NIfTI-1 only
+            source = Path(scratch) / "nifti1.nii"
+            try:
+                nifti.nifti2_as_nifti1(p, source)
+            except ValueError as exc:
+                raise ImageReadError(f"cannot read {p}: NIfTI-2 with {exc}; medloop cannot read it") from None
+        img = _sitk_read(p, source, name, Path(scratch))
+        if name == "NIfTI" and img.GetPixelID() in _FLOAT_PIXELS and img.GetNumberOfComponentsPerPixel() == 1:
+            mask = nifti.nan_mask(source, int(np.prod(img.GetSize())))
+        else:
+            mask = None
     size = img.GetSize()
     # Trailing length-1 axes (a 4-D NIfTI holding one volume) carry no information.
     while img.GetDimension() > 3 and size[-1] == 1:
@@ -158,7 +180,105 @@ def _read_with_sitk(p: Path, name: str) -> MedImage:
             f"cannot read {p}: unsupported dimensionality ({img.GetDimension()}-D, size "
             f"{' x '.join(map(str, size))}); medloop reads 2-D and 3-D images - split it first"
         )
-    return from_sitk(img, path=str(p))
+    from medloop.app.io.sitk_convert import from_sitk
+
+    image = from_sitk(img, path=str(p))
+    if mask is not None:  # ITK reads NIfTI's NaN voxels as 0: put them back
+        image.array.reshape(-1)[mask] = np.nan
+    return image
+
+
+_FLOAT_PIXELS = (8, 9)  # sitkFloat32, sitkFloat64
+
+
+def _sitk_read(p: Path, source: Path, name: str, scratch: Path):
+    """ITK's read of ``source`` (``p`` or its NIfTI-1 stand-in); a sheared NIfTI sform is
+    replaced by its nearest orthonormal frame with a MedloopWarning."""
+    import SimpleITK as sitk
+
+    from medloop.app.io.quiet import quiet_decoders
+
+    try:
+        with quiet_decoders():
+            img = sitk.ReadImage(str(source))
+        if name == "NIfTI":
+            _warn_if_sform_ignored(p, source, img)
+        return img
+    except RuntimeError as exc:
+        if suffix_of(p).endswith(".gz") and gzip_is_truncated(p):
+            raise ImageReadError(f"cannot read {p}: {TRUNCATED_GZIP}") from None
+        if name == "NIfTI" and "orthonormal" in str(exc):
+            return _orthonormalised(p, source, scratch)
+        raise ImageReadError(
+            f"cannot read {p}: corrupt {name} header or data ({_itk_reason(exc)}); "
+            "check that the file is complete and not damaged"
+        ) from None
+
+
+def _warn_if_sform_ignored(p: Path, source: Path, img) -> None:
+    """ITK quietly reads a NIfTI whose sform is sheared with its qform: say so, and how far apart
+    the two place the voxels."""
+    import warnings
+
+    from medloop.app.errors import MedloopWarning
+    from medloop.app.io import nifti
+
+    srow = nifti.sform(source)
+    if srow is None or img.GetDimension() < 3:
+        return
+    m = srow[:, :3]
+    gram = m.T @ m
+    if np.abs(gram - np.diag(np.diag(gram))).max() <= 1e-6 * np.abs(np.diag(gram)).max():
+        return
+    size = img.GetSize()[:3]
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in size], indexing="ij")).reshape(3, -1).T
+    lps = np.diag([-1.0, -1.0, 1.0])
+    by_sform = (lps @ (m @ corners.T + srow[:, 3:4])).T
+    pad = [0.0] * (img.GetDimension() - 3)
+    by_itk = np.array([img.TransformContinuousIndexToPhysicalPoint([float(c) for c in k] + pad) for k in corners])[:, :3]
+    shift = float(np.max(np.linalg.norm(by_sform - by_itk, axis=1)))
+    if shift <= 1e-3 * min(img.GetSpacing()[:3]):  # ITK found the sform close enough and used it
+        return
+    warnings.warn(
+        f"{p}: its sform is sheared (not orthonormal), so it was read with its qform instead; "
+        f"the sform would place voxels up to {shift:.3g} mm elsewhere",
+        MedloopWarning,
+        stacklevel=6,
+    )
+
+
+def _orthonormalised(p: Path, source: Path, scratch: Path):
+    import warnings
+
+    import SimpleITK as sitk
+
+    from medloop.app.errors import MedloopWarning
+    from medloop.app.io import nifti
+    from medloop.app.io.quiet import quiet_decoders
+
+    srow = nifti.sform(source)
+    if srow is None:
+        raise ImageReadError(
+            f"cannot read {p}: its orientation (qform) is not orthonormal, which medloop does not "
+            "support; resample the image onto an orthonormal grid in the tool that made it"
+        )
+    plain = scratch / "plain.nii"
+    nifti.without_orientation(source, plain)
+    with quiet_decoders():
+        img = sitk.ReadImage(str(plain))
+    spacing, origin, direction, shift = nifti.orthonormal_frame(srow, img.GetSize()[:3])
+    if img.GetDimension() != 3:
+        raise ImageReadError(f"cannot read {p}: a sheared (non-orthonormal) sform on a {img.GetDimension()}-D image is not supported")
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    img.SetDirection(direction)
+    warnings.warn(
+        f"{p}: its sform is sheared (not orthonormal); read with the nearest orthonormal direction "
+        f"and the sform's column lengths as spacing, which moves voxels by up to {shift:.3g} mm",
+        MedloopWarning,
+        stacklevel=5,
+    )
+    return img
 
 
 def _itk_reason(exc: Exception) -> str:

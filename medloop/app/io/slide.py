@@ -108,8 +108,11 @@ def read_slide(path: str | os.PathLike) -> MedImage:
     p = Path(path)
     if not p.is_file():
         raise ImageReadError(f"cannot read {p}: no such file; check the path")
+    from medloop.app.io.quiet import quiet_decoders
+
     try:
-        slide = openslide.OpenSlide(str(p))
+        with quiet_decoders():  # libtiff / libdicom remarks on odd tags stay off the terminal
+            slide = openslide.OpenSlide(str(p))
     except openslide.OpenSlideUnsupportedFormatError:
         raise ImageReadError(_unsupported_message(p)) from None
     except (openslide.OpenSlideError, OSError) as exc:
@@ -153,6 +156,91 @@ def read_slide(path: str | os.PathLike) -> MedImage:
         path=str(p),
         pyramid=levels,
     )
+
+
+def read_dicom_slide(path: str | os.PathLike) -> MedImage:
+    """A DICOM whole-slide image (VL Whole Slide Microscopy Image Storage) through OpenSlide,
+    which finds the other levels among the files of the same folder; spacing in um from the file.
+
+    Raises:
+        ImageReadError: this OpenSlide cannot read DICOM slides, or not this one.
+    """
+    import openslide
+
+    p = Path(path)
+    version = getattr(openslide, "__library_version__", "?")
+    try:
+        fmt = openslide.OpenSlide.detect_format(str(p))
+    except (openslide.OpenSlideError, OSError):
+        fmt = None
+    if fmt != "dicom":
+        raise ImageReadError(
+            f"cannot read {p}: DICOM whole-slide images (VL Whole Slide Microscopy) need OpenSlide 4 "
+            f"or later with DICOM support, and OpenSlide {version} does not recognise this one; "
+            "update openslide-bin, or export the slide as .svs or pyramidal .tif"
+        )
+    try:
+        return read_slide(p)
+    except ImageReadError:
+        raise ImageReadError(
+            f"cannot read {p}: a DICOM whole-slide image that OpenSlide {version} cannot open "
+            "(incomplete series or unsupported variant); keep all files of the slide's series in "
+            "one folder, or export the slide as .svs or pyramidal .tif"
+        ) from None
+
+
+LEVEL_BYTES_LIMIT = 2 * 2**30  # one level read whole (convert --level) may take this much memory
+
+
+def pyramid_level(image: MedImage, level: int, path: Any) -> MedImage:
+    """Level ``level`` of a pyramid as a plain in-memory image with that level's pixel size.
+
+    Raises:
+        ImageReadError: no such level, or the level is too large to hold in memory.
+    """
+    levels = list(image.pyramid) or [image.array]
+    if not 0 <= level < len(levels):
+        shapes = ", ".join(f"{k}: {int(a.shape[1])} x {int(a.shape[0])}" for k, a in enumerate(levels))
+        raise ImageReadError(f"cannot read level {level} of {path}: it has {len(levels)} level(s) ({shapes}); choose one of them")
+    chosen = levels[level]
+    size = int(np.prod(chosen.shape)) * np.dtype(chosen.dtype).itemsize
+    if size > LEVEL_BYTES_LIMIT:
+        raise ImageReadError(
+            f"cannot read level {level} of {path}: it is {int(chosen.shape[1])} x {int(chosen.shape[0])} "
+            f"pixels ({size / 2**30:.1f} GiB), too large to hold at once; choose a higher level, or "
+            "convert the whole pyramid to .tif (written tile by tile)"
+        )
+    scale = _downsample(image, level)
+    from dataclasses import replace
+
+    meta = {**image.metadata, "level": level, "level_downsample": scale}
+    return replace(
+        image, array=np.asarray(compute_here(chosen)[0]), pyramid=(), metadata=meta,
+        spacing=tuple(s * scale for s in image.spacing),
+    )
+
+
+def _downsample(image: MedImage, level: int) -> float:
+    """Level ``level``'s downsample: OpenSlide's own figure when the slide gave it, else widths."""
+    known = image.metadata.get("level_downsamples") or ()
+    if level < len(known):
+        return float(known[level])
+    levels = list(image.pyramid) or [image.array]
+    return int(levels[0].shape[1]) / int(levels[level].shape[1])
+
+
+def check_slide_decodes(image: MedImage, side: int = 256) -> None:
+    """Decode one small region at the centre of the lowest-resolution level and of level 0, so
+    a damaged slide is reported now rather than when its tiles are first shown.
+
+    Raises:
+        ImageReadError: a tile does not decode (the message names the level and place).
+    """
+    levels = list(image.pyramid) or [image.array]
+    for level in dict.fromkeys((len(levels) - 1, 0)):
+        h, w = int(levels[level].shape[0]), int(levels[level].shape[1])
+        y, x = max(0, h // 2 - side // 2), max(0, w // 2 - side // 2)
+        compute_here(levels[level][y : y + side, x : x + side])
 
 
 def _unsupported_message(p: Path) -> str:
@@ -485,6 +573,75 @@ def _label_pyramid_dtype(
     if min(shape) == 0:
         raise ImageWriteError(f"cannot write {p}: the label map is empty (shape {shape})")
     return out_dtype
+
+
+def write_image_pyramid(
+    image: MedImage,
+    path: str | os.PathLike,
+    tile: int = 512,
+    progress: Callable[[int, int], Any] | None = None,
+) -> Path:
+    """Write a whole-slide pyramid (every level of ``image.pyramid``) as a tiled, deflate-
+    compressed pyramidal TIFF, one tile at a time: no level is ever whole in memory. Pixels are
+    kept exactly; OpenSlide (generic-tiff) and tifffile read the result as the same pyramid.
+
+    Raises:
+        ImageWriteError: missing folder or a failed write.
+    """
+    import tifffile
+
+    p = Path(path)
+    if not p.parent.is_dir():
+        raise ImageWriteError(f"cannot write {p}: folder {p.parent} does not exist; create it first")
+    levels = list(image.pyramid) or [image.array]
+    um = {"mm": 1000.0, "um": 1.0}.get(image.unit, 1.0)
+    sx, sy = (float(v) * um for v in image.spacing[:2])
+    total = sum(-(-int(a.shape[0]) // tile) * -(-int(a.shape[1]) // tile) for a in levels)
+    done = [0]
+    raw = sum(int(np.prod(a.shape)) for a in levels)
+    workers = max(1, min(4, os.cpu_count() or 1))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="medloop-deflate")
+    try:
+        with atomic_target(p) as tmp, tifffile.TiffWriter(tmp, bigtiff=raw > 2**31) as tw:
+            for k, level in enumerate(levels):
+                h, w = int(level.shape[0]), int(level.shape[1])
+                scale = _downsample(image, k)
+                tw.write(
+                    _deflated(_image_tiles(level, tile, progress, done, total), pool, workers),
+                    shape=(h, w) + tuple(int(c) for c in level.shape[2:]),
+                    dtype=np.dtype(level.dtype),
+                    tile=(tile, tile),
+                    compression="zlib",
+                    photometric="rgb" if level.ndim == 3 and level.shape[2] in (3, 4) else "minisblack",
+                    subfiletype=1 if k else 0,
+                    resolution=(1e4 / (sx * scale), 1e4 / (sy * scale)),
+                    resolutionunit="CENTIMETER",
+                    metadata=None,
+                    software="medloop",
+                )
+    except OSError as exc:
+        raise ImageWriteError(
+            f"cannot write {p}: {exc.strerror or _reason(exc)}; check free disk space and permissions"
+        ) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return p
+
+
+def _image_tiles(level: Any, tile: int, progress, done: list, total: int) -> Iterator[np.ndarray]:
+    """The level's tiles in row-major order, each computed on its own, edges zero-padded."""
+    h, w = int(level.shape[0]), int(level.shape[1])
+    for y in range(0, h, tile):
+        for x in range(0, w, tile):
+            part = np.asarray(compute_here(level[y : y + tile, x : x + tile])[0])
+            if part.shape[:2] != (tile, tile):
+                full = np.zeros((tile, tile) + part.shape[2:], dtype=part.dtype)
+                full[: part.shape[0], : part.shape[1]] = part
+                part = full
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+            yield part
 
 
 @contextmanager

@@ -26,6 +26,9 @@ def sniff(path: Path, head: bytes | None = None) -> str | None:
         except (OSError, EOFError, zlib.error):
             return "gzip"
         return sniff(path, inner) if inner[:2] != b"\x1f\x8b" else "gzip"
+    # DICOM first: its 128-byte preamble is free-form, so it may read as a NIfTI header size.
+    if head[128:132] == b"DICM":
+        return "dicom"
     if len(head) >= 348 and int.from_bytes(head[:4], "little") in (348, 540) or head[344:347] in (b"n+1", b"ni1"):
         return "nifti"
     if len(head) >= 4 and int.from_bytes(head[:4], "big") in (348, 540):
@@ -34,8 +37,6 @@ def sniff(path: Path, head: bytes | None = None) -> str | None:
         return "nrrd"
     if head.lstrip()[:10] in (b"ObjectType", b"NDims = 2\n", b"NDims = 3\n") or b"ElementDataFile" in head:
         return "metaimage"
-    if head[128:132] == b"DICM":
-        return "dicom"
     if head[:8] == b"\x89PNG\r\n\x1a\n":
         return "png"
     if head[:3] == b"\xff\xd8\xff":
@@ -44,7 +45,21 @@ def sniff(path: Path, head: bytes | None = None) -> str | None:
         return "tiff"
     if head[:2] == b"BM":
         return "bmp"
+    if _preambleless_dicom(head):
+        return "dicom"
     return None
+
+
+def _preambleless_dicom(head: bytes) -> bool:
+    """A DICOM data set written without preamble and 'DICM' (older tools): it starts with a
+    group 0002 or 0008 element, little-endian, in explicit VR (two capital letters) or
+    implicit VR (a 4-byte length)."""
+    if len(head) < 8 or head[:2] not in (b"\x02\x00", b"\x08\x00") or head[3] != 0:
+        return False
+    vr = head[4:6]
+    if vr.isalpha() and vr.isupper():
+        return True
+    return int.from_bytes(head[4:8], "little") < 1024 and head[2] < 0x20
 
 
 def gzip_is_truncated(path: Path) -> bool:

@@ -45,9 +45,13 @@ def write_image(image: MedImage, path: str | os.PathLike, compress: bool = True)
         um_per_unit = {"mm": 1000.0, "um": 1.0}.get(image.unit, 1.0)
         return write_label_pyramid(image.array, p, spacing_um=tuple(s * um_per_unit for s in image.spacing))
     if image.is_multiscale:
+        if suffix in TIFF_WRITE_SUFFIXES:
+            from medloop.app.io.slide import write_image_pyramid
+
+            return write_image_pyramid(image, p)
         raise ImageWriteError(
-            f"cannot write {p}: the image is a whole-slide pyramid ({image.shape}); "
-            "segment it and write the label map to .tif instead"
+            f"cannot write {p}: the image is a whole-slide pyramid ({image.shape}); write it to a "
+            "tiled pyramidal .tif, or one level of it with --level K"
         )
     try:
         with atomic_target(p, suffix=suffix) as tmp:

@@ -174,18 +174,25 @@ def test_single_axial_file_is_2d(tmp_path):
     assert image.path == str(paths[1])
 
 
-def test_single_oblique_file_keeps_its_own_frame(tmp_path):
+def test_single_oblique_file_keeps_its_position_and_orientation(tmp_path):
+    """A non-axial slice has no 2-D frame: it stays a one-slice volume placed exactly where
+    ImagePositionPatient and ImageOrientationPatient say (not at the origin, unrotated)."""
     ref = synthetic_volume(shape_zyx=(1, 10, 14))
     (path,) = write_series(ref, tmp_path)
     image = read_dicom_file(path)
-    assert image.ndim == 2 and image.spacing == pytest.approx((0.8, 0.6), abs=1e-9)
-    assert image.origin == (0.0, 0.0)
-    np.testing.assert_array_equal(image.direction, np.eye(2))
-    np.testing.assert_allclose(image.metadata["ImagePositionPatient"], ref.GetOrigin(), atol=1e-6)
+    assert image.ndim == 3 and image.shape == (1, 10, 14)
+    np.testing.assert_array_equal(image.array, sitk.GetArrayFromImage(ref))
+    assert image.spacing[:2] == pytest.approx((0.8, 0.6), abs=1e-9)
+    np.testing.assert_allclose(image.origin, ref.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(image.direction, np.reshape(ref.GetDirection(), (3, 3)), atol=1e-6)
+    # every pixel lands where the reference puts it
+    for ijk in [(0, 0, 0), (13, 0, 0), (0, 9, 0), (13, 9, 0)]:
+        np.testing.assert_allclose(image.index_to_physical(np.array(ijk)), ref.TransformIndexToPhysicalPoint(ijk), atol=1e-6)
     # A folder holding one slice reads the same way, named after its series.
     from_folder = read_dicom_series(tmp_path)
-    assert from_folder.ndim == 2 and from_folder.path == str(tmp_path)
+    assert from_folder.ndim == 3 and from_folder.path == str(tmp_path)
     np.testing.assert_array_equal(from_folder.array, image.array)
+    np.testing.assert_allclose(from_folder.origin, image.origin, atol=0)
 
 
 def test_multi_frame_file_stays_3d(tmp_path):
