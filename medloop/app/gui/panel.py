@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from qtpy.QtWidgets import QComboBox, QLabel, QProgressBar, QPushButton, QWidget
 
 from medloop.app.gui.jobs import start_job
+from medloop.app.gui.qt_guard import guard_none
+
+guard_none()  # PySide6 6.12 drops a reference to None per Qt call: see qt_guard
 
 if TYPE_CHECKING:
     import napari
