@@ -3,21 +3,22 @@
 PySide6 6.12.0 (the build this project is tested with) decrements ``None``'s reference count
 once for every call of a Qt method that returns nothing (``setText``, ``addItem``, ...). On
 Python < 3.12 ``None`` is not immortal, so after some ten thousand calls the interpreter aborts
-with "none_dealloc: deallocating None" — in a long review session or a test run. Until the
-binding is fixed we measure the leak once and, where it exists, keep a few million extra
-references to ``None`` (32 MB), enough for millions of calls.
+with "none_dealloc: deallocating None" — in a long review session, a test run, or at exit. Until
+the binding is fixed we measure the leak once and, where it exists, add references to ``None``
+that are never given back (CPython's reference count field, raised once; no memory is used), as
+Python 3.12 does for every immortal object. Nothing is done where there is no leak.
 """
 
 from __future__ import annotations
 
 import sys
 
-_BALLAST: list[None] = []
-BALLAST_SIZE = 4_000_000
+BALLAST_SIZE = 1 << 40  # about 10^12 calls
+_pinned = False
 
 
 def leaks_none() -> bool:
-    """Whether a void Qt call drops a reference to None (needs a QApplication-free QObject)."""
+    """Whether a void Qt call drops a reference to None."""
     from qtpy.QtCore import QObject
 
     probe = QObject()
@@ -28,9 +29,13 @@ def leaks_none() -> bool:
 
 
 def guard_none() -> bool:
-    """Pin extra references to None when the Qt binding leaks them (once); True when pinned."""
-    if _BALLAST or sys.version_info >= (3, 12):
-        return bool(_BALLAST)
+    """Raise None's reference count once when the Qt binding leaks it; True when raised."""
+    global _pinned
+    if _pinned or sys.version_info >= (3, 12) or sys.implementation.name != "cpython":
+        return _pinned
     if leaks_none():
-        _BALLAST.extend([None] * BALLAST_SIZE)
-    return bool(_BALLAST)
+        import ctypes
+
+        ctypes.c_ssize_t.from_address(id(None)).value += BALLAST_SIZE  # ob_refcnt is the first field
+        _pinned = True
+    return _pinned

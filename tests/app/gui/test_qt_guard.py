@@ -20,5 +20,5 @@ def test_guard_keeps_none_alive_under_void_qt_calls(qtbot):
     after = sys.getrefcount(None)
     assert before - after in ((range(19_990, 20_010)) if leaks_none() else range(-10, 10))  # the leak, measured
     if pinned:
-        assert after > BALLAST_SIZE - 100_000  # far from zero
+        assert after > BALLAST_SIZE - 10_000_000  # far from zero
     assert edit.text() == "19999"
