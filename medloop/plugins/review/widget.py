@@ -95,6 +95,7 @@ class ReviewPanel(MethodPanel):
         self.case_label.setWordWrap(True)
         self.history_list = QListWidget()  # the open case's earlier decisions and comments
         self.history_list.setMaximumHeight(80)
+        self.history_list.setWordWrap(True)
         self.pin_edit = QLineEdit()
         self.pin_edit.setPlaceholderText("text of the next comment pin (add points to the comments layer)")
         self.prev_button = QPushButton("◀ Previous")
