@@ -11,7 +11,9 @@ import json
 from pathlib import Path
 
 import medloop
-from medloop.app.io.autosave import AnnotationStore, _user_annotation_folder, inside_package
+import numpy as np
+
+from medloop.app.io.autosave import AnnotationStore, inside_package
 
 PACKAGE = Path(medloop.__file__).resolve().parent
 
@@ -73,12 +75,15 @@ def test_the_check_sees_a_stray_annotation(tmp_path):
     assert _files(copy) - set(_listed(copy)) == {stray}
 
 
-def test_annotations_of_packaged_samples_autosave_in_the_user_folder(tmp_path):
+def test_annotations_of_packaged_samples_autosave_in_the_user_folder(tmp_path, _user_annotation_folder):
+    from medloop.app.io import autosave
     from medloop.app.samples import load_brain_sample, sample_path
 
     t1, _ = load_brain_sample()
     assert inside_package(sample_path("t1")) and not inside_package(tmp_path / "x.nii.gz")
-    assert AnnotationStore.default_folder(t1) == _user_annotation_folder()
+    assert AnnotationStore.default_folder(t1) == autosave._user_annotation_folder() == _user_annotation_folder
+    saved = AnnotationStore.for_image(t1).save(t1, "strokes", np.zeros(t1.shape, np.uint8))
+    assert saved.parent == _user_annotation_folder and not inside_package(saved)
     from medloop.app.io.write import write_image
 
     copy = write_image(t1, tmp_path / "t1.nii.gz")
