@@ -63,9 +63,7 @@ def _writable_dir(folder: Path) -> bool:
 
 def _package_folder() -> Path:
     """The folder of the medloop package itself (installed or a source checkout)."""
-    import medloop
-
-    return Path(medloop.__file__).resolve().parent
+    return Path(__file__).resolve().parents[2]  # medloop/app/io/autosave.py -> medloop/
 
 
 def inside_package(path: str | os.PathLike) -> bool:

@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QHBoxLayout,
     QInputDialog,
     QLabel,
@@ -68,7 +69,8 @@ class ReviewPanel(MethodPanel):
         """The project buttons, reviewer, filter, case table, navigation, comment, verdicts,
         outputs and mask tools."""
         self.open_button = QPushButton("Open review project …")
-        self.new_button = QPushButton("New project: run a model over images …")
+        self.new_button = QPushButton("New project from images …")
+        self.new_button.setToolTip("Run a model over images and make a review project of its predictions")
         self.start_buttons = [self.new_button, self.open_button]
         self.project_label = QLabel("No project open.")
         self.project_label.setWordWrap(True)
@@ -89,7 +91,7 @@ class ReviewPanel(MethodPanel):
         self.table.setMinimumHeight(140)  # five cases visible, however crowded the dock
         self.user_sort: tuple[int, Qt.SortOrder] | None = None  # a column the user sorted by
         self._sorting = False
-        self.queue_button = QPushButton("Most uncertain first")
+        self.queue_button = QPushButton("Uncertain first")
         self.queue_button.setToolTip("Show the queue in review order again (after sorting by a column)")
         self.case_label = QLabel("")  # the open case and its verdict, whatever opens next
         self.case_label.setWordWrap(True)
@@ -117,14 +119,17 @@ class ReviewPanel(MethodPanel):
         form = QFormLayout()
         form.addRow("Reviewer", self.reviewer_edit)
         form.addRow("", self.reviewer_hint)
-        form.addRow("Show", self.filter_combo)
+        show_row = QHBoxLayout()
+        show_row.addWidget(self.filter_combo, 1)
+        show_row.addWidget(self.queue_button)
+        form.addRow("Show", show_row)
         nav = QHBoxLayout()
         nav.addWidget(self.prev_button)
         nav.addWidget(self.next_button)
-        nav.addWidget(self.queue_button)
-        verdicts = QHBoxLayout()
-        for b in (self.accept_button, self.edit_button, self.reject_button, self.second_button):
-            verdicts.addWidget(b)
+
+        verdicts = QGridLayout()
+        for i, b in enumerate((self.accept_button, self.edit_button, self.reject_button, self.second_button)):
+            verdicts.addWidget(b, i // 2, i % 2)
         outputs = QHBoxLayout()
         outputs.addWidget(self.export_button)
         outputs.addWidget(self.report_button)
@@ -150,6 +155,7 @@ class ReviewPanel(MethodPanel):
         layout.addWidget(self.status)
         layout.addWidget(self.tools)
         layout.addLayout(outputs)
+        self.make_scrollable()
 
     def _connect_signals(self) -> None:
         """Buttons, table, filter and reviewer field to their actions; Shift-Right / Shift-Left
