@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from qtpy.QtCore import QPointF, QRectF, Qt
+from qtpy.QtCore import QPointF, QRect, QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
@@ -27,7 +27,7 @@ class CurvePlot(QWidget):
         super().__init__(parent)
         self.series: dict[str, list[tuple[float, float]]] = {name: [] for name in SERIES}
         self.epochs_seen = 0
-        self.setMinimumHeight(130)
+        self.setMinimumHeight(150)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setToolTip("Training loss (relative to its largest value) and validation Dice per epoch")
 
@@ -87,7 +87,10 @@ class CurvePlot(QWidget):
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         fm = painter.fontMetrics()
         line = fm.height()
-        box = QRectF(self.rect()).adjusted(fm.horizontalAdvance("1.0") + 8, line + 4, -6, -(2 * line + 2))
+        note = self.note()
+        flags = int(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop) | int(Qt.TextFlag.TextWordWrap)
+        note_h = fm.boundingRect(QRect(0, 0, max(self.width() - 12, 40), 400), flags, note).height() if note and self.epochs_seen else 0
+        box = QRectF(self.rect()).adjusted(fm.horizontalAdvance("1.0") + 8, line + 4, -6, -(line + 4 + note_h))
         grey = QPen(QColor("#888888"))
         painter.setPen(grey)
         painter.drawRect(box)
@@ -121,9 +124,10 @@ class CurvePlot(QWidget):
                 painter.drawEllipse(poly[0], 2, 2)
             else:
                 painter.drawPolyline(poly)
-        note = self.note()
         if note:
             painter.setPen(grey)
-            where = box if not self.epochs_seen else QRectF(box.left(), box.bottom() + line, box.width(), line)
-            painter.drawText(where, Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, note)
+            if self.epochs_seen:  # below the epoch axis, in the room kept for it
+                painter.drawText(QRectF(6, box.bottom() + line + 2, self.width() - 12, note_h), flags, note)
+            else:
+                painter.drawText(box, int(Qt.AlignmentFlag.AlignCenter) | int(Qt.TextFlag.TextWordWrap), note)
         painter.end()

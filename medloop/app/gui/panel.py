@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QSize, Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -57,7 +57,7 @@ class MethodPanel(QWidget):
         labels wrap to the dock's width (no horizontal scrolling)."""
         inner = QWidget()
         inner.setLayout(self.layout())  # reparents the layout and its widgets
-        area = QScrollArea()
+        area = _ContentWidthScrollArea()
         area.setWidgetResizable(True)
         area.setFrameShape(QFrame.Shape.NoFrame)
         area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -134,6 +134,29 @@ class MethodPanel(QWidget):
         self.job = None
         self._set_running(False)
         self.job_finished()
+
+
+class _ContentWidthScrollArea(QScrollArea):
+    """Scrolls vertically only and is never narrower than its content's minimum width (as
+    styled in the window, folded sections included once unfolded): the dock widens instead of
+    clipping the right edge."""
+
+    def setWidget(self, widget: QWidget) -> None:  # noqa: N802 - Qt's name
+        super().setWidget(widget)
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() in (QEvent.Type.LayoutRequest, QEvent.Type.StyleChange, QEvent.Type.Show):
+            self.updateGeometry()
+        return False
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        hint = super().minimumSizeHint()
+        inner = self.widget()
+        if inner is None:
+            return hint
+        width = inner.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+        return QSize(max(hint.width(), width), hint.height())
 
 
 class Fold(QWidget):
