@@ -376,6 +376,9 @@ class ReviewPanel(MethodPanel):
         label_kwargs = {k: v for k, v in kwargs.items() if k != "rgb"}
         self.prediction = np.asarray(prediction.array)
         data = (draft if draft is not None else self.prediction).astype(np.int32)
+        if not classes:  # the model is not installed here: name the labels the mask holds, so they show
+            top = max(int(data.max(initial=0)), int(self.prediction.max(initial=0)), 1)
+            classes = {0: "background", **{k: f"label {k}" for k in range(1, top + 1)}}
         self.layers["mask"] = mask = self.viewer.add_labels(
             data.copy(), name=f"{case_id} review mask", opacity=0.5, metadata={CLASSES_KEY: classes, "medloop_image": prediction},
             colormap=class_colors(classes), **label_kwargs,
