@@ -51,6 +51,7 @@ class CorrectionPanel(MethodPanel):
         self.saver = None
         self.versions = None
         self.pending_live = False
+        self.pending_predict = False
 
         self.model_combo = QComboBox()
         self.legend = QLabel()
@@ -81,6 +82,29 @@ class CorrectionPanel(MethodPanel):
         self.rollback_button = QPushButton("Use this version")
         self.tools = MaskToolsBox(napari_viewer, on_edit=self._layer_edited)
 
+        self._build_layout()
+
+        self.live_timer = QTimer(self)
+        self.live_timer.setSingleShot(True)
+        self.live_timer.setInterval(live_delay_ms)
+        self.live_timer.timeout.connect(self.live_update)
+
+        from medloop.models.registry import list_models
+
+        self.models = list_models()
+        self.model_combo.addItems([m.name for m in self.models])
+        self.refresh_layers()
+        self.model_combo.currentIndexChanged.connect(self._model_changed)
+        self.kind_combo.currentIndexChanged.connect(self._kind_changed)
+        self.new_layer_button.clicked.connect(self.annotation_layer)
+        self.finetune_button.clicked.connect(self.fine_tune)
+        self.rollback_button.clicked.connect(self.rollback)
+        self._model_changed()
+        self._kind_changed()
+
+    def _build_layout(self) -> None:
+        """The form (each mode's options in their own group), buttons, curve, status, mask
+        tools; the whole panel scrolls."""
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
         form.addRow("Model", self.model_combo)
@@ -114,24 +138,6 @@ class CorrectionPanel(MethodPanel):
         layout.addWidget(self.tools)
         layout.addStretch(1)
         self.make_scrollable()
-
-        self.live_timer = QTimer(self)
-        self.live_timer.setSingleShot(True)
-        self.live_timer.setInterval(live_delay_ms)
-        self.live_timer.timeout.connect(self.live_update)
-
-        from medloop.models.registry import list_models
-
-        self.models = list_models()
-        self.model_combo.addItems([m.name for m in self.models])
-        self.refresh_layers()
-        self.model_combo.currentIndexChanged.connect(self._model_changed)
-        self.kind_combo.currentIndexChanged.connect(self._kind_changed)
-        self.new_layer_button.clicked.connect(self.annotation_layer)
-        self.finetune_button.clicked.connect(self.fine_tune)
-        self.rollback_button.clicked.connect(self.rollback)
-        self._model_changed()
-        self._kind_changed()
 
     # -- state --------------------------------------------------------------------------------
     @property
@@ -515,7 +521,10 @@ class CorrectionPanel(MethodPanel):
         from medloop.plugins.correction.headless import model_input, predict_on_grid
 
         layer, entry = self.image_layer(), self.current_entry()
-        if layer is None or entry is None or self.job is not None:
+        if layer is None or entry is None:
+            return
+        if self.job is not None:  # a live update or fine-tune runs: predict when it is done
+            self.pending_predict = True
             return
         image = layer_image(layer)
         _, pred_name = self._names()
@@ -534,6 +543,10 @@ class CorrectionPanel(MethodPanel):
 
     # -- jobs ---------------------------------------------------------------------------------
     def job_finished(self) -> None:
+        if self.pending_predict:  # "Use this version" was pressed while a job ran
+            self.pending_predict = False
+            self.predict_with_current()
+            return
         if self.pending_live:  # strokes came in while a job ran: catch up now
             self.pending_live = False
             self.live_update()
