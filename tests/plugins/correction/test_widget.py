@@ -150,3 +150,17 @@ def test_use_this_version_repredicts_and_strokes_stay_above_the_prediction(setup
     assert warned == [message]
     assert panel.status.text() == f"Saved tiny-threshold@v2 (held-out stroke Dice {parent - 0.25:.3f}); the prediction shows it. Warning: {message}"
     assert panel.dice_fell(0.8, 0.9, "v1") is None and panel.dice_fell(None, 0.5, "base") is None
+
+
+def test_use_this_version_while_a_job_runs_predicts_when_it_ends(setup, qtbot):
+    panel, viewer, truth, painted, tmp_path = setup
+    running = object()
+    panel.job = running  # e.g. a live update in flight
+    panel.rollback_button.click()
+    assert panel.pending_predict and panel.job is running and "cells prediction" not in viewer.layers
+    panel.job = None
+    panel.job_finished()  # what MethodPanel does when the job ends
+    assert panel.job is not None and not panel.pending_predict
+    wait_idle(qtbot, panel)
+    image = viewer.layers["cells"].metadata["medloop_image"]
+    np.testing.assert_array_equal(viewer.layers["cells prediction"].data, _predict(panel.versions.entry(0), image))
