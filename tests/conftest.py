@@ -26,3 +26,14 @@ def brain_sample():
     from medloop.app.samples import load_brain_sample
 
     return load_brain_sample()
+
+
+@pytest.fixture(autouse=True)
+def _user_annotation_folder(tmp_path_factory, monkeypatch):
+    """Annotations that belong in the per-user data folder (packaged samples, read-only places)
+    go to a temporary folder in tests, never into the tester's own data folder."""
+    from medloop.app.io import autosave
+
+    folder = tmp_path_factory.mktemp("user-annotations")
+    monkeypatch.setattr(autosave, "_user_annotation_folder", lambda: folder)
+    return folder

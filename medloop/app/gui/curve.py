@@ -1,19 +1,23 @@
 """A small live plot of training curves (loss and validation Dice per epoch) for method panels.
 
 Drawn with QPainter rather than matplotlib: it repaints in well under a millisecond for a few
-hundred points and adds no dependency or second event loop to the panel.
+hundred points and adds no dependency or second event loop to the panel. It has an epoch axis
+(first and last epoch), a value axis (0 and 1: loss is drawn relative to its largest value, which
+the legend gives), the latest value of each series, and says why there is no validation curve
+when a run reports none.
 """
 
 from __future__ import annotations
 
 import math
 
-from qtpy.QtCore import QPointF, QRectF, Qt
+from qtpy.QtCore import QPointF, QRect, QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
 #: Series drawn by :meth:`CurvePlot.add_epoch`, with their colours.
 SERIES = {"train loss": "#e69f00", "validation Dice": "#56b4e9"}
+NO_VALIDATION = "no validation curve: nothing was held out (too few strokes or objects)"
 
 
 class CurvePlot(QWidget):
@@ -22,19 +26,22 @@ class CurvePlot(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.series: dict[str, list[tuple[float, float]]] = {name: [] for name in SERIES}
-        self.setMinimumHeight(90)
+        self.epochs_seen = 0
+        self.setMinimumHeight(150)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setToolTip("Training loss (relative to its largest value) and validation Dice per epoch")
 
     def clear(self) -> None:
         for points in self.series.values():
             points.clear()
+        self.epochs_seen = 0
         self.update()
 
     def add_epoch(self, info: dict) -> None:
         """Take an epoch report of ``train_segmentation`` (``event == "epoch"``); others are ignored."""
         if info.get("event") != "epoch":
             return
+        self.epochs_seen += 1
         epoch = float(info.get("epoch", len(self.series["train loss"])))
         for name, key in (("train loss", "train_loss"), ("validation Dice", "val_mean_dice")):
             value = info.get(key)
@@ -50,21 +57,63 @@ class CurvePlot(QWidget):
         top = max(abs(v) for _, v in points) or 1.0
         return [(x, v / top) for x, v in points]
 
+    def note(self) -> str:
+        """What the plot says besides the curves: why there is no validation curve, or nothing."""
+        if not self.epochs_seen:
+            return "curves appear while fine-tuning"
+        if not self.series["validation Dice"]:
+            return NO_VALIDATION
+        return ""
+
+    def legend(self) -> list[str]:
+        """Legend entries with the latest value (loss: also its largest, the top of the axis)."""
+        out = []
+        for name, points in self.series.items():
+            if not points:
+                out.append(name)
+            elif name == "train loss":
+                top = max(abs(v) for _, v in points)
+                out.append(f"{name} {points[-1][1]:.3g} (axis 1 = {top:.3g})")
+            else:
+                out.append(f"{name} {points[-1][1]:.3f}")
+        return out
+
+    def x_range(self) -> tuple[float, float]:
+        xs = [x for points in self.series.values() for x, _ in points]
+        return (min(xs), max(xs)) if xs else (0.0, 1.0)
+
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        box = QRectF(self.rect()).adjusted(4, 14, -4, -4)
-        painter.setPen(QPen(QColor("#888888")))
+        fm = painter.fontMetrics()
+        line = fm.height()
+        note = self.note()
+        flags = int(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop) | int(Qt.TextFlag.TextWordWrap)
+        note_h = fm.boundingRect(QRect(0, 0, max(self.width() - 12, 40), 400), flags, note).height() if note and self.epochs_seen else 0
+        box = QRectF(self.rect()).adjusted(fm.horizontalAdvance("1.0") + 8, line + 4, -6, -(line + 4 + note_h))
+        grey = QPen(QColor("#888888"))
+        painter.setPen(grey)
         painter.drawRect(box)
-        xs = [x for points in self.series.values() for x, _ in points]
-        x0, x1 = (min(xs), max(xs)) if xs else (0.0, 1.0)
+        x0, x1 = self.x_range()
         span = (x1 - x0) or 1.0
+        # value axis: 0 and 1 (loss relative to its largest value; Dice as is)
+        for v in (0.0, 0.5, 1.0):
+            y = box.bottom() - v * box.height()
+            painter.drawText(QRectF(0, y - line / 2, box.left() - 3, line), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"{v:g}")
+        # epoch axis: first and last epoch, and its title
+        below = QRectF(box.left(), box.bottom() + 1, box.width(), line)
+        if self.epochs_seen:
+            painter.drawText(below, Qt.AlignmentFlag.AlignLeft, f"{x0:g}")
+            painter.drawText(below, Qt.AlignmentFlag.AlignRight, f"{x1:g}")
+        painter.drawText(below, Qt.AlignmentFlag.AlignHCenter, "epoch")
         legend_x = box.left()
-        for name, colour in SERIES.items():
+        for (name, colour), text in zip(SERIES.items(), self.legend()):
             painter.setPen(QPen(QColor(colour), 2))
-            painter.drawText(QPointF(legend_x, 11), name)
-            legend_x += painter.fontMetrics().horizontalAdvance(name) + 12
+            painter.drawText(QPointF(legend_x, line), text)
+            legend_x += fm.horizontalAdvance(text) + 12
             points = self.scaled(name)
+            if not points:
+                continue
             poly = QPolygonF(
                 [
                     QPointF(box.left() + (x - x0) / span * box.width(), box.bottom() - min(max(v, 0.0), 1.0) * box.height())
@@ -75,7 +124,10 @@ class CurvePlot(QWidget):
                 painter.drawEllipse(poly[0], 2, 2)
             else:
                 painter.drawPolyline(poly)
-        if not xs:
-            painter.setPen(QPen(QColor("#888888")))
-            painter.drawText(box, Qt.AlignmentFlag.AlignCenter, "curves appear while fine-tuning")
+        if note:
+            painter.setPen(grey)
+            if self.epochs_seen:  # below the epoch axis, in the room kept for it
+                painter.drawText(QRectF(6, box.bottom() + line + 2, self.width() - 12, note_h), flags, note)
+            else:
+                painter.drawText(box, int(Qt.AlignmentFlag.AlignCenter) | int(Qt.TextFlag.TextWordWrap), note)
         painter.end()

@@ -5,9 +5,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from qtpy.QtWidgets import QComboBox, QLabel, QProgressBar, QPushButton, QWidget
+from qtpy.QtCore import QEvent, QSize, Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QFrame,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from medloop.app.gui.jobs import start_job
+from medloop.app.gui.qt_guard import guard_none
+
+guard_none()  # PySide6 6.12 drops a reference to None per Qt call: see qt_guard
 
 if TYPE_CHECKING:
     import napari
@@ -38,6 +54,28 @@ class MethodPanel(QWidget):
         self.start_buttons: list[QPushButton] = []
         self.viewer.layers.events.inserted.connect(self.refresh_layers)
         self.viewer.layers.events.removed.connect(self.refresh_layers)
+
+    def make_scrollable(self) -> QScrollArea:
+        """Move the panel's layout into a vertical scroll area (call once, after building it):
+        a docked panel then scrolls instead of growing the window past the screen, and its
+        labels wrap to the dock's width (no horizontal scrolling)."""
+        inner = QWidget()
+        inner.setLayout(self.layout())  # reparents the layout and its widgets
+        area = _ContentWidthScrollArea()
+        area.setWidgetResizable(True)
+        area.setFrameShape(QFrame.Shape.NoFrame)
+        area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        area.setWidget(inner)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(area)
+        self.scroll_area = area
+        for label in inner.findChildren(QLabel):
+            label.setWordWrap(True)
+        for combo in inner.findChildren(QComboBox):  # long layer/model names must not widen the dock
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(8)
+        return area
 
     def refresh_layers(self, *_: Any) -> None:
         """Offer every image layer, keeping the current choice when it still exists."""
@@ -108,3 +146,63 @@ class MethodPanel(QWidget):
         self.job = None
         self._set_running(False)
         self.job_finished()
+
+
+class _ContentWidthScrollArea(QScrollArea):
+    """Scrolls vertically only and is never narrower than its content's minimum width (as
+    styled in the window, folded sections included once unfolded): the dock widens instead of
+    clipping the right edge."""
+
+    def setWidget(self, widget: QWidget) -> None:  # noqa: N802 - Qt's name
+        super().setWidget(widget)
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() in (QEvent.Type.LayoutRequest, QEvent.Type.StyleChange, QEvent.Type.Show):
+            self.updateGeometry()
+        return False
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        hint = super().minimumSizeHint()
+        inner = self.widget()
+        if inner is None:
+            return hint
+        width = inner.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+        return QSize(max(hint.width(), width), hint.height())
+
+
+class Fold(QWidget):
+    """A titled section that folds away (advanced options): a ▸/▾ button and a form below it.
+    Folded widgets keep their values and stay enabled; they are only hidden."""
+
+    def __init__(self, title: str, expanded: bool = False, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.button = QToolButton()
+        self.button.setText(title)
+        self.button.setCheckable(True)
+        self.button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.button.setStyleSheet("QToolButton { border: none; font-weight: bold; }")
+        self.body = QWidget()
+        self.form = QFormLayout(self.body)
+        self.form.setContentsMargins(12, 0, 0, 0)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.button)
+        layout.addWidget(self.body)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        self.button.toggled.connect(self.set_expanded)
+        self.button.setChecked(expanded)
+        self.set_expanded(expanded)
+
+    def set_expanded(self, on: bool) -> None:
+        self.button.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
+        if self.button.isChecked() != on:
+            self.button.setChecked(on)
+        self.body.setVisible(on)
+
+    @property
+    def expanded(self) -> bool:
+        return self.button.isChecked()
+
+    def addRow(self, *args) -> None:  # noqa: N802 - QFormLayout's name
+        self.form.addRow(*args)

@@ -61,6 +61,21 @@ def _writable_dir(folder: Path) -> bool:
     return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
 
 
+def _package_folder() -> Path:
+    """The folder of the medloop package itself (installed or a source checkout)."""
+    return Path(__file__).resolve().parents[2]  # medloop/app/io/autosave.py -> medloop/
+
+
+def inside_package(path: str | os.PathLike) -> bool:
+    """Whether ``path`` lies in the medloop package (its packaged samples and models): nothing a
+    user makes is ever written there, even where the folder is writable (a source checkout)."""
+    try:
+        Path(path).resolve().relative_to(_package_folder())
+    except ValueError:
+        return False
+    return True
+
+
 def _quote(text: str, dots: bool) -> str:
     q = quote(text, safe=" -_+,=@()[]")
     if q.startswith("."):
@@ -98,8 +113,9 @@ class AnnotationStore:
 
     @staticmethod
     def default_folder(image: MedImage) -> Path:
-        """``<image folder>/.medloop`` when that can be written, else the per-user data folder."""
-        if image.path:
+        """``<image folder>/.medloop`` when that can be written, else the per-user data folder
+        (also for the packaged samples and any other image inside the medloop package)."""
+        if image.path and not inside_package(image.path):
             parent = Path(image.path).absolute().parent  # a DICOM series folder: beside it
             own = parent / PROJECT_SUBFOLDER
             if (own.is_dir() and _writable_dir(own)) or (not own.exists() and _writable_dir(parent)):

@@ -209,6 +209,10 @@ class ModelVersions:
     def _set_current(self, version: int) -> None:
         from medloop.app.io.atomic import atomic_target
 
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)  # "use base" before any version was saved
+        except OSError as exc:
+            raise MedloopError(f"cannot record the version in use in {self.folder} ({exc.strerror}); choose a writable models folder") from None
         with atomic_target(self.folder / STATE_FILE, suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
             json.dump({"base": self.base.name, "current": int(version)}, f, indent=2)
             f.write("\n")

@@ -17,6 +17,7 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -50,6 +51,7 @@ class CorrectionPanel(MethodPanel):
         self.saver = None
         self.versions = None
         self.pending_live = False
+        self.pending_predict = False
 
         self.model_combo = QComboBox()
         self.legend = QLabel()
@@ -58,13 +60,16 @@ class CorrectionPanel(MethodPanel):
         self.kind_combo.addItems(list(KINDS))
         self.balancing_combo = QComboBox()
         self.balancing_combo.addItems(BALANCING)
-        self.boundary_check = QCheckBox("Boundary loss (small structures; fully painted tiles)")
+        self.boundary_check = QCheckBox("Boundary loss")
+        self.boundary_check.setToolTip("For small structures; needs fully painted tiles")
         self.rounds_spin = QSpinBox()
         self.rounds_spin.setRange(1, 20)
         self.rounds_spin.setValue(6)  # Gupta et al.'s best round
-        self.stage2_check = QCheckBox("Stage 2: also learn from the other open images (Cues 2)")
+        self.stage2_check = QCheckBox("Stage 2: learn from other images")
+        self.stage2_check.setToolTip("Stage 2 (Cues 2): also learn from the other open images of the same kind")
         self.crf_check = QCheckBox("CRF-loss fine-tune stage")
-        self.live_check = QCheckBox("Live: update the prediction after each stroke")
+        self.live_check = QCheckBox("Live: update after each stroke")
+        self.live_check.setToolTip("Refit the model's head and update the prediction after each stroke")
         self.live_check.setChecked(True)
         self.epochs_spin = QSpinBox()
         self.epochs_spin.setRange(1, 500)
@@ -77,34 +82,7 @@ class CorrectionPanel(MethodPanel):
         self.rollback_button = QPushButton("Use this version")
         self.tools = MaskToolsBox(napari_viewer, on_edit=self._layer_edited)
 
-        form = QFormLayout()
-        form.addRow("Image", self.image_combo)
-        form.addRow("Model", self.model_combo)
-        form.addRow("", self.legend)
-        form.addRow("Annotate with", self.kind_combo)
-        form.addRow("Balancing", self.balancing_combo)
-        form.addRow("", self.boundary_check)
-        form.addRow("Box rounds", self.rounds_spin)
-        form.addRow("", self.stage2_check)
-        form.addRow("", self.crf_check)
-        form.addRow("Fine-tune epochs", self.epochs_spin)
-        versions = QHBoxLayout()
-        versions.addWidget(self.version_combo)
-        versions.addWidget(self.rollback_button)
-        form.addRow("Version", versions)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.finetune_button)
-        buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.new_layer_button)
-        layout.addWidget(self.live_check)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.curve)
-        layout.addWidget(self.status)
-        layout.addWidget(self.tools)
-        layout.addStretch(1)
+        self._build_layout()
 
         self.live_timer = QTimer(self)
         self.live_timer.setSingleShot(True)
@@ -124,6 +102,43 @@ class CorrectionPanel(MethodPanel):
         self._model_changed()
         self._kind_changed()
 
+    def _build_layout(self) -> None:
+        """The form (each mode's options in their own group), buttons, curve, status, mask
+        tools; the whole panel scrolls."""
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Model", self.model_combo)
+        form.addRow("", self.legend)
+        form.addRow("Annotate with", self.kind_combo)
+        # Each mode's options only in that mode (folded away in the others).
+        self.stroke_options = _option_group("Stroke options", [("Balancing", self.balancing_combo), ("", self.boundary_check)])
+        self.box_options = _option_group("Box options", [("Box rounds", self.rounds_spin), ("", self.stage2_check)])
+        self.point_options = _option_group("Point options", [("", self.crf_check)])
+        form.addRow(self.stroke_options)
+        form.addRow(self.box_options)
+        form.addRow(self.point_options)
+        form.addRow("Fine-tune epochs", self.epochs_spin)
+        versions = QHBoxLayout()
+        versions.addWidget(self.version_combo, 1)
+        versions.addWidget(self.rollback_button)
+        self.rollback_button.setMinimumWidth(self.rollback_button.fontMetrics().horizontalAdvance(self.rollback_button.text()) + 28)
+        self.rollback_button.setToolTip("Make the chosen version current and predict the image with it")
+        form.addRow("Version", versions)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.finetune_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.new_layer_button)
+        layout.addWidget(self.live_check)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.curve)
+        layout.addWidget(self.status)
+        layout.addWidget(self.tools)
+        layout.addStretch(1)
+        self.make_scrollable()
+
     # -- state --------------------------------------------------------------------------------
     @property
     def kind(self) -> str:
@@ -139,6 +154,8 @@ class CorrectionPanel(MethodPanel):
         self.rounds_spin.setEnabled(self.kind == "boxes")
         self.stage2_check.setEnabled(self.kind == "boxes")
         self.crf_check.setEnabled(self.kind == "points")
+        for group, kind in ((self.stroke_options, "strokes"), (self.box_options, "boxes"), (self.point_options, "points")):
+            group.setVisible(self.kind == kind)
         self._model_changed()
 
     def _model_changed(self, *_: Any) -> None:
@@ -238,8 +255,22 @@ class CorrectionPanel(MethodPanel):
             self.saver.close()
         self.saver = Autosaver(store, image, ann_name, getter, table=kind != "strokes")
         self.status.setText("Restored saved annotations." if saved is not None else "Annotate; it autosaves.")
+        self.keep_annotations_on_top()
         self.viewer.layers.selection.active = ann
         return ann
+
+    def keep_annotations_on_top(self) -> None:
+        """Strokes, boxes and points of the chosen image stay drawn above its prediction (a
+        later layer is drawn on top): move them just above it whenever either is added or
+        updated."""
+        layers = self.viewer.layers
+        _, pred_name = self._names()
+        if pred_name not in layers:
+            return
+        for kind in LAYER_SUFFIX:
+            ann_name, _ = self._names(kind)
+            if ann_name in layers and layers.index(ann_name) < layers.index(pred_name):
+                layers.move(layers.index(ann_name), layers.index(pred_name) + 1)
 
     def _bind_undo(self, layer) -> None:
         """Ctrl+Z / Ctrl+Shift+Z on the annotation layer also tell autosave and live mode."""
@@ -329,6 +360,7 @@ class CorrectionPanel(MethodPanel):
                 np.zeros(image.shape[: image.ndim], np.uint8), name=pred_name, opacity=0.5,
                 colormap=class_colors(entry.card.classes), metadata={CLASSES_KEY: dict(entry.card.classes)}, **kwargs,
             )
+        self.keep_annotations_on_top()
         return self.viewer.layers[pred_name]
 
     def _show_live(self, labels: np.ndarray, z: int | None, image, pred_name: str, entry) -> None:
@@ -444,6 +476,7 @@ class CorrectionPanel(MethodPanel):
         return others
 
     def _save_version(self, run) -> None:
+        parent_dice, parent_name = self._parent_dice()
         new = self.versions.save(
             run.network, metrics=run.metrics, annotation_counts=run.annotation_counts,
             note=f"fine-tuned on {run.kind} in the Correction panel",
@@ -454,6 +487,29 @@ class CorrectionPanel(MethodPanel):
         dice = run.metrics.get("best_val_dice")
         tail = f" (held-out stroke Dice {dice:.3f})" if isinstance(dice, float) else ""
         self.status.setText(f"Saved {new.name}{tail}; the prediction shows it.")
+        fell = self.dice_fell(parent_dice, dice, parent_name)
+        if fell:
+            from napari.utils.notifications import show_warning
+
+            self.status.setText(f"{self.status.text()} Warning: {fell}")
+            show_warning(fell)
+
+    @staticmethod
+    def dice_fell(parent_dice: Any, dice: Any, parent_name: str) -> str | None:
+        """The warning when a new version's held-out Dice is below its parent's, else None."""
+        if isinstance(parent_dice, (int, float)) and isinstance(dice, (int, float)) and dice < parent_dice:
+            return (
+                f"held-out Dice fell from {parent_dice:.3f} ({parent_name}) to {dice:.3f}; "
+                f"choose {parent_name} under Version and press 'Use this version' to go back"
+            )
+        return None
+
+    def _parent_dice(self) -> tuple[Any, str]:
+        """The held-out Dice of the version a fine-tune starts from (None for a base model), and
+        its name."""
+        current = self.versions.current
+        training = self.versions.entry(current).card.raw.get("training") or {} if current else {}
+        return (training.get("metrics") or {}).get("best_val_dice"), ("base" if current == 0 else f"v{current}")
 
     def rollback(self) -> None:
         text = self.version_combo.currentText()
@@ -468,12 +524,52 @@ class CorrectionPanel(MethodPanel):
         self.session = None
         self.session_key = None
         self.status.setText(f"Using {entry.name}.")
+        self.predict_with_current()
+
+    def predict_with_current(self) -> None:
+        """Predict the chosen image with the version in use (a job, off the GUI thread) and show
+        it in the prediction layer."""
+        from medloop.plugins.correction.headless import model_input, predict_on_grid
+
+        layer, entry = self.image_layer(), self.current_entry()
+        if layer is None or entry is None:
+            return
+        if self.job is not None:  # a live update or fine-tune runs: predict when it is done
+            self.pending_predict = True
+            return
+        image = layer_image(layer)
+        _, pred_name = self._names()
+
+        def compute(progress, should_stop):
+            from medloop.models.registry import build_model
+
+            return predict_on_grid(build_model(entry), model_input(image, entry.card))
+
+        def done(labels) -> None:
+            pred = self._prediction_layer(image, pred_name, entry)
+            pred.data = np.asarray(labels).astype(np.uint8)
+            self.status.setText(f"Using {entry.name}; the prediction shows it.")
+
+        self.start(compute, done)
 
     # -- jobs ---------------------------------------------------------------------------------
     def job_finished(self) -> None:
+        if self.pending_predict:  # "Use this version" was pressed while a job ran
+            self.pending_predict = False
+            self.predict_with_current()
+            return
         if self.pending_live:  # strokes came in while a job ran: catch up now
             self.pending_live = False
             self.live_update()
+
+
+def _option_group(title: str, rows: list[tuple[str, Any]]) -> QGroupBox:
+    """A titled group of one mode's options (shown only in that mode)."""
+    box = QGroupBox(title)
+    form = QFormLayout(box)
+    for label, widget in rows:
+        form.addRow(label, widget)
+    return box
 
 
 def _rectangle(row: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from medloop.plugins.review.project import (
     TO_REVIEW,
     ReviewError,
     ReviewProject,
-    check_name,
+    check_reviewer,
 )
 
 INDEX_NAME = "export.csv"
@@ -60,7 +60,7 @@ def export_masks(
     from medloop.app.io.write import write_image
 
     if reviewer is not None:
-        check_name(reviewer, "reviewer name")
+        check_reviewer(reviewer)
     out = output_folder(out, "export")
     state = project.state()
     rows: list[ExportedCase] = []

@@ -60,6 +60,8 @@ REVIEW_ACTIONS = ("accept", "reject", "edit")  # the ones that are a verdict on 
 PIN_FRAMES = ("index", "world")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@-]{0,127}$")
+#: Reviewer names: letters (any script), digits, spaces and . ' _ - + @ ("Dr. A. Smith").
+_REVIEWER = re.compile(r"^[^\W_](?:[\w .'+@-]{0,126}[\w.'+@-])?$")
 
 
 class ReviewError(MedloopError):
@@ -79,6 +81,39 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
+def reviewer_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a reviewer name, or None when it can. Reviewer names become a
+    folder name (``reviews/<name>``), so they may hold spaces and dots but no path separators,
+    no leading or trailing space and no trailing dot (Windows drops it), at most 128 characters."""
+    if not isinstance(name, str) or not name.strip():
+        return "type your name"
+    if len(name) > 128:
+        return "at most 128 characters"
+    if name != name.strip():
+        return "no space at the start or the end"
+    if "  " in name:
+        return "no double spaces"
+    bad = sorted({c for c in name if not (c.isalnum() or c in " .'_+@-")})
+    if bad:
+        return "these characters cannot be used: " + " ".join(repr(c) for c in bad)
+    if not name[0].isalnum():
+        return "start with a letter or digit"
+    if name.endswith("."):
+        return "no dot at the end"
+    if not _REVIEWER.match(name):
+        return "use letters, digits, spaces and . ' _ - + @"
+    return None
+
+
+def check_reviewer(name: str, what: str = "reviewer name") -> str:
+    """``name`` if it can be a reviewer name (see :func:`reviewer_problem`); case ids stay strict
+    (:func:`check_name`)."""
+    problem = reviewer_problem(name)
+    if problem is not None:
+        raise ReviewError(f"{what} {name!r} cannot be used: {problem}")
+    return name
+
+
 def default_reviewer() -> str:
     """The reviewer name to use when none is given: ``$MEDLOOP_REVIEWER``, else the login name."""
     import getpass
@@ -91,7 +126,7 @@ def default_reviewer() -> str:
             name = ""
     if not name:
         raise ReviewError("no reviewer name: pass --reviewer NAME or set MEDLOOP_REVIEWER")
-    return check_name(name, "reviewer name (from $MEDLOOP_REVIEWER or the login name)")
+    return check_reviewer(name, "reviewer name (from $MEDLOOP_REVIEWER or the login name)")
 
 
 def utc_now() -> str:
@@ -595,7 +630,7 @@ class ReviewProject:
         Raises:
             ReviewError: unknown case/action, bad reviewer name, missing or misshaped mask.
         """
-        check_name(reviewer, "reviewer name")
+        check_reviewer(reviewer)
         case = self.case(case_id)
         if action not in ACTIONS:
             raise ReviewError(f"unknown review action {action!r} for case {case_id!r}; use one of {', '.join(ACTIONS)}")
@@ -697,7 +732,7 @@ class ReviewProject:
     @staticmethod
     def draft_name(reviewer: str) -> str:
         """The autosave layer name of ``reviewer``'s edit (one draft per reviewer and case)."""
-        return f"review-{check_name(reviewer, 'reviewer name')}"
+        return f"review-{check_reviewer(reviewer)}"
 
     def autosaver(self, case_id: str, reviewer: str, get_labels: Callable[[], np.ndarray], delay: float = 2.0):
         """An :class:`Autosaver` for ``reviewer``'s in-progress edit of a case (call

@@ -31,7 +31,7 @@ from medloop.plugins.review.project import (
 CSV_COLUMNS = [
     "case", "status", "uncertainty", "reviewers", "last_reviewer", "last_action", "last_time",
     "edit_dice", "voxels_changed", "volume_change_ml", "seconds", "model", "model_version",
-    "weights_sha256", "comment",
+    "weights_sha256", "comment", "pins",
 ]
 THUMB_SIZE = 160
 STYLE = (
@@ -66,7 +66,7 @@ def report_rows(project: ReviewProject, state: ProjectState | None = None) -> li
             "case": case.id,
             "status": st.status,
             "uncertainty": case.uncertainty_score,
-            "reviewers": " ".join(sorted(st.reviews)),
+            "reviewers": "; ".join(sorted(st.reviews)),  # names may hold spaces
             "last_reviewer": last.reviewer if last else None,
             "last_action": last.action if last else None,
             "last_time": last.time if last else None,
@@ -78,6 +78,7 @@ def report_rows(project: ReviewProject, state: ProjectState | None = None) -> li
             "model_version": model.get("model_version"),
             "weights_sha256": model.get("weights_sha256"),
             "comment": " | ".join(h.comment for h in st.history if h.comment),
+            "pins": " | ".join(pin_text(p) for h in st.history for p in h.pins),
         })
     return rows
 
@@ -109,6 +110,13 @@ def write_report(project: ReviewProject, out: str | os.PathLike | None = None, t
     except OSError as exc:
         raise ReviewError(f"cannot write the report into {out} ({exc.strerror}); choose a writable place") from None
     return files
+
+
+def pin_text(pin: dict[str, Any]) -> str:
+    """A pinned comment as one line: ``text @ (z, y, x) index`` (or ``world``, mm)."""
+    pos = ", ".join(f"{float(v):g}" for v in pin.get("position", ()))
+    text = str(pin.get("text") or "").strip() or "(no text)"
+    return f"{text} @ ({pos}) {pin.get('frame', 'index')}"
 
 
 def _csv_value(v: Any) -> Any:
@@ -188,39 +196,60 @@ def _case_thumbnail(project: ReviewProject, case_id: str, state: ProjectState) -
 # -- chart and page ------------------------------------------------------------------------------
 
 
-def dice_chart_svg(rows: list[dict[str, Any]], width: int = 640, height: int = 220) -> str:
-    """Inline SVG bar chart of each case's edit Dice (prediction vs. reviewed mask)."""
-    pad_l, pad_b, pad_t = 40, 60, 10
+def change_chart_svg(rows: list[dict[str, Any]], width: int = 640, height: int = 240) -> str:
+    """Inline SVG bar chart of what the reviewers changed: voxels changed per case (an accepted
+    case is a bar of height 0 labelled "0", a rejected one says "rejected", a case still to
+    review has no bar). Each bar's label and tooltip also give the volume change in mL."""
+    pad_l, pad_b, pad_t = 56, 70, 18
     n = max(len(rows), 1)
     plot_w, plot_h = width - pad_l - 10, height - pad_b - pad_t
     bar = plot_w / n
+    top = max([float(r["voxels_changed"]) for r in rows if r.get("voxels_changed") is not None] + [1.0])
     parts = [
         (
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-            'aria-label="Edit Dice per case">'
+            'aria-label="Voxels changed per case">'
         ),
         f'<line x1="{pad_l}" y1="{pad_t + plot_h}" x2="{width - 10}" y2="{pad_t + plot_h}" stroke="#444"/>',
+        f'<text x="12" y="{pad_t + plot_h / 2:.1f}" font-size="10" text-anchor="middle" '
+        f'transform="rotate(-90 12 {pad_t + plot_h / 2:.1f})">voxels changed</text>',
     ]
     for tick in (0.0, 0.5, 1.0):
         y = pad_t + plot_h * (1 - tick)
         parts.append(f'<line x1="{pad_l - 4}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#ddd"/>')
-        parts.append(f'<text x="{pad_l - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{tick:.1f}</text>')
+        parts.append(f'<text x="{pad_l - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{tick * top:g}</text>')
     for i, r in enumerate(rows):
         x = pad_l + i * bar
         label = html.escape(str(r["case"]))
-        d = r.get("edit_dice")
-        if d is not None:
-            h = plot_h * float(d)
+        changed, ml, dice = r.get("voxels_changed"), r.get("volume_change_ml"), r.get("edit_dice")
+        cx = x + bar / 2
+        if changed is not None:
+            h = plot_h * float(changed) / top
+            tip = f"{label}: {int(changed)} voxels changed"
+            if ml is not None:
+                tip += f" ({float(ml):+.3f} mL)"
+            if dice is not None:
+                tip += f", edit Dice {float(dice):.3f}"
             parts.append(
-                f'<rect x="{x + bar * 0.15:.1f}" y="{pad_t + plot_h - h:.1f}" width="{bar * 0.7:.1f}" height="{h:.1f}" '
-                f'fill="#0072b2"><title>{label}: Dice {float(d):.3f}</title></rect>'
+                f'<rect class="changed" data-case="{label}" data-voxels="{int(changed)}" x="{x + bar * 0.15:.1f}" '
+                f'y="{pad_t + plot_h - h:.1f}" width="{bar * 0.7:.1f}" height="{max(h, 0.0):.1f}" fill="#0072b2">'
+                f"<title>{tip}</title></rect>"
             )
-        cx, cy = x + bar / 2, pad_t + plot_h + 8
+            value = f"{int(changed)}" + (f" ({float(ml):+.3f} mL)" if ml is not None and changed else "")
+            parts.append(f'<text x="{cx:.1f}" y="{pad_t + plot_h - h - 3:.1f}" font-size="9" text-anchor="middle">{value}</text>')
+        elif r.get("status") == "rejected":
+            parts.append(f'<text x="{cx:.1f}" y="{pad_t + plot_h - 3:.1f}" font-size="9" text-anchor="middle">rejected</text>')
+        cy = pad_t + plot_h + 8
         parts.append(
             f'<text x="{cx:.1f}" y="{cy:.1f}" font-size="9" text-anchor="end" transform="rotate(-45 {cx:.1f} {cy:.1f})">{label}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+#: The former name: the chart no longer shows edit Dice (the same for accepted and barely edited
+#: cases) but what was changed.
+dice_chart_svg = change_chart_svg
 
 
 def _html(project: ReviewProject, state: ProjectState, rows: list[dict[str, Any]], thumbnails: bool) -> str:
@@ -238,10 +267,10 @@ def _html(project: ReviewProject, state: ProjectState, rows: list[dict[str, Any]
         out.append(f"<p class='warn'>Audit log: incomplete or invalid {lines} (kept in the file; a write cut short by a crash).</p>")
     out.append("<h2>Status</h2><table><tr>" + "".join(f"<th>{esc(s)}</th>" for s in STATUSES) + "</tr><tr>")
     out.append("".join(f"<td class='count' data-status='{esc(s)}'>{counts[s]}</td>" for s in STATUSES) + "</tr></table>")
-    out.append("<h2>Edit Dice per case</h2>" + dice_chart_svg(rows))
+    out.append("<h2>What the reviewers changed (voxels per case)</h2>" + change_chart_svg(rows))
     out.append("<h2>Cases (most uncertain first)</h2><table><tr>")
     heads = ["case", "status", "uncertainty", "reviewers", "last action", "edit Dice", "voxels changed",
-             "volume change (mL)", "time (s)", "model", "comments"] + (["slice"] if thumbnails else [])
+             "volume change (mL)", "time (s)", "model", "comments", "pins"] + (["slice"] if thumbnails else [])
     out.append("".join(f"<th>{h}</th>" for h in heads) + "</tr>")
     for r in rows:
         model = " ".join(str(v) for v in (r["model"], r["model_version"] and f"v{r['model_version']}") if v) or None
@@ -249,7 +278,7 @@ def _html(project: ReviewProject, state: ProjectState, rows: list[dict[str, Any]
             _fmt(r["case"]), _fmt(r["status"]), _fmt(r["uncertainty"]), _fmt(r["reviewers"] or None),
             _fmt(" ".join(str(v) for v in (r["last_action"], r["last_reviewer"], r["last_time"]) if v) or None),
             _fmt(r["edit_dice"], 4), _fmt(r["voxels_changed"]), _fmt(r["volume_change_ml"], 3), _fmt(r["seconds"], 1),
-            _fmt(model), _fmt(r["comment"] or None),
+            _fmt(model), _fmt(r["comment"] or None), _fmt(r["pins"] or None),
         ]
         if thumbnails:
             try:

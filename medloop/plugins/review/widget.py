@@ -19,10 +19,12 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QHBoxLayout,
     QInputDialog,
     QLabel,
     QLineEdit,
+    QListWidget,
     QPlainTextEdit,
     QPushButton,
     QTableWidget,
@@ -67,12 +69,16 @@ class ReviewPanel(MethodPanel):
         """The project buttons, reviewer, filter, case table, navigation, comment, verdicts,
         outputs and mask tools."""
         self.open_button = QPushButton("Open review project …")
-        self.new_button = QPushButton("New project: run a model over images …")
+        self.new_button = QPushButton("New project from images …")
+        self.new_button.setToolTip("Run a model over images and make a review project of its predictions")
         self.start_buttons = [self.new_button, self.open_button]
         self.project_label = QLabel("No project open.")
         self.project_label.setWordWrap(True)
         self.reviewer_edit = QLineEdit(str(self.settings.value(SETTINGS_KEY, "") or ""))
         self.reviewer_edit.setPlaceholderText("your name (kept in the audit log)")
+        self.reviewer_hint = QLabel("")  # why a name is refused, as it is typed
+        self.reviewer_hint.setWordWrap(True)
+        self.reviewer_hint.setStyleSheet("color: #d55e00")
         self.filter_combo = QComboBox()
         self.filter_combo.addItems(FILTERS)
         self.table = QTableWidget(0, len(COLUMNS))
@@ -81,7 +87,19 @@ class ReviewPanel(MethodPanel):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSortingEnabled(True)
+        self.table.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)  # queue order
         self.table.setMinimumHeight(140)  # five cases visible, however crowded the dock
+        self.user_sort: tuple[int, Qt.SortOrder] | None = None  # a column the user sorted by
+        self._sorting = False
+        self.queue_button = QPushButton("Uncertain first")
+        self.queue_button.setToolTip("Show the queue in review order again (after sorting by a column)")
+        self.case_label = QLabel("")  # the open case and its verdict, whatever opens next
+        self.case_label.setWordWrap(True)
+        self.history_list = QListWidget()  # the open case's earlier decisions and comments
+        self.history_list.setMaximumHeight(80)
+        self.history_list.setWordWrap(True)
+        self.pin_edit = QLineEdit()
+        self.pin_edit.setPlaceholderText("text of the next comment pin (add points to the comments layer)")
         self.prev_button = QPushButton("◀ Previous")
         self.next_button = QPushButton("Next ▶")
         self.comment_edit = QPlainTextEdit()
@@ -100,13 +118,18 @@ class ReviewPanel(MethodPanel):
         comment, verdict buttons, status, mask tools and outputs."""
         form = QFormLayout()
         form.addRow("Reviewer", self.reviewer_edit)
-        form.addRow("Show", self.filter_combo)
+        form.addRow("", self.reviewer_hint)
+        show_row = QHBoxLayout()
+        show_row.addWidget(self.filter_combo, 1)
+        show_row.addWidget(self.queue_button)
+        form.addRow("Show", show_row)
         nav = QHBoxLayout()
         nav.addWidget(self.prev_button)
         nav.addWidget(self.next_button)
-        verdicts = QHBoxLayout()
-        for b in (self.accept_button, self.edit_button, self.reject_button, self.second_button):
-            verdicts.addWidget(b)
+
+        verdicts = QGridLayout()
+        for i, b in enumerate((self.accept_button, self.edit_button, self.reject_button, self.second_button)):
+            verdicts.addWidget(b, i // 2, i % 2)
         outputs = QHBoxLayout()
         outputs.addWidget(self.export_button)
         outputs.addWidget(self.report_button)
@@ -121,11 +144,18 @@ class ReviewPanel(MethodPanel):
         layout.addLayout(form)
         layout.addWidget(self.table)
         layout.addLayout(nav)
+        layout.addWidget(self.case_label)
+        layout.addWidget(QLabel("Earlier decisions on this case:"))
+        layout.addWidget(self.history_list)
         layout.addWidget(self.comment_edit)
+        pin_row = QFormLayout()
+        pin_row.addRow("Pin text", self.pin_edit)
+        layout.addLayout(pin_row)
         layout.addLayout(verdicts)
         layout.addWidget(self.status)
         layout.addWidget(self.tools)
         layout.addLayout(outputs)
+        self.make_scrollable()
 
     def _connect_signals(self) -> None:
         """Buttons, table, filter and reviewer field to their actions; Shift-Right / Shift-Left
@@ -143,6 +173,10 @@ class ReviewPanel(MethodPanel):
         self.export_button.clicked.connect(self.export)
         self.report_button.clicked.connect(self.report)
         self.reviewer_edit.editingFinished.connect(self._remember_reviewer)
+        self.reviewer_edit.textChanged.connect(self._check_reviewer_field)
+        self.table.horizontalHeader().sortIndicatorChanged.connect(self._sort_changed)
+        self.queue_button.clicked.connect(self.queue_order)
+        self.pin_edit.textChanged.connect(self._pin_text_changed)
         for key, step in (("Shift-Right", +1), ("Shift-Left", -1)):
             self.viewer.bind_key(key, lambda viewer, step=step: self.step(step), overwrite=True)
 
@@ -210,16 +244,29 @@ class ReviewPanel(MethodPanel):
             return
         self.close_case()
         self.project = project
-        counts = ", ".join(f"{n} {s}" for s, n in state.counts().items() if n)
-        self.project_label.setText(f"{Path(folder).name}: {len(project.cases)} cases ({counts}).")
+        self._show_counts(state)
         if state.problems:
             show_warning(f"the audit log has {len(state.problems)} unreadable line(s) (a crash mid-write?); they are ignored, nothing else was lost")
         self.refresh_table()
         self._enable(True)
 
+    def _show_counts(self, state) -> None:
+        """The header: "N cases (a to review, b accepted, ...)", after every decision too."""
+        counts = ", ".join(f"{n} {s}" for s, n in state.counts().items() if n)
+        self.project_label.setText(f"{self.project.folder.name}: {len(self.project.cases)} cases ({counts}).")
+
+    def _check_reviewer_field(self, text: str) -> bool:
+        """Say under the field why a reviewer name is refused, while it is typed."""
+        from medloop.plugins.review.project import reviewer_problem
+
+        problem = reviewer_problem(text.strip()) if text.strip() else None
+        self.reviewer_hint.setText("" if problem is None else f"This name cannot be used: {problem}.")
+        self.reviewer_hint.setVisible(problem is not None)
+        return problem is None
+
     def reviewer(self) -> str | None:
         """The reviewer's name: from the settings, asked once if unknown."""
-        from medloop.plugins.review.project import check_name
+        from medloop.plugins.review.project import check_reviewer
 
         name = self.reviewer_edit.text().strip()
         if not name:
@@ -228,20 +275,24 @@ class ReviewPanel(MethodPanel):
             self.reviewer_edit.setText(name)
         if not name:
             return None
-        check_name(name, "reviewer name")
+        check_reviewer(name)
         self._remember_reviewer()
         return name
 
     def _remember_reviewer(self) -> None:
-        self.settings.setValue(SETTINGS_KEY, self.reviewer_edit.text().strip())
+        if self._check_reviewer_field(self.reviewer_edit.text()):
+            self.settings.setValue(SETTINGS_KEY, self.reviewer_edit.text().strip())
 
     # -- the case list ------------------------------------------------------------------------
     def refresh_table(self, *_: Any) -> None:
-        """Cases most uncertain first, with their status; the filter hides the others."""
+        """Cases most uncertain first (or as the user last sorted them by a column), with their
+        status and who gave it; the filter hides the others."""
         if self.project is None:
             return
         state = self.project.state()
+        self._show_counts(state)
         wanted = self.filter_combo.currentText()
+        self._sorting = True
         self.table.setSortingEnabled(False)
         self.table.setRowCount(0)
         for case in self.project.cases_sorted("uncertainty", state):
@@ -251,7 +302,9 @@ class ReviewPanel(MethodPanel):
             row = self.table.rowCount()
             self.table.insertRow(row)
             score = case.uncertainty_score
-            items = [case.id, cs.status, "" if score is None else f"{score:.3f}", f"{cs.seconds / 60:.1f}"]
+            verdict = cs.verdict()
+            status = cs.status + (f" ({verdict.reviewer})" if verdict is not None and cs.status == verdict.status else "")
+            items = [case.id, status, "" if score is None else f"{score:.3f}", f"{cs.seconds / 60:.1f}"]
             for col, text in enumerate(items):
                 item = QTableWidgetItem()
                 if col in (2, 3) and text:
@@ -259,8 +312,24 @@ class ReviewPanel(MethodPanel):
                 else:
                     item.setText(text)
                 self.table.setItem(row, col, item)
+        header = self.table.horizontalHeader()
+        if self.user_sort is None:
+            header.setSortIndicator(-1, Qt.SortOrder.AscendingOrder)  # keep the queue order
+        else:
+            header.setSortIndicator(*self.user_sort)
         self.table.setSortingEnabled(True)
+        self._sorting = False
         self._select_current()
+
+    def _sort_changed(self, column: int, order: Qt.SortOrder) -> None:
+        """The user sorted by a column: keep that order across refreshes (Next follows it)."""
+        if not self._sorting:
+            self.user_sort = None if column < 0 else (column, order)
+
+    def queue_order(self) -> None:
+        """Back to the review order: most uncertain first."""
+        self.user_sort = None
+        self.refresh_table()
 
     def visible_cases(self) -> list[str]:
         return [self.table.item(r, 0).text() for r in range(self.table.rowCount())]
@@ -307,6 +376,9 @@ class ReviewPanel(MethodPanel):
         label_kwargs = {k: v for k, v in kwargs.items() if k != "rgb"}
         self.prediction = np.asarray(prediction.array)
         data = (draft if draft is not None else self.prediction).astype(np.int32)
+        if not classes:  # the model is not installed here: name the labels the mask holds, so they show
+            top = max(int(data.max(initial=0)), int(self.prediction.max(initial=0)), 1)
+            classes = {0: "background", **{k: f"label {k}" for k in range(1, top + 1)}}
         self.layers["mask"] = mask = self.viewer.add_labels(
             data.copy(), name=f"{case_id} review mask", opacity=0.5, metadata={CLASSES_KEY: classes, "medloop_image": prediction},
             colormap=class_colors(classes), **label_kwargs,
@@ -338,10 +410,52 @@ class ReviewPanel(MethodPanel):
         self.tools.select_layer(mask.name)
         state = self.project.state().cases[case_id]
         self.comment_edit.setPlainText("")
+        self._pin_text_changed(self.pin_edit.text())
+        self.layers["pins"].events.data.connect(self._pin_added)
         self.opened_at = time.monotonic()
         restored = " Restored your unsaved edit." if draft is not None else ""
         self.status.setText(f"{case_id}: {state.status}.{restored}")
+        self._show_case(state)
         self._select_current()
+
+    def _show_case(self, state) -> None:
+        """The per-case line (status and verdict) and the list of earlier decisions, comments
+        and pins of the open case."""
+        verdict = state.verdict()
+        line = f"Open: {state.case_id} — {state.status}"
+        if verdict is not None:
+            line += f" (last verdict: {verdict.action} by {verdict.reviewer}, {verdict.time})"
+        self.case_label.setText(line + ".")
+        self.history_list.clear()
+        for d in state.history:
+            text = f"{d.time}  {d.reviewer}: {d.action}"
+            if d.comment:
+                text += f" — “{d.comment}”"
+            for pin in d.pins:
+                text += f" [pin: {pin.get('text') or '(no text)'}]"
+            self.history_list.addItem(text)
+        if not state.history:
+            self.history_list.addItem("(none yet)")
+
+    def _pin_text_changed(self, text: str) -> None:
+        """New pins take their text from the pin field."""
+        layer = self.layers.get("pins")
+        if layer is not None:
+            layer.feature_defaults = {"text": text.strip()}
+
+    def _pin_added(self, event: Any = None) -> None:
+        """A pin placed with no text gets the field's text."""
+        if getattr(event, "action", "added") != "added":
+            return
+        layer = self.layers.get("pins")
+        text = self.pin_edit.text().strip()
+        if layer is None or not text or not len(layer.data) or "text" not in layer.features:
+            return
+        values = layer.features["text"]
+        for i, v in enumerate(values):
+            if not isinstance(v, str) or not v.strip():
+                layer.features.loc[i, "text"] = text
+        layer.refresh()
 
     def _mask_changed(self) -> None:
         if self.saver is not None:
@@ -357,6 +471,8 @@ class ReviewPanel(MethodPanel):
                 self.viewer.layers.remove(layer)
         self.layers = {}
         self.case_id = None
+        self.case_label.setText("")
+        self.history_list.clear()
 
     def pins(self) -> list[dict[str, Any]]:
         """Comments pinned on the case: the comment layer's points (array index) and texts."""
@@ -398,25 +514,25 @@ class ReviewPanel(MethodPanel):
             self.saver = None
         done = self.case_id
         metrics = decision.metrics or {}
-        dice = metrics.get("dice")
         self.refresh_table()
-        self.status.setText(
-            f"{done}: {decision.status}" + (f" (edit Dice {dice:.3f})" if isinstance(dice, float) and action == "edit" else "") + "."
-        )
+        changed_text = f" ({metrics.get('voxels_changed')} voxels changed)" if action == "edit" and metrics.get("voxels_changed") is not None else ""
+        verdict = f"{done}: {decision.status} by {decision.reviewer}{changed_text}."
         state = self.project.state()
         following = [c for c in self.visible_cases() if state.cases[c].status == "to review" and c != done]
         if following:
             self.open_case(following[0])
+            self.status.setText(f"{verdict} Now {following[0]} ({state.cases[following[0]].status}).")
         else:
             self.close_case()
-            self.status.setText(self.status.text() + " No cases left to review.")
+            self.status.setText(verdict + " No cases left to review.")
+        self.pin_edit.clear()
 
     # -- outputs ------------------------------------------------------------------------------
     def export(self) -> None:
         """Write the accepted and edited masks with the source geometry to ``<project>/export``."""
         from napari.utils.notifications import show_error
 
-        from medloop.plugins.review.export import export_masks
+        from medloop.plugins.review.export import INDEX_NAME, export_masks
 
         if self.project is None:
             return
@@ -425,7 +541,10 @@ class ReviewPanel(MethodPanel):
         except MedloopError as exc:
             show_error(str(exc))
             return
-        self.status.setText(f"Exported {len(rows)} masks to {self.project.folder / 'export'}.")
+        written = sum(r.path is not None for r in rows)
+        self.status.setText(
+            f"Exported {written} mask file(s) of {len(rows)} case(s), and the index {INDEX_NAME}, to {self.project.folder / 'export'}."
+        )
 
     def report(self) -> None:
         from napari.utils.notifications import show_error

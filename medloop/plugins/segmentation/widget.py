@@ -14,7 +14,7 @@ from qtpy.QtWidgets import (
 from medloop.app.errors import MedloopError
 from medloop.app.gui.layers import class_colors, layer_image
 from medloop.app.gui.mask_tools import CLASSES_KEY
-from medloop.app.gui.panel import MethodPanel
+from medloop.app.gui.panel import Fold, MethodPanel
 
 if TYPE_CHECKING:
     import napari
@@ -109,31 +109,37 @@ class SegmentationPanel(MethodPanel):
         form.addRow("Model", self.model_combo)
         form.addRow("", self.model_info)
         form.addRow("Device", self.device_combo)
-        form.addRow("Tile (voxels)", self.tile_spin)
-        form.addRow("Overlap", self.overlap_spin)
+        # Advanced options fold away: tiles, output resolution, segment-then-segment.
+        self.advanced = Fold("Tiles and output resolution")
+        self.advanced.addRow("Tile (voxels)", self.tile_spin)
+        self.advanced.addRow("Overlap", self.overlap_spin)
         upscale_row = QHBoxLayout()
         for spin in self.upscale_spins.values():
             upscale_row.addWidget(spin)
-        upscale_row.addWidget(self.fusion_combo)
-        form.addRow("Upscale output", upscale_row)
-        form.addRow("Refine crops with", self.cascade_combo)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
+        self.advanced.addRow("Upscale output", upscale_row)
+        self.advanced.addRow("Upscale fusion", self.fusion_combo)
+        self.cascade_fold = Fold("Segment-then-segment (cascade)")
+        self.cascade_fold.addRow("Refine crops with", self.cascade_combo)
         train_box = QGroupBox("Train a cascade on this image")
         train_form = QFormLayout(train_box)
         train_form.addRow("Labels", self.train_labels_combo)
         train_form.addRow("Input size S", self.train_size_spin)
         train_form.addRow("Epochs", self.train_epochs_spin)
         train_form.addRow("", self.train_button)
+        self.cascade_fold.addRow(train_box)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.advanced)
+        layout.addWidget(self.cascade_fold)
         layout.addWidget(self.probabilities_check)
         layout.addLayout(buttons)
-        layout.addWidget(train_box)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        self.make_scrollable()
 
     # -- inputs -------------------------------------------------------------------------------
     def refresh_layers(self, *_: Any) -> None:

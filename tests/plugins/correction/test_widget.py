@@ -86,6 +86,8 @@ def test_fine_tune_saves_a_version_and_cancel_changes_nothing(setup, qtbot):
     panel.version_combo.setCurrentText("base")
     panel.rollback()
     assert panel.versions.current == 0 and panel.status.text() == "Using tiny-threshold."
+    wait_idle(qtbot, panel)  # "Use this version" re-predicts (a job)
+    assert panel.status.text() == "Using tiny-threshold; the prediction shows it."
 
 
 def test_empty_annotation_is_a_notification(setup, qtbot, monkeypatch):
@@ -96,3 +98,69 @@ def test_empty_annotation_is_a_notification(setup, qtbot, monkeypatch):
     panel.fine_tune()
     assert panel.job is None
     assert shown == ["the annotation layer is empty; paint strokes of at least two classes"]
+
+
+def _predict(entry, image):
+    from medloop.models.registry import build_model
+    from medloop.plugins.correction.headless import model_input, predict_on_grid
+
+    return predict_on_grid(build_model(entry), model_input(image, entry.card)).astype(np.uint8)
+
+
+def test_use_this_version_repredicts_and_strokes_stay_above_the_prediction(setup, qtbot, monkeypatch):
+    """Issue 14 §5: rolling back to base shows the base model's prediction at once (a job); the
+    annotation layer is drawn above the prediction whichever is made first; a version whose
+    held-out Dice fell below its parent's is announced (notification + status line)."""
+    panel, viewer, truth, painted, tmp_path = setup
+    ann = panel.annotation_layer()  # made before the prediction exists
+    ann.data = painted
+    wait_idle(qtbot, panel)  # the live update adds the prediction layer
+    names = [layer.name for layer in viewer.layers]
+    assert names.index("cells annotations") == names.index("cells prediction") + 1
+    panel.live_check.setChecked(False)
+    panel.epochs_spin.setValue(3)
+    panel.fine_tune()
+    wait_idle(qtbot, panel)
+    image = viewer.layers["cells"].metadata["medloop_image"]
+    v1 = _predict(panel.versions.entry(1), image)
+    base = _predict(panel.versions.entry(0), image)
+    assert (v1 != base).any()  # the fine-tune changed the prediction
+    np.testing.assert_array_equal(viewer.layers["cells prediction"].data, v1)
+    panel.version_combo.setCurrentText("base")
+    panel.rollback_button.click()
+    assert panel.job is not None  # off the GUI thread
+    wait_idle(qtbot, panel)
+    np.testing.assert_array_equal(viewer.layers["cells prediction"].data, base)
+    assert panel.status.text() == "Using tiny-threshold; the prediction shows it."
+    names = [layer.name for layer in viewer.layers]
+    assert names.index("cells annotations") > names.index("cells prediction")
+
+    # A version worse than its parent on held-out strokes: warned when it is saved.
+    panel.version_combo.setCurrentText("v1")
+    panel.rollback()
+    wait_idle(qtbot, panel)
+    parent = panel.versions.entry(1).card.raw["training"]["metrics"]["best_val_dice"]
+    warned = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warned.append)
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(network=panel.versions.load(1), metrics={"best_val_dice": parent - 0.25}, annotation_counts={}, kind="strokes")
+    panel._save_version(run)
+    message = f"held-out Dice fell from {parent:.3f} (v1) to {parent - 0.25:.3f}; choose v1 under Version and press 'Use this version' to go back"
+    assert warned == [message]
+    assert panel.status.text() == f"Saved tiny-threshold@v2 (held-out stroke Dice {parent - 0.25:.3f}); the prediction shows it. Warning: {message}"
+    assert panel.dice_fell(0.8, 0.9, "v1") is None and panel.dice_fell(None, 0.5, "base") is None
+
+
+def test_use_this_version_while_a_job_runs_predicts_when_it_ends(setup, qtbot):
+    panel, viewer, truth, painted, tmp_path = setup
+    running = object()
+    panel.job = running  # e.g. a live update in flight
+    panel.rollback_button.click()
+    assert panel.pending_predict and panel.job is running and "cells prediction" not in viewer.layers
+    panel.job = None
+    panel.job_finished()  # what MethodPanel does when the job ends
+    assert panel.job is not None and not panel.pending_predict
+    wait_idle(qtbot, panel)
+    image = viewer.layers["cells"].metadata["medloop_image"]
+    np.testing.assert_array_equal(viewer.layers["cells prediction"].data, _predict(panel.versions.entry(0), image))

@@ -147,12 +147,34 @@ def test_bad_decisions_are_refused_without_logging(project):
     ]:
         with pytest.raises(ReviewError, match=message):
             project.decide("case0", "alice", **kwargs)
-    with pytest.raises(ReviewError, match="reviewer name 'a b' cannot be used"):
-        project.decide("case0", "a b", "accept")
+    # issue 14: reviewer names may hold spaces and dots ("Dr. A. Smith"), never path parts
+    with pytest.raises(ReviewError, match="reviewer name 'a/b' cannot be used: these characters cannot be used: '/'"):
+        project.decide("case0", "a/b", "accept")
+    with pytest.raises(ReviewError, match="reviewer name '../x' cannot be used"):
+        project.decide("case0", "../x", "accept")
     with pytest.raises(ReviewError, match="no case 'case9'.*case0"):
         project.decide("case9", "alice", "accept")
     assert not (project.folder / AUDIT_NAME).exists()
     assert check_name("dr.jones@ward-3", "reviewer name") == "dr.jones@ward-3"
+    with pytest.raises(ReviewError, match="case id 'case 1' cannot be used"):
+        check_name("case 1", "case id")  # case ids stay strict
+
+
+def test_reviewer_names_with_spaces_and_dots(project):
+    from medloop.plugins.review.project import reviewer_problem
+
+    assert reviewer_problem("Dr. A. Smith") is None and reviewer_problem("Zoë O'Neil") is None
+    assert reviewer_problem("") == "type your name"
+    assert reviewer_problem(" Ann") == "no space at the start or the end"
+    assert reviewer_problem("Ann.") == "no dot at the end"
+    assert reviewer_problem(".Ann") == "start with a letter or digit"
+    assert reviewer_problem("A\\B") == "these characters cannot be used: '\\\\'"
+    pred = np.asarray(project.load_prediction("case0").array).copy()
+    pred[1] = 0
+    d = project.decide("case0", "Dr. A. Smith", "edit", mask=pred)
+    assert d.reviewer == "Dr. A. Smith" and Path(d.mask).parent.name == "Dr. A. Smith"
+    np.testing.assert_array_equal(project.reviewed_mask("case0", "Dr. A. Smith")[0], pred)
+    assert project.state().cases["case0"].reviews["Dr. A. Smith"].action == "edit"
 
 
 def test_two_reviewers_never_clobber_and_disagreement_is_second_opinion(project):

@@ -103,3 +103,25 @@ def test_export_accepted_only_keeps_source_geometry(reviewed, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ReviewError, match="is a file"):
         export_masks(reviewed, tmp_path / "file")
+
+
+def test_chart_shows_what_was_changed_and_pins_reach_csv_and_html(tmp_path):
+    """Issue 14: the chart's bars are voxels changed (an accept is 0, an edit its count), not an
+    edit Dice that looks alike for both; pinned comments are in the CSV and the HTML."""
+    project = ReviewProject.create(tmp_path / "proj", write_cases(tmp_path / "proj" / "data", n=3))
+    edited = np.asarray(project.load_prediction("case0").array).copy()
+    edited[1] = 0  # 36 voxels
+    pin = {"position": [2.0, 6.0, 7.0], "frame": "index", "text": "bleed <here>?"}
+    project.decide("case0", "Dr. A. Smith", "edit", mask=edited, pins=[pin])
+    project.decide("case1", "alice", "accept")
+    project.decide("case2", "bob", "reject")
+    files = write_report(project, tmp_path / "rep", thumbnails=False)
+    rows = {r["case"]: r for r in csv.DictReader(io.StringIO(files.csv.read_text(encoding="utf-8")))}
+    assert rows["case0"]["pins"] == "bleed <here>? @ (2, 6, 7) index"
+    assert rows["case1"]["pins"] == "" and rows["case0"]["reviewers"] == "Dr. A. Smith"
+    page = files.html.read_text(encoding="utf-8")
+    assert "bleed &lt;here&gt;? @ (2, 6, 7) index" in page
+    bars = dict(re.findall(r'<rect class="changed" data-case="(\w+)" data-voxels="(\d+)"', page))
+    assert bars == {"case0": "36", "case1": "0"}  # rejected case2: no bar, a label
+    assert "voxels changed</text>" in page and ">rejected</text>" in page
+    assert f"36 ({-36 * 0.8 * 1.1 * 2.5 / 1000:+.3f} mL)" in page

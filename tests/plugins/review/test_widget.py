@@ -184,3 +184,83 @@ def test_new_project_cancels_between_cases_without_stalling(make_napari_viewer, 
     assert widget.project is None and not (tmp_path / "proj" / MANIFEST_NAME).exists()
     assert (tmp_path / "proj" / "predictions" / "s0.nii.gz").is_file()
     assert widget.new_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def _header_click(qtbot, widget, column: int) -> None:
+    from qtpy.QtCore import QPoint, Qt
+
+    header = widget.table.horizontalHeader()
+    x = header.sectionViewportPosition(column) + header.sectionSize(column) // 2
+    qtbot.mouseClick(header.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(x, header.height() // 2))
+
+
+def test_queue_is_most_uncertain_first_and_next_follows_the_screen(make_napari_viewer, qtbot, tmp_path):
+    """Issue 14: uncertainty order is not case-id order here (case0 least confident, then case2),
+    the table keeps it after a verdict; sorted by a column, Next/Previous follow the rows shown."""
+    project = ReviewProject.create(tmp_path / "proj", write_cases(tmp_path / "src", n=3, confidences=[0.55, 0.95, 0.75]))
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medloop", "Review")
+    widget.settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    widget.reviewer_edit.setText("dr-a")
+    widget.open_project(project.folder)
+    assert widget.visible_cases() == ["case0", "case2", "case1"]
+    widget.step(+1)
+    assert widget.case_id == "case0"
+    widget.decide("accept")
+    assert widget.case_id == "case2" and widget.visible_cases() == ["case0", "case2", "case1"]
+    assert widget.table.item(0, 1).text() == "accepted (dr-a)"
+
+    _header_click(qtbot, widget, 0)  # the user sorts by case id
+    shown = widget.visible_cases()
+    assert shown in (["case0", "case1", "case2"], ["case2", "case1", "case0"])
+    widget.open_case(shown[0])
+    widget.step(+1)
+    assert widget.case_id == shown[1]
+    widget.step(+1)
+    assert widget.case_id == shown[2]
+    widget.step(-1)
+    assert widget.case_id == shown[1]
+    widget.decide("reject")  # the refresh after a verdict keeps the user's order
+    assert widget.visible_cases() == shown
+    widget.queue_button.click()
+    assert widget.visible_cases() == ["case0", "case2", "case1"]
+
+
+def test_verdict_history_counts_pins_export_and_reviewer_field(panel, project, qtbot):
+    viewer, widget = panel
+    assert widget.project_label.text() == "proj: 3 cases (3 to review)."
+    widget.open_case("case2")
+    assert widget.history_list.item(0).text() == "(none yet)"
+    mask = viewer.layers["case2 review mask"]  # box-net is not installed: its labels still show
+    assert mask.metadata["medloop_classes"] == {0: "background", 1: "label 1"}
+    assert np.asarray(mask.colormap.map(np.array([1])))[0, 3] > 0 and np.asarray(mask.colormap.map(np.array([0])))[0, 3] == 0
+    widget.pin_edit.setText("check the rim")
+    widget.layers["pins"].add(np.array([[2.0, 6.0, 7.0]]))
+    assert list(widget.layers["pins"].features["text"]) == ["check the rim"]
+    widget.comment_edit.setPlainText("fine")
+    widget.decide("accept")
+    assert widget.status.text() == "case2: accepted by dr-a. Now case1 (to review)."  # not overwritten
+    assert widget.project_label.text() == "proj: 3 cases (2 to review, 1 accepted)."
+    assert widget.table.item(widget.visible_cases().index("case2"), 1).text() == "accepted (dr-a)"
+    assert widget.pin_edit.text() == ""
+
+    widget.open_case("case2")  # a re-opened case shows its earlier decisions
+    assert widget.case_label.text().startswith("Open: case2 — accepted (last verdict: accept by dr-a, ")
+    items = [widget.history_list.item(i).text() for i in range(widget.history_list.count())]
+    assert len(items) == 1 and items[0].endswith("dr-a: accept — “fine” [pin: check the rim]")
+    verdict = ReviewProject.open(project.folder).state().cases["case2"].verdict()
+    assert verdict.pins == ({"position": [2.0, 6.0, 7.0], "frame": "index", "text": "check the rim"},)
+
+    widget.reviewer_edit.setText("dr/a")
+    assert widget.reviewer_hint.text() == "This name cannot be used: these characters cannot be used: '/'."
+    widget.reviewer_edit.setText("Dr. A. Smith")
+    assert widget.reviewer_hint.text() == ""
+    widget.decide("accept")
+    assert widget.status.text() == "case2: accepted by Dr. A. Smith. Now case1 (to review)."  # unchanged mask
+    assert widget.project_label.text() == "proj: 3 cases (2 to review, 1 accepted)."
+    widget.open_case("case2")
+    assert widget.history_list.count() == 2 and widget.history_list.item(1).text().endswith("Dr. A. Smith: accept")
+
+    widget.export()
+    assert widget.status.text() == f"Exported 1 mask file(s) of 3 case(s), and the index export.csv, to {project.folder / 'export'}."
+    assert sorted(p.name for p in (project.folder / "export").iterdir()) == ["case2.nii.gz", "export.csv"]
