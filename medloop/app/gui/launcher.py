@@ -12,9 +12,6 @@ def make_viewer(title: str = "medloop", show: bool = True):
     """A napari viewer with medloop's home panel docked."""
     import napari
 
-    from medloop.app.gui.qt_guard import guard_none
-
-    guard_none()  # PySide6 6.12 drops a reference to None per Qt call
     viewer = napari.Viewer(title=title, show=show)
     viewer.window.add_plugin_dock_widget(PLUGIN_NAME, HOME_PANEL)
     return viewer

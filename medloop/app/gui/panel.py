@@ -21,9 +21,6 @@ from qtpy.QtWidgets import (
 )
 
 from medloop.app.gui.jobs import start_job
-from medloop.app.gui.qt_guard import guard_none
-
-guard_none()  # PySide6 6.12 drops a reference to None per Qt call: see qt_guard
 
 if TYPE_CHECKING:
     import napari
