@@ -43,6 +43,12 @@ if TYPE_CHECKING:
 COLUMNS = ["case", "status", "uncertainty", "minutes"]
 FILTERS = ["all", "to review", "accepted", "rejected", "edited", "second opinion"]
 SETTINGS_KEY = "review/reviewer"
+#: The identity value of each geometry attribute, for a reused layer whose new case has none.
+_IDENTITY = {
+    "scale": lambda n: np.ones(n),
+    "translate": lambda n: np.zeros(n),
+    "affine": lambda n: np.eye(n + 1),
+}
 
 
 class ReviewPanel(MethodPanel):
@@ -59,6 +65,8 @@ class ReviewPanel(MethodPanel):
         self.opened_at = 0.0
         self.saver = None
         self.layers: dict[str, Any] = {}
+        self._reader = None  # a one-thread pool that reads cases ahead (see prefetch)
+        self._prefetched: dict[tuple[str, str], Any] = {}
 
         self._build_controls()
         self._build_layout()
@@ -249,6 +257,9 @@ class ReviewPanel(MethodPanel):
             show_warning(f"the audit log has {len(state.problems)} unreadable line(s) (a crash mid-write?); they are ignored, nothing else was lost")
         self.refresh_table()
         self._enable(True)
+        name = self.reviewer_edit.text().strip()
+        if name and self._check_reviewer_field(name) and self.visible_cases():
+            self.prefetch(self.visible_cases()[:1], name)  # the first case of the queue, read ahead
 
     def _show_counts(self, state) -> None:
         """The header: "N cases (a to review, b accepted, ...)", after every decision too."""
@@ -351,7 +362,11 @@ class ReviewPanel(MethodPanel):
     # -- one case -----------------------------------------------------------------------------
     def open_case(self, case_id: str) -> None:
         """Show the case's image, its prediction as an editable review mask (or the autosaved
-        edit), the reference and the uncertainty map, all with their exact geometry."""
+        edit), the reference and the uncertainty map, all with their exact geometry.
+
+        The case is read in the background ahead of time (the neighbours of the open case in the
+        list as shown, and the first cases when a project opens), so Next and Previous only swap
+        the data into the layers, which are reused from case to case."""
         from napari.utils.notifications import show_error
 
         if self.project is None:
@@ -360,63 +375,134 @@ class ReviewPanel(MethodPanel):
             reviewer = self.reviewer()
             if reviewer is None:
                 return
-            image = self.project.load_image(case_id)
-            prediction = self.project.load_prediction(case_id)
-            draft = self.project.load_draft(case_id, reviewer)
+            data = self._take_prefetched(case_id, reviewer)
         except MedloopError as exc:
             show_error(str(exc))
             return
-        self.close_case()
+        if self.saver is not None:  # the edit of the case being left is saved first
+            self.saver.close()
+            self.saver = None
         self.case_id = case_id
-        classes = _classes(self.project.case(case_id))
-        kwargs = image.layer_kwargs()
-        self.layers["image"] = self.viewer.add_image(
-            image.layer_data(), name=f"{case_id} image", metadata={"medloop_image": image}, **kwargs
-        )
-        label_kwargs = {k: v for k, v in kwargs.items() if k != "rgb"}
-        self.prediction = np.asarray(prediction.array)
-        data = (draft if draft is not None else self.prediction).astype(np.int32)
-        if not classes:  # the model is not installed here: name the labels the mask holds, so they show
-            top = max(int(data.max(initial=0)), int(self.prediction.max(initial=0)), 1)
-            classes = {0: "background", **{k: f"label {k}" for k in range(1, top + 1)}}
-        self.layers["mask"] = mask = self.viewer.add_labels(
-            data.copy(), name=f"{case_id} review mask", opacity=0.5, metadata={CLASSES_KEY: classes, "medloop_image": prediction},
-            colormap=class_colors(classes), **label_kwargs,
-        )
-        reference = self.project.reference_path(case_id)
-        if reference is not None:
-            from medloop.app.io.read import read_image
-
-            self.layers["reference"] = self.viewer.add_labels(
-                np.asarray(read_image(reference).array), name=f"{case_id} reference", visible=False, opacity=0.4, **label_kwargs
-            )
-        uncertainty = self.project.uncertainty_path(case_id)
-        if uncertainty is not None:
-            from medloop.app.io.read import read_image
-
-            self.layers["uncertainty"] = self.viewer.add_image(
-                np.asarray(read_image(uncertainty).array), name=f"{case_id} uncertainty", colormap="inferno",
-                opacity=0.5, blending="additive", contrast_limits=(0, 1), visible=False, **label_kwargs,
-            )
-        self.layers["pins"] = self.viewer.add_points(
-            np.zeros((0, image.ndim)), name=f"{case_id} comments", face_color="#f0e442", size=4,
-            features={"text": np.array([], dtype=object)}, text={"string": "{text}", "color": "#f0e442", "anchor": "upper_left"},
-            ndim=image.ndim, **label_kwargs,
-        )
+        self._show_layers(data)
+        mask = self.layers["mask"]
         self.saver = self.project.autosaver(case_id, reviewer, lambda: mask.data)
-        mask.events.paint.connect(lambda *_: self._mask_changed())
-        mask.events.data.connect(lambda *_: self._mask_changed())
         self.viewer.layers.selection.active = mask
         self.tools.select_layer(mask.name)
         state = self.project.state().cases[case_id]
         self.comment_edit.setPlainText("")
         self._pin_text_changed(self.pin_edit.text())
-        self.layers["pins"].events.data.connect(self._pin_added)
         self.opened_at = time.monotonic()
-        restored = " Restored your unsaved edit." if draft is not None else ""
+        restored = " Restored your unsaved edit." if data.draft is not None else ""
         self.status.setText(f"{case_id}: {state.status}.{restored}")
         self._show_case(state)
         self._select_current()
+        self._prefetch_neighbours(reviewer)
+
+    # -- reading ahead --------------------------------------------------------------------------
+    def _take_prefetched(self, case_id: str, reviewer: str):
+        """The case's data: from the read-ahead when it has it (waiting for it if it is still
+        reading), else read now."""
+        from medloop.plugins.review.case_data import load_case
+
+        future = self._prefetched.pop((case_id, reviewer), None)
+        if future is not None:
+            return future.result()  # raises what load_case raised
+        return load_case(self.project, case_id, reviewer)
+
+    def prefetch(self, case_ids: list[str], reviewer: str) -> None:
+        """Read these cases in a background thread (at most a few kept; others are dropped)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from medloop.plugins.review.case_data import load_case
+
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medloop-review-read")
+        wanted = {(c, reviewer) for c in case_ids if c != self.case_id}
+        for key in [k for k in self._prefetched if k not in wanted]:
+            self._prefetched.pop(key).cancel()
+        project = self.project
+        for key in sorted(wanted - set(self._prefetched), key=lambda k: case_ids.index(k[0])):
+            self._prefetched[key] = self._reader.submit(load_case, project, *key)
+
+    def _prefetch_neighbours(self, reviewer: str) -> None:
+        cases = self.visible_cases()
+        if self.case_id in cases:
+            i = cases.index(self.case_id)
+            self.prefetch([c for c in (cases[i + 1:i + 2] + cases[max(i - 1, 0):i])], reviewer)
+
+    def _forget_prefetched(self) -> None:
+        for future in self._prefetched.values():
+            future.cancel()
+        self._prefetched.clear()
+
+    # -- the case's layers, reused from case to case ----------------------------------------------
+    def _show_layers(self, data) -> None:
+        """Put the case's arrays into the panel's layers: new ones the first time, the same ones
+        (data, name and grid swapped) afterwards."""
+        image, cid = data.image, data.case_id
+        kwargs = image.layer_kwargs()
+        label_kwargs = {k: v for k, v in kwargs.items() if k != "rgb"}
+        self.prediction = np.asarray(data.prediction.array)
+        mask_data = (data.draft if data.draft is not None else self.prediction).astype(np.int32)
+        classes = data.classes
+        if not classes:  # the model is not installed here: name the labels the mask holds, so they show
+            top = max(int(mask_data.max(initial=0)), int(self.prediction.max(initial=0)), 1)
+            classes = {0: "background", **{k: f"label {k}" for k in range(1, top + 1)}}
+        self._put("image", "image", image.layer_data(), f"{cid} image", kwargs,
+                  metadata={"medloop_image": image})
+        self._put("mask", "labels", mask_data.copy(), f"{cid} review mask", label_kwargs,
+                  metadata={CLASSES_KEY: classes, "medloop_image": data.prediction}, colormap=class_colors(classes),
+                  opacity=0.5)
+        self._put("reference", "labels", data.reference, f"{cid} reference", label_kwargs, visible=False, opacity=0.4)
+        self._put("uncertainty", "image", data.uncertainty, f"{cid} uncertainty", label_kwargs, colormap="inferno",
+                  opacity=0.5, blending="additive", contrast_limits=(0, 1), visible=False)
+        self._put_pins(cid, image.ndim, label_kwargs)
+
+    def _put(self, key: str, kind: str, data: Any, name: str, grid: dict[str, Any], **props: Any) -> None:
+        """Layer ``key`` shows ``data`` (None: the layer goes) on ``grid`` (scale/translate/affine)."""
+        layer = self.layers.get(key)
+        reusable = layer is not None and layer in self.viewer.layers and layer._type_string == kind and (
+            data is not None and layer.data.ndim == np.ndim(data) and layer.rgb == grid.get("rgb", False)
+            if kind == "image" else data is not None and layer.data.ndim == np.ndim(data)
+        )
+        if layer is not None and not reusable and layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
+        if data is None:
+            self.layers.pop(key, None)
+            return
+        if not reusable:
+            add = self.viewer.add_labels if kind == "labels" else self.viewer.add_image
+            layer = self.layers[key] = add(data, name=name, **grid, **props)
+            if key == "mask":
+                layer.events.paint.connect(lambda *_: self._mask_changed())
+                layer.events.data.connect(lambda *_: self._mask_changed())
+            return
+        for attr in ("scale", "translate", "affine"):  # the grid first, then the data: one redraw
+            setattr(layer, attr, grid.get(attr, _IDENTITY[attr](layer.ndim)))
+        layer.data = data
+        layer.name = name
+        for attr in ("metadata", "colormap"):
+            if attr in props:
+                setattr(layer, attr, props[attr])
+        if kind == "image" and "contrast_limits" not in props:
+            layer.reset_contrast_limits()
+
+    def _put_pins(self, cid: str, ndim: int, grid: dict[str, Any]) -> None:
+        layer = self.layers.get("pins")
+        if layer is not None and layer in self.viewer.layers and layer.ndim == ndim:
+            for attr in ("scale", "translate", "affine"):
+                setattr(layer, attr, grid.get(attr, _IDENTITY[attr](ndim)))
+            layer.data = np.zeros((0, ndim))
+            layer.name = f"{cid} comments"
+            return
+        if layer is not None and layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
+        self.layers["pins"] = self.viewer.add_points(
+            np.zeros((0, ndim)), name=f"{cid} comments", face_color="#f0e442", size=4,
+            features={"text": np.array([], dtype=object)}, text={"string": "{text}", "color": "#f0e442", "anchor": "upper_left"},
+            ndim=ndim, **grid,
+        )
+        self.layers["pins"].events.data.connect(self._pin_added)
 
     def _show_case(self, state) -> None:
         """The per-case line (status and verdict) and the list of earlier decisions, comments
@@ -463,6 +549,7 @@ class ReviewPanel(MethodPanel):
 
     def close_case(self) -> None:
         """Save any pending edit and remove the case's layers."""
+        self._forget_prefetched()
         if self.saver is not None:
             self.saver.close()
             self.saver = None
@@ -564,16 +651,3 @@ class ReviewPanel(MethodPanel):
         for w in (self.table, self.prev_button, self.next_button, self.accept_button, self.edit_button,
                   self.reject_button, self.second_button, self.export_button, self.report_button):
             w.setEnabled(on)
-
-
-def _classes(case) -> dict[int, str]:
-    """Class names of the case's prediction from its model's card, when the model is installed."""
-    name = (case.predictions[0].model or {}).get("model") if case.predictions else None
-    if name:
-        try:
-            from medloop.models.registry import get_model
-
-            return dict(get_model(name).card.classes)
-        except MedloopError:
-            pass
-    return {}

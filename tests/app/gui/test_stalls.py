@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
-from bench_gui_stall import live_strokes, segmentation_first_result  # noqa: E402
+from bench_gui_stall import live_strokes, review_open_and_next, segmentation_first_result  # noqa: E402
 
 pytestmark = pytest.mark.viewer
 BOUND_S = 1.0
@@ -79,3 +79,9 @@ def test_segmentation_result_and_live_strokes_do_not_stall(viewer_with_panels, g
     assert max(stalls.values()) < BOUND_S, {k: f"{v * 1000:.0f} ms" for k, v in stalls.items()}
     prediction = viewer.layers["MNI152 T1 (2 mm) prediction"].data
     assert (prediction[prediction.shape[0] // 2] > 0).sum() > 1000  # the live prediction is shown
+def test_review_open_and_next_do_not_stall(viewer_with_panels, gui_thread_calls, tmp_path):
+    viewer, panels = viewer_with_panels
+    opened, following = review_open_and_next(viewer, panels, tmp_path, gui_thread_calls.clear)
+    assert gui_thread_calls == {}  # cases are read in a worker
+    assert max(opened, following) < BOUND_S, (f"open {opened * 1000:.0f} ms", f"next {following * 1000:.0f} ms")
+    assert panels["Review"].case_id is not None
