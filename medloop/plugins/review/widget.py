@@ -31,9 +31,9 @@ from qtpy.QtWidgets import (
 )
 
 from medloop.app.errors import MedloopError
-from medloop.app.gui.layers import class_colors
+from medloop.app.gui.layers import class_layer_kwargs
 from medloop.app.gui.panel import MethodPanel
-from medloop.app.gui.mask_tools import CLASSES_KEY, MaskToolsBox
+from medloop.app.gui.mask_tools import MaskToolsBox
 
 if TYPE_CHECKING:
     import napari
@@ -306,17 +306,24 @@ class ReviewPanel(MethodPanel):
         )
         label_kwargs = {k: v for k, v in kwargs.items() if k != "rgb"}
         self.prediction = np.asarray(prediction.array)
+        if not classes:  # model not installed: the class numbers still get the one table's colours
+            from medloop.app.io.classes import default_classes
+
+            classes = default_classes(np.unique(self.prediction))
         data = (draft if draft is not None else self.prediction).astype(np.int32)
+        style = class_layer_kwargs(classes)
+        style["metadata"]["medloop_image"] = prediction
         self.layers["mask"] = mask = self.viewer.add_labels(
-            data.copy(), name=f"{case_id} review mask", opacity=0.5, metadata={CLASSES_KEY: classes, "medloop_image": prediction},
-            colormap=class_colors(classes), **label_kwargs,
+            data.copy(), name=f"{case_id} review mask", opacity=0.5, **style, **label_kwargs,
         )
         reference = self.project.reference_path(case_id)
         if reference is not None:
             from medloop.app.io.read import read_image
 
+            # Same class table, drawn as outlines (and hidden at first): never mistaken for the mask.
             self.layers["reference"] = self.viewer.add_labels(
-                np.asarray(read_image(reference).array), name=f"{case_id} reference", visible=False, opacity=0.4, **label_kwargs
+                np.asarray(read_image(reference).array), name=f"{case_id} reference", visible=False, opacity=0.8,
+                contour=1, **class_layer_kwargs(classes), **label_kwargs
             )
         uncertainty = self.project.uncertainty_path(case_id)
         if uncertainty is not None:
