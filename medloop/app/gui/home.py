@@ -25,6 +25,10 @@ class HomePanel(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.setObjectName("medloop-home")
+        if napari_viewer is not None:
+            from medloop.app.gui.orientation import OrientationGuide
+
+            OrientationGuide.install(napari_viewer)  # radiological views, markers, units (once per viewer)
         layout = QVBoxLayout(self)
         self.title = QLabel(f"<b>medloop {__version__}</b> - review, correct, retrain")
         layout.addWidget(self.title)

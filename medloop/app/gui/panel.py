@@ -34,6 +34,9 @@ class MethodPanel(QWidget):
         self.start_buttons: list[QPushButton] = []
         self.viewer.layers.events.inserted.connect(self.refresh_layers)
         self.viewer.layers.events.removed.connect(self.refresh_layers)
+        from medloop.app.gui.orientation import OrientationGuide
+
+        OrientationGuide.install(self.viewer)  # radiological views, markers, units (once per viewer)
 
     def refresh_layers(self, *_: Any) -> None:
         """Offer every image layer, keeping the current choice when it still exists."""

@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from medloop.app.errors import MedloopError
+from medloop.app.gui.class_list import ClassList
 from medloop.app.gui.curve import CurvePlot
 from medloop.app.gui.layers import class_layer_kwargs, layer_image, style_labels
 from medloop.app.gui.mask_tools import MaskToolsBox
@@ -77,6 +78,7 @@ class CorrectionPanel(MethodPanel):
         self.version_combo = QComboBox()
         self.rollback_button = QPushButton("Use this version")
         self.tools = MaskToolsBox(napari_viewer, on_edit=self._layer_edited)
+        self.class_list = ClassList(napari_viewer)
 
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
@@ -99,6 +101,7 @@ class CorrectionPanel(MethodPanel):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.new_layer_button)
+        layout.addWidget(self.class_list)
         layout.addWidget(self.live_check)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
@@ -207,6 +210,7 @@ class CorrectionPanel(MethodPanel):
             entry = self.current_entry()
             if entry is not None:  # paint convention: class k stored as k + 1, shown as class k
                 style_labels(ann, entry.card.classes, ANNOTATION_OFFSET)
+                self.class_list.set_layer(ann)
             getter = lambda: ann.data  # noqa: E731
             ann.events.paint.connect(self._annotation_changed)
             ann.events.data.connect(self._annotation_changed)

@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from medloop.app.errors import MedloopError
+from medloop.app.gui.class_list import ClassList
 from medloop.app.gui.layers import class_layer_kwargs
 from medloop.app.gui.panel import MethodPanel
 from medloop.app.gui.mask_tools import MaskToolsBox
@@ -94,6 +95,7 @@ class ReviewPanel(MethodPanel):
         self.export_button = QPushButton("Export accepted masks")
         self.report_button = QPushButton("Write report")
         self.tools = MaskToolsBox(self.viewer, on_edit=lambda layer: self._mask_changed())
+        self.class_list = ClassList(self.viewer)
 
     def _build_layout(self) -> None:
         """Project buttons and job row on top, then the form, the case table, navigation,
@@ -124,6 +126,7 @@ class ReviewPanel(MethodPanel):
         layout.addWidget(self.comment_edit)
         layout.addLayout(verdicts)
         layout.addWidget(self.status)
+        layout.addWidget(self.class_list)
         layout.addWidget(self.tools)
         layout.addLayout(outputs)
 
@@ -323,8 +326,9 @@ class ReviewPanel(MethodPanel):
             # Same class table, drawn as outlines (and hidden at first): never mistaken for the mask.
             self.layers["reference"] = self.viewer.add_labels(
                 np.asarray(read_image(reference).array), name=f"{case_id} reference", visible=False, opacity=0.8,
-                contour=1, **class_layer_kwargs(classes), **label_kwargs
+                **class_layer_kwargs(classes), **label_kwargs
             )
+            self.layers["reference"].contour = 1
         uncertainty = self.project.uncertainty_path(case_id)
         if uncertainty is not None:
             from medloop.app.io.read import read_image
