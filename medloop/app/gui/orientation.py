@@ -82,6 +82,9 @@ class OrientationGuide:
             viewer.canvas.overlays[MARKER_KEY + edge] = TextOverlay(
                 text="", position=position, font_size=14, color="#ffd54f", visible=False,
             )
+        viewer.canvas.overlays[MARKER_KEY + "info"] = TextOverlay(
+            text="", position="top_left", font_size=11, color="#ffd54f", visible=False,
+        )
         viewer.dims.events.order.connect(self.update)
         viewer.dims.events.ndisplay.connect(self.update)
         viewer.layers.events.inserted.connect(self.update)
@@ -120,6 +123,9 @@ class OrientationGuide:
             overlay = self.overlay(edge)
             overlay.text = letters.get(edge, "")
             overlay.visible = bool(letters)
+        info = self.overlay("info")
+        info.text = self.view.capitalize() if self.view else _slide_info(self.viewer)
+        info.visible = bool(info.text)
 
     def _add_units(self, event=None) -> None:
         """Append the active layer's unit (and a slide's magnification) to the status coordinates."""
@@ -127,13 +133,24 @@ class OrientationGuide:
         layer = self.viewer.layers.selection.active
         if not isinstance(status, dict) or layer is None or "coordinates" not in status:
             return
-        suffix = status_suffix(layer)
-        if not suffix or status["coordinates"].startswith(suffix):
+        prefix = status_prefix(layer)
+        if not prefix or status["coordinates"].startswith(prefix):
             return
-        self.viewer.status = {**status, "coordinates": suffix + status["coordinates"]}
+        self.viewer.status = {**status, "coordinates": prefix + status["coordinates"]}
 
 
-def status_suffix(layer) -> str:
+def _slide_info(viewer) -> str:
+    """``"20× · 0.50 µm/px"`` for the first slide-like (2-D, µm) image, else ``""``."""
+    for layer in viewer.layers:
+        image = layer.metadata.get("medloop_image")
+        if isinstance(image, MedImage) and image.ndim == 2 and image.unit in ("um", "µm"):
+            mpp = float(min(image.spacing))
+            mag = magnification(mpp)
+            return (f"{mag:g}× · " if mag else "") + f"{mpp:.2f} µm/px"
+    return ""
+
+
+def status_prefix(layer) -> str:
     """``"mm "`` for a volume, ``"µm, 20x "`` for a slide: what the status bar coordinates are in."""
     units = getattr(layer, "units", None)
     if not units:
