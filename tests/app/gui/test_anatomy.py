@@ -102,3 +102,36 @@ def test_units_scale_bar_and_status(make_napari_viewer):
 def test_magnification_from_microns_per_pixel():
     assert [magnification(m) for m in (0.25, 0.26, 0.5, 1.0, 2.0)] == [40, 40, 20, 10, 5]
     assert magnification(2.0 * 8) is None and magnification(0) is None
+
+
+def test_multiplanar_views_are_linked_to_one_cursor(make_napari_viewer, qtbot):
+    from types import SimpleNamespace
+
+    from medloop.app.gui.home import HomePanel
+
+    viewer = make_napari_viewer(show=True)
+    image, centre = marked_volume()
+    layer = viewer.add_image(image.array, metadata={"medloop_image": image}, **image.layer_kwargs())
+    home = HomePanel(viewer)
+    qtbot.addWidget(home)
+    home.multiplanar_check.setChecked(True)
+    mpr = home.multiplanar
+    coronal, sagittal = mpr.models["coronal"], mpr.models["sagittal"]
+    assert viewer.dims.displayed == (1, 2) and coronal.dims.displayed == (0, 2) and sagittal.dims.displayed == (0, 1)
+    for model, top in ((coronal, "S"), (sagittal, "S")):
+        assert [lay.data is layer.data for lay in model.layers] == [True]  # mirrored, not copied
+        guide = OrientationGuide.install(model)
+        assert guide.overlay("top").text == top and tuple(str(o) for o in model.camera.orientation2d)[0] == "up"
+    # Moving the axial slice moves the cursor of the other views, and a click in the coronal
+    # view moves the axial slice through the clicked point.
+    target = layer.data_to_world(centre)
+    viewer.dims.set_point(0, target[0])
+    assert coronal.dims.point[0] == sagittal.dims.point[0] == pytest.approx(target[0])
+    clicked = np.array([target[0] - 10.0, target[1], target[2] + 6.0])
+    mpr._clicked(coronal, SimpleNamespace(position=clicked))
+    np.testing.assert_allclose(viewer.dims.point, clicked)
+    np.testing.assert_allclose(sagittal.dims.point, clicked)
+    home.multiplanar_check.setChecked(False)
+    assert home.multiplanar is None and not mpr.qt_viewers  # the extra views are closed
+    del mpr, coronal, sagittal, model
+    qtbot.wait(50)
