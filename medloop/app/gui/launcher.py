@@ -12,7 +12,10 @@ def make_viewer(title: str = "medloop", show: bool = True):
     """A napari viewer with medloop's home panel docked."""
     import napari
 
+    from medloop.app.gui.qt_compat import fix_none_refcount
+
     viewer = napari.Viewer(title=title, show=show)
+    fix_none_refcount()
     viewer.window.add_plugin_dock_widget(PLUGIN_NAME, HOME_PANEL)
     return viewer
 

@@ -66,7 +66,7 @@ def _patient_volume(viewer) -> MedImage | None:
     return None
 
 
-_GUIDES: "weakref.WeakKeyDictionary[Any, OrientationGuide]" = weakref.WeakKeyDictionary()
+_GUIDES: "weakref.WeakValueDictionary[int, OrientationGuide]" = weakref.WeakValueDictionary()
 
 
 class OrientationGuide:
@@ -85,20 +85,24 @@ class OrientationGuide:
         viewer.canvas.overlays[MARKER_KEY + "info"] = TextOverlay(
             text="", position="top_left", font_size=11, color="#ffd54f", visible=False,
         )
-        viewer.dims.events.order.connect(self.update)
-        viewer.dims.events.ndisplay.connect(self.update)
-        viewer.layers.events.inserted.connect(self.update)
-        viewer.layers.events.removed.connect(self.update)
-        viewer.events.status.connect(self._add_units)
+        # Closures, not bound methods: napari holds bound methods weakly, so the viewer's events
+        # keep the guide alive exactly as long as the viewer (no global strong reference).
+        update = lambda *_: self.update()  # noqa: E731
+        for event in (viewer.dims.events.order, viewer.dims.events.ndisplay, viewer.layers.events.inserted,
+                      viewer.layers.events.removed):
+            event.connect(update)
+        viewer.events.status.connect(lambda *_: self._add_units())
         self.update()
 
     @classmethod
     def install(cls, viewer) -> "OrientationGuide":
-        """The viewer's guide, made on first use (napari holds event callbacks weakly: the guide
-        lives as long as its viewer in this table)."""
-        guide = _GUIDES.get(viewer)
-        if guide is None:
-            guide = _GUIDES[viewer] = cls(viewer)
+        """The viewer's guide, made on first use."""
+        from medloop.app.gui.qt_compat import fix_none_refcount
+
+        fix_none_refcount()  # every medloop window goes through here: Home and method panels
+        guide = _GUIDES.get(id(viewer))
+        if guide is None or guide.viewer is not viewer:
+            guide = _GUIDES[id(viewer)] = cls(viewer)
             viewer.canvas.overlays.scale_bar.visible = True  # reads the layers' units (mm, µm)
         return guide
 
