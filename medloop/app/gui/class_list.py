@@ -109,6 +109,8 @@ class ClassList(QWidget):
             self.table.setItem(row, 2, shown)
             self.table.setItem(row, 3, QTableWidgetItem(""))
         self.table.blockSignals(False)
+        rows = sum(self.table.rowHeight(r) for r in range(len(self.values)))
+        self.table.setFixedHeight(self.table.horizontalHeader().height() + rows + 2 * self.table.frameWidth() + 2)
         layer.events.paint.connect(self._schedule)
         layer.events.data.connect(self._schedule)
         self.update_sizes()
