@@ -98,8 +98,10 @@ class ClassList(QWidget):
         self.table.blockSignals(True)
         self.table.setRowCount(len(self.values))
         for row, value in enumerate(self.values):
-            swatch = QTableWidgetItem("")
-            swatch.setBackground(QColor(class_color(value - self.offset)))
+            drawn = value - self.offset != 0 or self.offset != 0  # a class map leaves background undrawn
+            swatch = QTableWidgetItem("" if drawn else "–")
+            if drawn:
+                swatch.setBackground(QColor(class_color(value - self.offset)))
             swatch.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
             self.table.setItem(row, 0, swatch)
             self.table.setItem(row, 1, QTableWidgetItem(stored[value]))
