@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from medloop.app.errors import ResourceError
+from medloop.app.io.classes import CLASSES_KEY, CONTOUR_KEY, label_style
 from medloop.app.io.hashing import sha256_file
 from medloop.app.io.image import MedImage
 
 TISSUE_CLASSES = {0: "background", 1: "grey matter", 2: "white matter"}
-# Fixed, colour-blind-safe colours so that grey and white matter look the same in every session.
-TISSUE_COLORS = {None: "transparent", 0: "transparent", 1: "#e69f00", 2: "#56b4e9"}
 
 
 def sample_dir() -> Path:
@@ -62,11 +61,14 @@ def brain_sample_layers() -> list[tuple[Any, dict[str, Any], str]]:
         "metadata": {"medloop_image": t1},
         **t1.layer_kwargs(),
     }
+    # The reference: the class table's colours, opened hidden and drawn as outlines (CONTOUR_KEY,
+    # applied by medloop's add_layer_data) so that it never looks like a model's output.
     label_kwargs = {
         "name": "tissue labels",
-        "opacity": 0.5,
-        "colormap": TISSUE_COLORS,
-        "metadata": {"medloop_image": tissue, "classes": TISSUE_CLASSES},
+        "opacity": 0.8,
+        "visible": False,
+        **label_style(TISSUE_CLASSES),
+        "metadata": {"medloop_image": tissue, "classes": TISSUE_CLASSES, CLASSES_KEY: dict(TISSUE_CLASSES), CONTOUR_KEY: 1},
         **tissue.layer_kwargs(),
     }
     return [(t1.array, image_kwargs, "image"), (tissue.array, label_kwargs, "labels")]

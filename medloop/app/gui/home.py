@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtWidgets import QLabel, QListWidget, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QLabel, QListWidget, QPushButton, QVBoxLayout, QWidget
 
 from medloop import __version__
 from medloop.app.manifest import method_panels
@@ -25,6 +25,10 @@ class HomePanel(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.setObjectName("medloop-home")
+        if napari_viewer is not None:
+            from medloop.app.gui.orientation import OrientationGuide
+
+            OrientationGuide.install(napari_viewer)  # radiological views, markers, units (once per viewer)
         layout = QVBoxLayout(self)
         self.title = QLabel(f"<b>medloop {__version__}</b> - review, correct, retrain")
         layout.addWidget(self.title)
@@ -54,6 +58,11 @@ class HomePanel(QWidget):
         self.sample_button.setEnabled(bool(self.samples))
         self.sample_button.clicked.connect(self.open_sample)
         layout.addWidget(self.sample_button)
+        self.multiplanar_check = QCheckBox("Multi-planar: coronal and sagittal views beside the axial one")
+        self.multiplanar_check.setToolTip("Three linked views of every volume; a click in one moves the others' slices")
+        self.multiplanar_check.setEnabled(napari_viewer is not None and hasattr(napari_viewer, "window"))
+        self.multiplanar_check.toggled.connect(self.set_multiplanar)
+        layout.addWidget(self.multiplanar_check)
         layout.addStretch(1)
 
     def open_sample(self, *_: object) -> None:
@@ -65,6 +74,13 @@ class HomePanel(QWidget):
 
         sample = self.samples[max(self.sample_list.currentRow(), 0)]
         add_layer_data(self.viewer, resolve(sample.factory)())
+
+    def set_multiplanar(self, on: bool) -> None:
+        """Show or hide the linked coronal and sagittal views."""
+        from medloop.app.gui.multiplanar import toggle_multiplanar
+
+        if self.viewer is not None:
+            self.multiplanar = toggle_multiplanar(self.viewer, bool(on))
 
     def _open_method(self, item) -> None:
         if self.viewer is None or item.text() == NO_METHODS:

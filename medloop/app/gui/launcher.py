@@ -21,8 +21,18 @@ def add_images(viewer, images: list[MedImage], labels: list[MedImage]) -> None:
     """Add already-read images and label maps at their physical positions."""
     for image in images:
         viewer.add_image(image.array, name=_name(image), metadata={"medloop_image": image}, **image.layer_kwargs())
+    from medloop.app.gui.layers import class_layer_kwargs
+    from medloop.app.io.classes import default_classes
+
     for mask in labels:
-        viewer.add_labels(mask.array, name=_name(mask), metadata={"medloop_image": mask}, **mask.layer_kwargs())
+        # No class names in a label file: value k gets class k's colour and hovers as "class k".
+        import numpy as np
+
+        top = int(np.max(mask.array)) if mask.array.size else 0
+        style = class_layer_kwargs(default_classes(range(1, min(top, 255) + 1)))
+        style["metadata"]["medloop_image"] = mask
+        kwargs = {k: v for k, v in mask.layer_kwargs().items() if k != "rgb"}
+        viewer.add_labels(mask.array, name=_name(mask), **style, **kwargs)
 
 
 def _name(image: MedImage) -> str:

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from medloop.app.io.classes import CLASSES_KEY, CONTOUR_KEY, label_style, stored_classes
 from medloop.app.io.image import MedImage
 
 
@@ -13,12 +14,14 @@ def add_layer_data(viewer, layer_data: list[tuple[Any, dict[str, Any], str]]) ->
     """Add ``(data, kwargs, layer_type)`` tuples to ``viewer``; returns the new layers."""
     added = []
     for data, kwargs, layer_type in layer_data:
-        added.append(getattr(viewer, f"add_{layer_type}")(data, **kwargs))
+        layer = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+        contour = layer.metadata.get(CONTOUR_KEY)
+        if contour and layer_type == "labels":
+            layer.contour = int(contour)
+        added.append(layer)
     return added
 
 
-# Class colours: background transparent, then a colour-blind-safe palette.
-PALETTE = ["#e69f00", "#56b4e9", "#009e73", "#f0e442", "#0072b2", "#d55e00", "#cc79a7", "#999999"]
 
 
 def layer_image(layer) -> MedImage:
@@ -33,8 +36,21 @@ def layer_image(layer) -> MedImage:
 
 
 def class_colors(classes: dict[int, str]) -> dict[Any, str]:
-    colors: dict[Any, str] = {None: "transparent", 0: "transparent"}
-    for k in classes:
-        if k:
-            colors[k] = PALETTE[(k - 1) % len(PALETTE)]
-    return colors
+    """The colormap of a class map (value k = class k; background transparent)."""
+    return label_style(classes)["colormap"]
+
+
+def class_layer_kwargs(classes: dict[int, str], offset: int = 0, **style: Any) -> dict[str, Any]:
+    """``colormap``, ``features`` (hover name) and metadata class table of a Labels layer showing
+    ``classes`` (stored as ``k + offset``): the one helper every label layer is built with."""
+    kwargs = label_style(classes, offset, **style)
+    kwargs["metadata"] = {CLASSES_KEY: stored_classes(classes, offset), "classes": dict(classes), "class_offset": offset}
+    return kwargs
+
+
+def style_labels(layer, classes: dict[int, str], offset: int = 0, **style: Any) -> None:
+    """Give an existing Labels layer the class table's colours, hover names and metadata."""
+    kwargs = class_layer_kwargs(classes, offset, **style)
+    layer.colormap = kwargs["colormap"]
+    layer.features = kwargs["features"]
+    layer.metadata.update(kwargs["metadata"])

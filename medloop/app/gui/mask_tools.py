@@ -5,7 +5,8 @@ layer, the label and the size, runs the tool off the GUI thread on a snapshot of
 writes back only the voxels that changed through ``Labels.data_setitem`` so that Ctrl+Z (or the
 Undo button) reverts exactly that edit. Voxels painted while a tool ran are kept. Copying one
 layer into another matches classes by name (layer metadata ``medloop_classes``), so a prediction
-(class k) lands in a paint layer as k + 1.
+(class k) lands in a paint layer as k + 1; background is never copied, and voxels already
+painted are kept.
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ from qtpy.QtWidgets import (
 )
 
 from medloop.app.gui.jobs import start_job
+from medloop.app.io.classes import CLASSES_KEY  # re-exported: {stored label value: class name}
 
 if TYPE_CHECKING:
     import napari
 
-#: Layer metadata key: ``{label value: class name}`` shown in the label choice.
-CLASSES_KEY = "medloop_classes"
 
 # tool name -> (what the size means, or None when it takes no size)
 TOOLS: dict[str, str | None] = {
@@ -69,16 +69,19 @@ def run_tool(tool: str, labels: np.ndarray, label: int, size: float, spacing: An
 
 
 def match_classes(source: np.ndarray, source_classes: dict | None, target_classes: dict | None) -> np.ndarray:
-    """``source`` with each value renumbered to the target layer's value of the same class name
-    (a prediction's class k is class k + 1 in a paint layer, where 0 means "not annotated");
-    values without a named counterpart are kept."""
+    """What Copy from layer copies: ``source`` renumbered to the target layer's value of the same
+    class name (a prediction's class k is stored as k + 1 in a paint layer, where 0 means "not
+    annotated"), 0 (= copy nothing) for background and for classes the target does not have.
+
+    Background is the source's value 0 and any class of the same name: copying it would paint
+    every voxel the model left empty. Without class tables the source is copied as it is."""
     if not source_classes or not target_classes:
         return source
+    names = {int(v): str(n) for v, n in source_classes.items()}
+    background = names.get(0)
     by_name = {str(name): int(value) for value, name in target_classes.items()}
-    mapping = {int(v): by_name[str(n)] for v, n in source_classes.items() if str(n) in by_name}
-    if all(k == v for k, v in mapping.items()):
-        return source
-    out = source.copy()
+    mapping = {v: by_name[n] for v, n in names.items() if v != 0 and n != background and n in by_name}
+    out = np.zeros_like(source)
     for old, new in mapping.items():
         out[source == old] = new
     return out

@@ -51,6 +51,9 @@ class MethodPanel(QWidget):
         self.start_buttons: list[QPushButton] = []
         self.viewer.layers.events.inserted.connect(self.refresh_layers)
         self.viewer.layers.events.removed.connect(self.refresh_layers)
+        from medloop.app.gui.orientation import OrientationGuide
+
+        OrientationGuide.install(self.viewer)  # radiological views, markers, units (once per viewer)
 
     def make_scrollable(self) -> QScrollArea:
         """Move the panel's layout into a vertical scroll area (call once, after building it):

@@ -116,6 +116,8 @@ class MedImage:
 
         ``scale`` is always the spacing (array order). A non-identity direction becomes an
         ``affine`` holding the rotation and origin; otherwise the origin is the ``translate``.
+        ``units`` (one per axis: mm for volumes, µm for slides) make napari's scale bar and
+        status bar read physical lengths.
         """
         scale = tuple(self.spacing[::-1])
         if np.allclose(self.direction, np.eye(self.ndim), atol=1e-12):
@@ -126,6 +128,7 @@ class MedImage:
             affine[:n, :n] = self.direction[::-1, ::-1]
             affine[:n, n] = self.origin[::-1]
             kwargs = {"scale": scale, "affine": affine}
+        kwargs["units"] = (napari_unit(self.unit),) * self.ndim
         if self.channel_axis:
             kwargs["rgb"] = self.array.shape[-1] in (3, 4)
         if self.is_multiscale:
@@ -150,3 +153,12 @@ class MedImage:
             direction=lin[::-1, ::-1],
             **kwargs,
         )
+
+
+#: MedImage.unit -> the unit name napari (pint) understands.
+_NAPARI_UNITS = {"mm": "mm", "um": "um", "µm": "um", "micron": "um", "nm": "nm", "cm": "cm", "px": "pixel", "": "pixel"}
+
+
+def napari_unit(unit: str) -> str:
+    """The napari layer unit of a MedImage ``unit`` (pixels when it is not a length)."""
+    return _NAPARI_UNITS.get(str(unit).strip().lower().replace("μ", "µ"), str(unit) or "pixel")

@@ -86,6 +86,14 @@ def image_layer_data(image: MedImage, name: str | None = None) -> tuple[Any, dic
     kwargs = {"name": name or layer_name(image), "metadata": {"medloop_image": image}, **image.layer_kwargs()}
     if looks_like_labels(image):
         kwargs.pop("rgb", None)
+        # No class table in a label file: number k gets class k's colour (the one class table's
+        # numbering), never napari's random colours, and hovers as "class k".
+        from medloop.app.io.classes import CLASSES_KEY, default_classes, label_style
+
+        top = int(np.max(image.array)) if image.array.size else 0
+        classes = default_classes(range(1, min(top, 255) + 1))
+        kwargs.update(label_style(classes))
+        kwargs["metadata"][CLASSES_KEY] = classes
         return image.layer_data(), kwargs, "labels"
     return image.layer_data(), kwargs, "image"
 

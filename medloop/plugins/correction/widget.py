@@ -26,9 +26,11 @@ from qtpy.QtWidgets import (
 )
 
 from medloop.app.errors import MedloopError
+from medloop.app.gui.class_list import ClassList
 from medloop.app.gui.curve import CurvePlot
-from medloop.app.gui.layers import class_colors, layer_image
-from medloop.app.gui.mask_tools import CLASSES_KEY, MaskToolsBox
+from medloop.app.gui.layers import class_layer_kwargs, layer_image, style_labels
+from medloop.app.gui.mask_tools import MaskToolsBox
+from medloop.app.io.classes import ANNOTATION_OFFSET
 from medloop.app.gui.panel import MethodPanel
 
 if TYPE_CHECKING:
@@ -81,6 +83,7 @@ class CorrectionPanel(MethodPanel):
         self.version_combo = QComboBox()
         self.rollback_button = QPushButton("Use this version")
         self.tools = MaskToolsBox(napari_viewer, on_edit=self._layer_edited)
+        self.class_list = ClassList(napari_viewer)
 
         self._build_layout()
 
@@ -130,6 +133,7 @@ class CorrectionPanel(MethodPanel):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.new_layer_button)
+        layout.addWidget(self.class_list)
         layout.addWidget(self.live_check)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
@@ -169,9 +173,8 @@ class CorrectionPanel(MethodPanel):
             return
         self.versions = ModelVersions(user_models_dir() / "versions", entry)
         self._fill_versions()
-        names = sorted(entry.card.classes.items())
         if self.kind == "strokes":
-            self.legend.setText("Paint with " + ", ".join(f"{k + 1} = {n}" for k, n in names) + "; 0 = not annotated.")
+            self.legend.setText("Pick a class in the class list and paint; erasing (0) = not annotated.")
         elif self.kind == "boxes":
             self.legend.setText("Draw a rectangle around every object (boxes must be exhaustive); needs a 2-class model.")
         else:
@@ -227,10 +230,9 @@ class CorrectionPanel(MethodPanel):
             data = saved.astype(np.uint8) if saved is not None else np.zeros(image.shape[: image.ndim], np.uint8)
             ann = self.viewer.add_labels(data, name=ann_name, metadata={"medloop_image": image.with_array(data)}, **kwargs)
             entry = self.current_entry()
-            if entry is not None:
-                classes = {k + 1: v for k, v in entry.card.classes.items()}
-                ann.colormap = class_colors(classes)
-                ann.metadata[CLASSES_KEY] = classes
+            if entry is not None:  # paint convention: class k stored as k + 1, shown as class k
+                style_labels(ann, entry.card.classes, ANNOTATION_OFFSET)
+                self.class_list.set_layer(ann)
             getter = lambda: ann.data  # noqa: E731
             ann.events.paint.connect(self._annotation_changed)
             ann.events.data.connect(self._annotation_changed)
@@ -358,7 +360,7 @@ class CorrectionPanel(MethodPanel):
             kwargs.pop("rgb", None)
             self.viewer.add_labels(
                 np.zeros(image.shape[: image.ndim], np.uint8), name=pred_name, opacity=0.5,
-                colormap=class_colors(entry.card.classes), metadata={CLASSES_KEY: dict(entry.card.classes)}, **kwargs,
+                **class_layer_kwargs(entry.card.classes), **kwargs,
             )
         self.keep_annotations_on_top()
         return self.viewer.layers[pred_name]

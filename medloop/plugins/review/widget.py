@@ -33,9 +33,10 @@ from qtpy.QtWidgets import (
 )
 
 from medloop.app.errors import MedloopError
-from medloop.app.gui.layers import class_colors
+from medloop.app.gui.class_list import ClassList
+from medloop.app.gui.layers import class_layer_kwargs
 from medloop.app.gui.panel import MethodPanel
-from medloop.app.gui.mask_tools import CLASSES_KEY, MaskToolsBox
+from medloop.app.gui.mask_tools import MaskToolsBox
 
 if TYPE_CHECKING:
     import napari
@@ -120,6 +121,7 @@ class ReviewPanel(MethodPanel):
         self.export_button = QPushButton("Export accepted masks")
         self.report_button = QPushButton("Write report")
         self.tools = MaskToolsBox(self.viewer, on_edit=lambda layer: self._mask_changed())
+        self.class_list = ClassList(self.viewer)
 
     def _build_layout(self) -> None:
         """Project buttons and job row on top, then the form, the case table, navigation,
@@ -161,6 +163,7 @@ class ReviewPanel(MethodPanel):
         layout.addLayout(pin_row)
         layout.addLayout(verdicts)
         layout.addWidget(self.status)
+        layout.addWidget(self.class_list)
         layout.addWidget(self.tools)
         layout.addLayout(outputs)
         self.make_scrollable()
@@ -445,15 +448,19 @@ class ReviewPanel(MethodPanel):
         self.prediction = np.asarray(data.prediction.array)
         mask_data = (data.draft if data.draft is not None else self.prediction).astype(np.int32)
         classes = data.classes
-        if not classes:  # the model is not installed here: name the labels the mask holds, so they show
-            top = max(int(mask_data.max(initial=0)), int(self.prediction.max(initial=0)), 1)
-            classes = {0: "background", **{k: f"label {k}" for k in range(1, top + 1)}}
+        if not classes:  # model not installed: the class numbers still get the one table's colours
+            from medloop.app.io.classes import default_classes
+
+            classes = default_classes(np.union1d(np.unique(self.prediction), np.unique(mask_data)))
+        mask_style = class_layer_kwargs(classes)
+        mask_style["metadata"]["medloop_image"] = data.prediction
         self._put("image", "image", image.layer_data(), f"{cid} image", kwargs,
                   metadata={"medloop_image": image})
-        self._put("mask", "labels", mask_data.copy(), f"{cid} review mask", label_kwargs,
-                  metadata={CLASSES_KEY: classes, "medloop_image": data.prediction}, colormap=class_colors(classes),
-                  opacity=0.5)
-        self._put("reference", "labels", data.reference, f"{cid} reference", label_kwargs, visible=False, opacity=0.4)
+        self._put("mask", "labels", mask_data.copy(), f"{cid} review mask", label_kwargs, opacity=0.5, **mask_style)
+        # The reference: the same class table, drawn as outlines and hidden at first, never
+        # mistaken for the mask.
+        self._put("reference", "labels", data.reference, f"{cid} reference", label_kwargs, visible=False, opacity=0.8,
+                  contour=1, **class_layer_kwargs(classes))
         self._put("uncertainty", "image", data.uncertainty, f"{cid} uncertainty", label_kwargs, colormap="inferno",
                   opacity=0.5, blending="additive", contrast_limits=(0, 1), visible=False)
         self._put_pins(cid, image.ndim, label_kwargs)
@@ -472,7 +479,10 @@ class ReviewPanel(MethodPanel):
             return
         if not reusable:
             add = self.viewer.add_labels if kind == "labels" else self.viewer.add_image
+            contour = props.pop("contour", None)
             layer = self.layers[key] = add(data, name=name, **grid, **props)
+            if contour is not None:
+                layer.contour = contour
             if key == "mask":
                 layer.events.paint.connect(lambda *_: self._mask_changed())
                 layer.events.data.connect(lambda *_: self._mask_changed())
@@ -481,7 +491,7 @@ class ReviewPanel(MethodPanel):
             setattr(layer, attr, grid.get(attr, _IDENTITY[attr](layer.ndim)))
         layer.data = data
         layer.name = name
-        for attr in ("metadata", "colormap"):
+        for attr in ("metadata", "colormap", "features"):
             if attr in props:
                 setattr(layer, attr, props[attr])
         if kind == "image" and "contrast_limits" not in props:

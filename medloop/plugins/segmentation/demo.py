@@ -11,7 +11,7 @@ def build_demo(viewer, panel) -> None:
 
     The reference labels are added hidden, for comparison.
     """
-    from medloop.app.gui.layers import add_layer_data, class_colors
+    from medloop.app.gui.layers import add_layer_data, class_layer_kwargs
     from medloop.app.samples import brain_sample_layers, load_brain_sample
     from medloop.plugins.segmentation.method import SegmentParams, segment
 
@@ -20,11 +20,9 @@ def build_demo(viewer, panel) -> None:
     t1, _ = load_brain_sample()
     result = segment(t1, SegmentParams(DEMO_MODEL, device="cpu"))
     prov = result.provenance
-    viewer.add_labels(
-        result.labels.array, name=f"{image_layer.name} {DEMO_MODEL}", opacity=0.5,
-        colormap=class_colors(prov["classes"]),
-        metadata={"medloop_image": result.labels, "provenance": prov, "classes": prov["classes"]},
-        **result.labels.layer_kwargs(),
-    )
+    style = class_layer_kwargs(prov["classes"])
+    style["metadata"].update({"medloop_image": result.labels, "provenance": prov})
+    viewer.add_labels(result.labels.array, name=f"{image_layer.name} {DEMO_MODEL}", opacity=0.5, **style,
+                      **result.labels.layer_kwargs())
     if panel is not None:
         panel.status.setText(f"{DEMO_MODEL}: done in {prov['seconds']} s on {prov['device']}.")

@@ -12,8 +12,7 @@ from qtpy.QtWidgets import (
 )
 
 from medloop.app.errors import MedloopError
-from medloop.app.gui.layers import class_colors, layer_image
-from medloop.app.gui.mask_tools import CLASSES_KEY
+from medloop.app.gui.layers import class_layer_kwargs, layer_image, style_labels
 from medloop.app.gui.panel import Fold, MethodPanel
 
 if TYPE_CHECKING:
@@ -269,35 +268,42 @@ class SegmentationPanel(MethodPanel):
         self.last_result = result
         prov = result.provenance
         labels_name = f"{image_name} {prov['model']}" + (f"+{prov['cascade']['fine']['model']}" if "cascade" in prov else "")
+        # Every result layer sits on the grid of its own data (an upscaled run is finer than the input).
         kwargs = result.labels.layer_kwargs()
-        metadata = {"medloop_image": result.labels, "provenance": prov, "classes": prov["classes"]}
-        metadata[CLASSES_KEY] = dict(prov["classes"])
+        metadata = {"medloop_image": result.labels, "provenance": prov}
         if labels_name in self.viewer.layers:
             layer = self.viewer.layers[labels_name]
             layer.data = result.labels.array
-            for key in ("scale", "translate", "affine"):  # an upscaled re-run changes the grid
-                if key in kwargs:
-                    setattr(layer, key, kwargs[key])
+            _set_grid(layer, kwargs)
             layer.metadata.update(metadata)
+            style_labels(layer, prov["classes"])
         else:
-            self.viewer.add_labels(
-                result.labels.array, name=labels_name, metadata=metadata, opacity=0.5,
-                colormap=class_colors(prov["classes"]), **kwargs,
-            )
+            style = class_layer_kwargs(prov["classes"])
+            style["metadata"].update(metadata)
+            self.viewer.add_labels(result.labels.array, name=labels_name, opacity=0.5, **style, **kwargs)
         if result.probabilities is not None:
             probs = np.moveaxis(np.asarray(result.probabilities.array), -1, 0)
+            pkwargs = {k: v for k, v in result.probabilities.layer_kwargs().items() if k not in ("rgb", "multiscale")}
             for k, cls in prov["classes"].items():
                 if k == 0:
                     continue
                 pname = f"{image_name} p({cls})"
                 if pname in self.viewer.layers:
                     self.viewer.layers[pname].data = probs[k]
+                    _set_grid(self.viewer.layers[pname], pkwargs)
                 else:
                     self.viewer.add_image(probs[k], name=pname, colormap="magma", opacity=0.6,
-                                          contrast_limits=(0, 1), visible=False, **kwargs)
+                                          contrast_limits=(0, 1), visible=False, **pkwargs)
         extra = ""
         if "cascade" in prov:
             extra = f" Refined {prov['cascade']['crops']} crops with {prov['cascade']['fine']['model']}."
         if "upscale" in prov:
             extra = f" Upscaled {' x '.join(str(k) for k in prov['upscale']['factors'])} from {prov['upscale']['copies']} shifted copies."
         self.status.setText(f"Done in {prov['seconds']} s on {prov['device']}.{extra}")
+
+
+def _set_grid(layer, kwargs: dict[str, Any]) -> None:
+    """Move an existing layer onto the grid ``kwargs`` (a MedImage's layer_kwargs) describe."""
+    for key in ("scale", "translate", "affine", "units"):
+        if key in kwargs:
+            setattr(layer, key, kwargs[key])

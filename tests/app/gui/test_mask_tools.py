@@ -128,5 +128,6 @@ def test_copy_matches_classes_by_name():
     prediction = np.array([[0, 1, 2, 3]])
     pred_classes = {0: "background", 1: "grey matter", 2: "white matter", 3: "other"}
     paint_classes = {1: "background", 2: "grey matter", 3: "white matter"}
-    np.testing.assert_array_equal(match_classes(prediction, pred_classes, paint_classes), [[1, 2, 3, 3]])
+    # background is never copied (0 = leave the voxel), classes the paint layer lacks neither
+    np.testing.assert_array_equal(match_classes(prediction, pred_classes, paint_classes), [[0, 2, 3, 0]])
     np.testing.assert_array_equal(match_classes(prediction, None, paint_classes), prediction)

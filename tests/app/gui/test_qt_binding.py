@@ -17,3 +17,16 @@ def test_void_qt_calls_keep_the_reference_to_none(qtbot):
         edit.setText(str(i))
     assert edit.text() == "9999"
     assert abs(sys.getrefcount(None) - before) < 100  # 6.12.0: 10,000 fewer
+
+
+def test_application_getters_keep_the_reference_to_none(qtbot):
+    """napari's event filter calls ``activePopupWidget()`` on every event; with 6.12.0 each call
+    that returned None took a reference from None."""
+    from qtpy.QtWidgets import QApplication
+
+    assert QApplication.activePopupWidget() is None
+    before = sys.getrefcount(None)
+    for _ in range(10_000):
+        QApplication.activePopupWidget()
+        QApplication.activeModalWidget()
+    assert abs(sys.getrefcount(None) - before) < 100

@@ -232,7 +232,7 @@ def test_verdict_history_counts_pins_export_and_reviewer_field(panel, project, q
     widget.open_case("case2")
     assert widget.history_list.item(0).text() == "(none yet)"
     mask = viewer.layers["case2 review mask"]  # box-net is not installed: its labels still show
-    assert mask.metadata["medloop_classes"] == {0: "background", 1: "label 1"}
+    assert mask.metadata["medloop_classes"] == {0: "background", 1: "class 1"}  # the one table's name for an unknown class
     assert np.asarray(mask.colormap.map(np.array([1])))[0, 3] > 0 and np.asarray(mask.colormap.map(np.array([0])))[0, 3] == 0
     widget.pin_edit.setText("check the rim")
     widget.layers["pins"].add(np.array([[2.0, 6.0, 7.0]]))

@@ -101,12 +101,27 @@ def test_upscaled_rerun_moves_the_layer_to_the_fine_grid(qtbot, tmp_path, monkey
     panel = SegmentationPanel(viewer)
     qtbot.addWidget(panel)
     panel.model_combo.setCurrentText("tiny-threshold")
+    panel.probabilities_check.setChecked(True)
     panel.run()
     qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
     panel.upscale_spins["z"].setValue(3)
     panel.run()
     qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
     layer = viewer.layers["vol tiny-threshold"]
+    # Every result layer (labels and each probability) sits on the fine grid: the same world
+    # extent (voxel edges) as the image, not 3x the slices at the input's spacing.
+    image = viewer.layers["vol"]
+    probs = [lay for lay in viewer.layers if lay.name.startswith("vol p(")]
+    assert probs
+
+    def edges(lay):
+        return np.array([lay.data_to_world(np.full(3, -0.5)), lay.data_to_world(np.asarray(lay.data.shape) - 0.5)])
+
+    for result in (layer, *probs):
+        assert result.data.shape == (24, 20, 24), result.name
+        np.testing.assert_allclose(result.scale, layer.scale)
+        np.testing.assert_allclose(result.translate, layer.translate)
+        np.testing.assert_allclose(edges(result), edges(image), err_msg=result.name)
     assert layer.data.shape == (24, 20, 24)
     np.testing.assert_allclose(layer.scale, (1.0, 1.0, 1.0))
     # fine slice 0 is centred one fine slice below the first coarse slice: 5 - 1
