@@ -179,6 +179,35 @@ class CorrectionPanel(MethodPanel):
             self.legend.setText("Draw a rectangle around every object (boxes must be exhaustive); needs a 2-class model.")
         else:
             self.legend.setText("Click once on every object (centre); needs a 2-class model.")
+        self._explain_unsuitable_model()
+
+    def unsuitable_model(self) -> str | None:
+        """Why the chosen model cannot be fine-tuned from this kind of annotation (None: it can).
+        Boxes and points need a 2-D model with two classes (background / object)."""
+        entry = self.base_entry()
+        if entry is None or self.kind == "strokes":
+            return None
+        card = entry.card
+        if card.spatial_dims == 2 and len(card.classes) == 2:
+            return None
+        fitting = [m.name for m in self.models if m.card.spatial_dims == 2 and len(m.card.classes) == 2]
+        what = "Boxes" if self.kind == "boxes" else "Points"
+        also = (
+            f" Pick {', '.join(fitting)}." if fitting
+            else " None is installed: register one with 'medloop models register WEIGHTS --card CARD'."
+        )
+        return (
+            f"{what} train a 2-D model with two classes (background / object); {entry.name} is "
+            f"{card.spatial_dims}-D with {len(card.classes)} classes.{also}"
+        )
+
+    def _explain_unsuitable_model(self) -> None:
+        """Fine-tuning is offered only with a model that fits the annotation kind; else say why."""
+        reason = self.unsuitable_model()
+        self.finetune_button.setEnabled(reason is None and self.job is None)
+        self.finetune_button.setToolTip(reason or "Fine-tune a copy of the model on the annotation (in the background)")
+        if reason is not None:
+            self.status.setText(reason)
 
     def _fill_versions(self) -> None:
         self.version_combo.clear()
@@ -556,6 +585,7 @@ class CorrectionPanel(MethodPanel):
 
     # -- jobs ---------------------------------------------------------------------------------
     def job_finished(self) -> None:
+        self._explain_unsuitable_model()  # the job's end re-enabled the start buttons
         if self.pending_predict:  # "Use this version" was pressed while a job ran
             self.pending_predict = False
             self.predict_with_current()

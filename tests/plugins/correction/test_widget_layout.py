@@ -64,3 +64,35 @@ def test_segmentation_folds_tiles_upscale_and_cascade(qtbot, viewer):
     assert panel.cascade_combo.isVisible() and panel.train_button.isVisible()
     panel.advanced.button.click()
     assert not panel.tile_spin.isVisible()
+
+
+def test_boxes_and_points_explain_an_unsuitable_model(qtbot, tmp_path, monkeypatch):
+    """No dead end: with only the 3-class brain model, boxes and points say why they cannot train
+    and fine-tuning is off; a 2-D two-class model makes it available again."""
+    from napari.components import ViewerModel
+
+    from medloop.models import registry
+    from medloop.plugins.correction.widget import CorrectionPanel
+    from tests.models.tiny import make_tiny_model
+
+    monkeypatch.setattr(registry, "user_models_dir", lambda: tmp_path / "zoo")
+    panel = CorrectionPanel(ViewerModel())
+    qtbot.addWidget(panel)
+    panel.model_combo.setCurrentText("brain-tissue-t1")
+    panel.set_kind("boxes")
+    assert not panel.finetune_button.isEnabled()
+    assert panel.status.text() == (
+        "Boxes train a 2-D model with two classes (background / object); brain-tissue-t1 is 2-D with 3 classes. "
+        "None is installed: register one with 'medloop models register WEIGHTS --card CARD'."
+    )
+    panel.set_kind("strokes")
+    assert panel.finetune_button.isEnabled()
+    weights, card = make_tiny_model(tmp_path / "src", spatial_dims=2, name="tiny-2d")
+    registry.register_model(weights, card, tmp_path / "zoo")
+    panel = CorrectionPanel(ViewerModel())
+    qtbot.addWidget(panel)
+    panel.model_combo.setCurrentText("brain-tissue-t1")
+    panel.set_kind("points")
+    assert panel.status.text().endswith("brain-tissue-t1 is 2-D with 3 classes. Pick tiny-2d.")
+    panel.model_combo.setCurrentText("tiny-2d")
+    assert panel.finetune_button.isEnabled()
