@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtWidgets import QCheckBox, QLabel, QListWidget, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QSizePolicy, QCheckBox, QLabel, QListWidget, QPushButton, QVBoxLayout, QWidget
 
 from medloop import __version__
 from medloop.app.manifest import method_panels
@@ -38,12 +38,14 @@ class HomePanel(QWidget):
         self.method_list = QListWidget()
         self.method_list.addItems([m.display_name for m in self.methods] or [NO_METHODS])
         self.method_list.itemDoubleClicked.connect(self._open_method)
+        _fit_rows(self.method_list, len(self.methods))
         layout.addWidget(self.method_list)
 
         self.models = list_models()
         layout.addWidget(QLabel("Models"))
         self.model_list = QListWidget()
         self.model_list.addItems([f"{m.name} - {m.summary}" for m in self.models] or [NO_MODELS])
+        _fit_rows(self.model_list, min(len(self.models), 6))
         layout.addWidget(self.model_list)
 
         self.samples = [s for p in load_plugins() for s in p.samples]
@@ -51,7 +53,7 @@ class HomePanel(QWidget):
         self.sample_list = QListWidget()
         self.sample_list.addItems([s.display_name for s in self.samples])
         self.sample_list.setCurrentRow(0)
-        self.sample_list.setMaximumHeight(18 * max(len(self.samples), 1) + 12)  # no empty box under one sample
+        _fit_rows(self.sample_list, len(self.samples))
         self.sample_list.itemDoubleClicked.connect(self.open_sample)
         layout.addWidget(self.sample_list)
         self.sample_button = QPushButton("Open sample")
@@ -63,7 +65,8 @@ class HomePanel(QWidget):
         self.multiplanar_check.setEnabled(napari_viewer is not None and hasattr(napari_viewer, "window"))
         self.multiplanar_check.toggled.connect(self.set_multiplanar)
         layout.addWidget(self.multiplanar_check)
-        layout.addStretch(1)
+        # Only as tall as its contents: the dock's height goes to the method panels below it.
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
 
     def open_sample(self, *_: object) -> None:
         """Add the chosen sample's layers (the first sample when none is chosen) to the viewer."""
@@ -89,3 +92,10 @@ class HomePanel(QWidget):
 
         panel = next(m for m in self.methods if m.display_name == item.text())
         open_panel(self.viewer, panel)
+
+
+def _fit_rows(widget: QListWidget, rows: int) -> None:
+    """As tall as ``rows`` entries (at least one) and a horizontal scroll bar: the home panel
+    leaves the dock's height to the method panels below it."""
+    row = widget.sizeHintForRow(0) if widget.count() else widget.fontMetrics().height() + 4
+    widget.setMaximumHeight(row * max(rows, 1) + 2 * widget.frameWidth() + 18)
