@@ -45,6 +45,7 @@ class SegmentationPanel(MethodPanel):
         self._fill_devices()
         self.refresh_layers()
         self.model_combo.currentIndexChanged.connect(self._model_changed)
+        self.image_combo.currentTextChanged.connect(self._explain_cascade_training)
         self.run_button.clicked.connect(self.run)
         self.train_button.clicked.connect(self.train_cascade)
         self._model_changed()
@@ -100,6 +101,9 @@ class SegmentationPanel(MethodPanel):
             "image and labels, register both and select them"
         )
         self.start_buttons.append(self.train_button)
+        self.train_hint = QLabel("")
+        self.train_hint.setWordWrap(True)
+        self.train_hint.setVisible(False)
 
     def _build_layout(self) -> None:
         """The run form, the Run/Cancel buttons, the training box, progress and status."""
@@ -125,6 +129,7 @@ class SegmentationPanel(MethodPanel):
         train_form.addRow("Input size S", self.train_size_spin)
         train_form.addRow("Epochs", self.train_epochs_spin)
         train_form.addRow("", self.train_button)
+        train_form.addRow(self.train_hint)
         self.cascade_fold.addRow(train_box)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -183,6 +188,36 @@ class SegmentationPanel(MethodPanel):
             f"{card.description.split('. ')[0]}. Classes: {', '.join(card.classes.values())}."
             + (f" Runs at {' x '.join(f'{s:g}' for s in spacing)} mm." if spacing else "")
         )
+        self._explain_cascade_training()
+
+    def cascade_training_problem(self) -> str | None:
+        """Why a cascade cannot be trained from the chosen model on the chosen image (None: it can).
+        Segment-then-segment resizes the whole image to S: the model must have the image's
+        dimensionality (a 2-D model run slice by slice cannot be a volume's coarse model)."""
+        entry, layer = self.current_model(), self.image_layer()
+        if entry is None or layer is None:
+            return None
+        try:
+            ndim = layer_image(layer).ndim
+        except MedloopError:
+            return None
+        dims = entry.card.spatial_dims
+        if dims == ndim:
+            return None
+        fitting = [m.name for m in self.models if m.card.spatial_dims == ndim]
+        return (
+            f"A cascade resizes the whole {ndim}-D image to S, so it starts from a {ndim}-D model; "
+            f"{entry.name} is {dims}-D. " + (f"Pick {', '.join(fitting)}." if fitting else f"No {ndim}-D model is installed.")
+        )
+
+    def _explain_cascade_training(self, *_: Any) -> None:
+        reason = self.cascade_training_problem()
+        self.train_button.setEnabled(reason is None and self.job is None)
+        self.train_hint.setText(reason or "")
+        self.train_hint.setVisible(reason is not None)
+
+    def job_finished(self) -> None:
+        self._explain_cascade_training()  # the job's end re-enabled the start buttons
 
     def current_model(self):
         i = self.model_combo.currentIndex()

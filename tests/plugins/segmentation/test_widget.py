@@ -244,3 +244,16 @@ def test_cancelled_cascade_training_registers_nothing(qtbot, tmp_path, monkeypat
     assert progress[-1][1] == 2 * 200 * 20 and progress[-1][0] < 200 * 20  # stopped in the coarse phase
     assert [m.name for m in registry.list_models(zoo) if not m.packaged] == ["tiled"]
     assert panel.model_combo.currentText() == "tiled" and panel.train_button.isEnabled()
+
+
+def test_cascade_training_says_why_a_model_cannot_start_it(panel):
+    """No dead end: a volume with the 2-D (slice-by-slice) brain model cannot start a cascade;
+    the panel says so and names the 3-D model that can."""
+    panel.model_combo.setCurrentText("brain-tissue-t1")
+    assert not panel.train_button.isEnabled()
+    assert panel.train_hint.text() == (
+        "A cascade resizes the whole 3-D image to S, so it starts from a 3-D model; brain-tissue-t1 is 2-D. "
+        "Pick tiny-threshold."
+    )
+    panel.model_combo.setCurrentText("tiny-threshold")
+    assert panel.train_button.isEnabled() and panel.train_hint.text() == ""
