@@ -75,3 +75,62 @@ def held_out_variants(image: MedImage, labels: MedImage, seed: int = 2026) -> di
         "rotated 10 deg + bias + noise": (bias_and_noise(rotated, rng), rotated_labels),
         "intensity x2.5 + 300": (rescaled, labels),
     }
+
+
+def noise_everywhere(image: MedImage, rng: np.random.Generator, sigma: float = 0.02, rician: bool = False) -> MedImage:
+    """Noise over the whole field of view, background included, as real MR has: Gaussian, or
+    Rician (the magnitude of complex Gaussian noise); ``sigma`` is a fraction of the white-matter
+    level (the 99th percentile of the non-zero voxels)."""
+    a = np.asarray(image.array, dtype=np.float32)
+    level = float(np.percentile(a[a > 0], 99)) if np.any(a > 0) else 1.0
+    s = sigma * level
+    if rician:
+        noisy = np.hypot(a + rng.normal(0, s, a.shape), rng.normal(0, s, a.shape))
+    else:
+        noisy = a + rng.normal(0, s, a.shape)
+    return image.with_array(noisy.astype(np.float32))
+
+
+def t2_like(image: MedImage, labels: MedImage) -> MedImage:
+    """A T2-like contrast: the T1 intensities inverted inside the brain (CSF bright, white matter
+    dark), background 0."""
+    from scipy import ndimage
+
+    a = np.asarray(image.array, dtype=np.float32)
+    # The brain: tissue with its enclosed CSF (the ventricles) filled in.
+    brain = ndimage.binary_fill_holes(ndimage.binary_closing(np.asarray(labels.array) > 0, iterations=2))
+    top = float(np.percentile(a[brain], 99.5))
+    return image.with_array(np.where(brain, np.clip(top - a, 0, None) + 0.1 * top, 0).astype(np.float32))
+
+
+def with_empty_slices(image: MedImage, labels: MedImage, n: int = 12, rng: np.random.Generator | None = None) -> tuple[MedImage, MedImage]:
+    """``n`` exactly-zero slices above the volume and ``n`` near-empty ones below (a ripple of
+    0.5 % of the white-matter level), labelled background: a model must find no tissue there."""
+    rng = rng or np.random.default_rng(0)
+    a = np.asarray(image.array, dtype=np.float32)
+    level = float(np.percentile(a[a > 0], 99)) if np.any(a > 0) else 1.0
+    shape = (n, *a.shape[1:])
+    ripple = np.abs(rng.normal(0, 0.005 * level, shape)).astype(np.float32)
+    stacked = np.concatenate([ripple, a, np.zeros(shape, np.float32)])
+    lab = np.asarray(labels.array)
+    stacked_labels = np.concatenate([np.zeros(shape, lab.dtype), lab, np.zeros(shape, lab.dtype)])
+    from dataclasses import replace
+
+    # The new first slice sits n slices before the old one along the slice axis.
+    origin = np.asarray(image.origin) - np.asarray(image.direction)[:, 2] * image.spacing[2] * n
+    moved = {"origin": tuple(float(v) for v in origin)}
+    return replace(image, array=stacked, **moved), replace(labels, array=stacked_labels, **moved)
+
+
+def robustness_variants(image: MedImage, labels: MedImage, seed: int = 2027) -> dict[str, tuple[MedImage, MedImage]]:
+    """What real MR looks like beyond the card's variants (issue 14 §6): noise everywhere,
+    Rician noise, a T2-like contrast, and empty or near-empty slices around the head."""
+    rng = np.random.default_rng(seed)
+    rotated, rotated_labels = rotate_pair(image, labels, degrees=10.0)
+    return {
+        "rotated 10 deg + noise 2 % everywhere": (noise_everywhere(rotated, rng, 0.02), rotated_labels),
+        "Rician noise 3 %": (noise_everywhere(image, rng, 0.03, rician=True), labels),
+        "T2-like": (t2_like(image, labels), labels),
+        "T2-like + noise 2 %": (noise_everywhere(t2_like(image, labels), rng, 0.02), labels),
+        "12 empty + 12 ripple slices": with_empty_slices(image, labels, 12, rng),
+    }
