@@ -35,11 +35,6 @@ def layer_image(layer) -> MedImage:
     return MedImage.from_layer(data, layer.scale, layer.translate, None if np.allclose(affine, np.eye(len(affine))) else affine, channel_axis=rgb)
 
 
-def class_colors(classes: dict[int, str]) -> dict[Any, str]:
-    """The colormap of a class map (value k = class k; background transparent)."""
-    return label_style(classes)["colormap"]
-
-
 def class_layer_kwargs(classes: dict[int, str], offset: int = 0, **style: Any) -> dict[str, Any]:
     """``colormap``, ``features`` (hover name) and metadata class table of a Labels layer showing
     ``classes`` (stored as ``k + offset``): the one helper every label layer is built with."""

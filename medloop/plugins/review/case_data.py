@@ -18,7 +18,8 @@ from medloop.app.io.image import MedImage
 
 @dataclass
 class CaseData:
-    """One case, ready to show: arrays on the image's grid, the class table, the case's status."""
+    """One case, ready to show: arrays on the image's grid and the class table (its status comes
+    from the audit log when it is shown: a decision may come between reading and showing)."""
 
     case_id: str
     reviewer: str
@@ -28,7 +29,6 @@ class CaseData:
     reference: np.ndarray | None
     uncertainty: np.ndarray | None
     classes: dict[int, str]
-    status: str
 
 
 def load_case(project: Any, case_id: str, reviewer: str) -> CaseData:
@@ -49,7 +49,6 @@ def load_case(project: Any, case_id: str, reviewer: str) -> CaseData:
         reference=None if reference is None else np.asarray(read_image(reference).array),
         uncertainty=None if uncertainty is None else np.asarray(read_image(uncertainty).array),
         classes=case_classes(project.case(case_id)),
-        status=project.state().cases[case_id].status,
     )
 
 

@@ -18,15 +18,6 @@ from tests.models.tiny import make_tiny_model
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoo")
-    # Seed 3 labels about 40 % of uniform noise bright: label maps with both classes everywhere.
-    weights, card = make_tiny_model(root / "src", seed=3)
-    register_model(weights, card, root / "zoo")
-    return root / "zoo"
-
-
-@pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     return write_volumes(tmp_path_factory.mktemp("cohort") / "in")
 

@@ -8,18 +8,8 @@ import numpy as np
 import pytest
 
 from medloop.app.io.read import read_image
-from medloop.models.registry import register_model
 from medloop.plugins.segmentation.method import SegmentParams, segment
 from tests.app.engine.cohort_synth import write_volumes
-from tests.models.tiny import make_tiny_model
-
-
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoo")
-    weights, card = make_tiny_model(root / "src", seed=3)
-    register_model(weights, card, root / "zoo")
-    return root / "zoo"
 
 
 @pytest.fixture
