@@ -3,9 +3,11 @@
     .venv/bin/pip install nilearn   # dev-only dependency
     .venv/bin/python scripts/make_sample.py
 
-Writes ``medloop/resources/sample/{mni152_t1_2mm,mni152_tissue_2mm}.nii.gz`` and their
-``manifest.json`` (sha256, provenance). Labels: 0 background, 1 grey matter, 2 white matter,
-the most probable of (1 - p_gm - p_wm, p_gm, p_wm) inside nilearn's brain mask.
+Writes ``medloop/resources/sample/{mni152_t1_2mm,mni152_tissue_2mm,mni152_tissue_prob_2mm}.nii.gz``
+and their ``manifest.json`` (sha256, provenance). Labels: 0 background, 1 grey matter, 2 white
+matter, the most probable of (1 - p_gm - p_wm, p_gm, p_wm) inside nilearn's brain mask. The
+probability file holds (CSF, GM, WM) x 255 as a 3-component uint8 image on the same grid: the
+soft maps the robust brain model's synthetic heads are drawn from (``medloop.app.engine.synth``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,20 @@ def mni_arrays(resolution: int):
     return t1, t1_i16, labels
 
 
+def tissue_probabilities(resolution: int) -> np.ndarray:
+    """(x, y, z, 3) uint8: CSF, GM and WM probability x 255. The brain is nilearn's mask with the
+    GM + WM > 0.5 voxels added and its holes filled; CSF is what GM and WM leave inside it."""
+    from nilearn import datasets
+    from scipy import ndimage
+
+    gm = np.asarray(datasets.load_mni152_gm_template(resolution=resolution).dataobj, dtype=np.float32)
+    wm = np.asarray(datasets.load_mni152_wm_template(resolution=resolution).dataobj, dtype=np.float32)
+    mask = np.asarray(datasets.load_mni152_brain_mask(resolution=resolution).dataobj) > 0
+    brain = ndimage.binary_fill_holes(mask | (gm + wm > 0.5))
+    csf = np.where(brain, np.clip(1 - gm - wm, 0, 1), 0)
+    return np.round(np.stack([csf, gm, wm], axis=-1) * 255).clip(0, 255).astype(np.uint8)
+
+
 def load_mni(resolution: int):
     """``(t1, tissue)`` MedImages of the MNI152 2009 template at ``resolution`` mm (dev extra:
     needs nilearn); the packaged sample is the 2 mm version."""
@@ -85,7 +101,15 @@ def main() -> None:
         "classes": {"0": "background", "1": "grey matter", "2": "white matter"},
         "t1_scale": "template intensity x 1000, int16",
         "files": files,
+        "license": "LICENSE-MNI152.txt",
     }
+    prob_path = OUT / "mni152_tissue_prob_2mm.nii.gz"
+    prob = tissue_probabilities(2)
+    vector = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(prob, (2, 1, 0, 3))), isVector=True)
+    vector.CopyInformation(_to_sitk(t1, t1_i16))
+    sitk.WriteImage(vector, str(prob_path), useCompression=True)
+    files["tissue_prob"] = {"name": prob_path.name, "sha256": hashlib.sha256(prob_path.read_bytes()).hexdigest(),
+                            "channels": ["csf", "grey matter", "white matter"], "scale": 255}
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     counts = np.bincount(labels.ravel(), minlength=3)
     print("wrote", OUT, "label counts", counts.tolist())

@@ -152,7 +152,10 @@ def train_recipe(
     train_pairs, val_pairs = [], []
     rng = np.random.default_rng(seed + 1)
     slice_axis = raw.get("slice_axis") if raw.get("mode") == "slices" else None
-    for item in raw["data"]["train"]:
+    sampler = None
+    if "synth" in raw["data"]:
+        sampler, train_pairs, val_pairs = synth_training(recipe, train_cfg, seed)
+    for item in raw["data"].get("train", []):
         image, labels = resolve_data(item["image"]), resolve_data(item["labels"])
         x, y, _ = prepare_pair(image, labels, recipe)
         if slice_axis is None:
@@ -175,7 +178,7 @@ def train_recipe(
     result = train_segmentation(
         network, train_pairs, val_pairs, config, recipe_loss(raw.get("loss", "dice_ce")),
         progress=progress, should_stop=should_stop,
-        checkpoint_path=out_dir / "checkpoint.pt", resume=resume,
+        checkpoint_path=out_dir / "checkpoint.pt", resume=resume, sampler=sampler,
     )
     network.load_state_dict(result.best_state)
     network.eval()
@@ -267,3 +270,79 @@ def _card(recipe: Recipe, result, weights: Path, test_data: Path, seconds: float
         },
         "metrics": {},
     }
+
+
+# ------------------------------------------------------------------------ synthetic heads (v2)
+
+
+def brain_template(recipe: Recipe):
+    """The soft MNI template (``data.synth.soft``: CSF/GM/WM x 255) and its T1 on the recipe's model
+    grid, as a :class:`medloop.app.engine.synth.Template`."""
+    import SimpleITK as sitk
+
+    from medloop.app.engine.resample import to_model_grid
+    from medloop.app.engine.synth import make_template
+    from medloop.app.samples import sample_path
+
+    spec = recipe.raw["data"]["synth"]
+    t1 = resolve_data(spec.get("t1", "sample:t1"))
+    ref = spec["soft"]
+    path = sample_path(ref.split(":", 1)[1]) if ref.startswith("sample:") else Path(ref)
+    channels = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32) / 255.0
+    spacing, orientation = tuple(recipe.raw["spacing_mm"]), recipe.raw.get("orientation")
+    soft = [to_model_grid(t1.with_array(channels[..., c]), spacing, orientation) for c in range(channels.shape[-1])]
+    grid = soft[0]
+    t1_grid = np.asarray(to_model_grid(t1, spacing, orientation).array, np.float32)
+    to_index = np.linalg.inv(np.asarray(grid.direction) @ np.diag(grid.spacing))
+
+    def index_of_ras(point):
+        lps = np.array([-point[0], -point[1], point[2]], float)
+        return (to_index @ (lps - np.asarray(grid.origin)))[::-1]
+
+    return make_template(np.stack([np.asarray(s.array) for s in soft]), t1_grid, index_of_ras, float(spacing[0]))
+
+
+def synth_config(spec: dict[str, Any]):
+    """A :class:`~medloop.app.engine.synth.SynthConfig` from a recipe's ``data.synth.config``."""
+    from medloop.app.engine.synth import SynthConfig
+
+    names = {f.name for f in fields(SynthConfig)}
+    unknown = set(spec) - names
+    if unknown:
+        raise RecipeError(f"unknown synthesis settings {sorted(unknown)}; known: {sorted(names)}")
+    return SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+
+
+def synth_training(recipe: Recipe, train_cfg: dict[str, Any], seed: int) -> tuple[Any, list, list]:
+    """The refreshing bank of synthetic heads (``data.synth``: soft template, ``volumes``,
+    ``refresh`` [count, every], ``template_fraction``, ``config``), its first slices, and the
+    validation slices: the sample as real MR shows it (noise everywhere, T2-like, rotated with a
+    bias field), drawn with another seed than any test's."""
+    from medloop.app.engine.synth import RefreshingSliceBank, synthesize
+    from medloop.app.samples import load_brain_sample
+    from medloop.models.variants import bias_and_noise, noise_everywhere, rotate_pair, t2_like
+
+    raw = recipe.raw
+    if raw.get("mode") != "slices":
+        raise RecipeError(f"training recipe {recipe.path}: data.synth trains slice models only (mode 'slices')")
+    spec = raw["data"]["synth"]
+    config = synth_config({**spec.get("config", {}), "template_fraction": spec.get("template_fraction", 0.15),
+                           "spacing_mm": float(raw["spacing_mm"][0])})
+    template = brain_template(recipe)
+    normalisation = raw.get("normalisation", {"name": "none"})
+    axis = int(raw.get("slice_axis", 0))
+    bank = RefreshingSliceBank(
+        lambda rng: synthesize(template, config, rng, normalisation), int(spec.get("volumes", 24)),
+        tuple(spec.get("refresh", (3, 100))), axis, tuple(train_cfg["patch_size"]), int(train_cfg.get("batch_size", 8)),
+        seed + 2, float(train_cfg.get("foreground_fraction", 0.5)),
+    )
+    rng = np.random.default_rng(seed + 3)
+    t1, tissue = load_brain_sample()
+    rotated, rotated_labels = rotate_pair(t1, tissue, degrees=-8.0, axis=(0.3, 1.0, 0.2))
+    val_pairs = []
+    for image, labels in ((noise_everywhere(rotated, rng, 0.025, rician=True), rotated_labels),
+                          (noise_everywhere(t2_like(t1, tissue), rng, 0.015), tissue),
+                          (bias_and_noise(rotated, rng), rotated_labels)):
+        vx, vy, _ = prepare_pair(image, labels, recipe)
+        val_pairs += _slices(vx, vy, axis)
+    return bank, bank.pairs()[:: max(1, len(bank.pairs()) // 16)], val_pairs

@@ -114,17 +114,68 @@ def with_empty_slices(image: MedImage, labels: MedImage, n: int = 12, rng: np.ra
     stacked = np.concatenate([ripple, a, np.zeros(shape, np.float32)])
     lab = np.asarray(labels.array)
     stacked_labels = np.concatenate([np.zeros(shape, lab.dtype), lab, np.zeros(shape, lab.dtype)])
+    # The new first slice sits n slices before the old one along the slice axis.
+    return _stacked(image, labels, stacked, stacked_labels, n)
+
+
+def constant_slices(image: MedImage, labels: MedImage, levels: np.ndarray) -> tuple[MedImage, MedImage]:
+    """One featureless slice per level (a fraction of the white-matter level) stacked under the
+    volume, labelled background: the step at the tiles' zero padding must not read as an outline."""
+    a = np.asarray(image.array, dtype=np.float32)
+    level = float(np.percentile(a[a > 0], 99)) if np.any(a > 0) else 1.0
+    n = len(levels)
+    slabs = np.ones((n, *a.shape[1:]), np.float32) * (np.asarray(levels, np.float32) * level)[:, None, None]
+    lab = np.asarray(labels.array)
+    return _stacked(image, labels, np.concatenate([slabs, a]), np.concatenate([np.zeros(slabs.shape, lab.dtype), lab]), n)
+
+
+def _stacked(image: MedImage, labels: MedImage, array: np.ndarray, label_array: np.ndarray, below: int):
     from dataclasses import replace
 
-    # The new first slice sits n slices before the old one along the slice axis.
-    origin = np.asarray(image.origin) - np.asarray(image.direction)[:, 2] * image.spacing[2] * n
+    origin = np.asarray(image.origin) - np.asarray(image.direction)[:, 2] * image.spacing[2] * below
     moved = {"origin": tuple(float(v) for v in origin)}
-    return replace(image, array=stacked, **moved), replace(labels, array=stacked_labels, **moved)
+    return replace(image, array=array, **moved), replace(labels, array=label_array, **moved)
+
+
+def head_with_skull(image: MedImage, labels: MedImage, rng: np.random.Generator, pad: int = 10) -> tuple[MedImage, MedImage]:
+    """A semi-synthetic T1 head: the skull-stripped brain inside fixed layers (CSF 2 mm, skull
+    6 mm with bright diploë in its middle third, muscle 3 mm, fat 4 mm brighter than white
+    matter), ``pad`` voxels of air around, Rician noise 2 % of the white-matter level. Built here,
+    independently of the synthetic heads a model may be trained on."""
+    from dataclasses import replace
+
+    from scipy import ndimage
+
+    a = np.pad(np.asarray(image.array, dtype=np.float32), pad)
+    lab = np.pad(np.asarray(labels.array), pad)
+    wm = float(np.percentile(a[a > 0], 99))
+    brain = ndimage.binary_fill_holes(ndimage.binary_closing(a > 0, iterations=2))
+    d = ndimage.distance_transform_edt(~brain, sampling=np.asarray(image.spacing)[::-1])
+    layers = [(0, 2, 0.15), (2, 4, 0.05), (4, 6, 0.75), (6, 8, 0.05), (8, 11, 0.45), (11, 15, 1.1)]
+    for lo, hi, value in layers:
+        a[(d > lo) & (d <= hi)] = value * wm
+    s = 0.02 * wm
+    noisy = np.hypot(a + rng.normal(0, s, a.shape), rng.normal(0, s, a.shape)).astype(np.float32)
+    origin = np.asarray(image.origin) - np.asarray(image.direction) @ (np.asarray(image.spacing) * pad)
+    moved = {"origin": tuple(float(v) for v in origin)}
+    return replace(image, array=noisy, **moved), replace(labels, array=lab, **moved)
+
+
+def exp_bias_and_noise(image: MedImage, rng: np.random.Generator, sigma: float = 0.4, noise: float = 0.02) -> MedImage:
+    """A strong smooth bias field exp(N(0, sigma²)) on a 4³ grid, then Gaussian noise everywhere."""
+    import torch
+    import torch.nn.functional as F
+
+    a = np.asarray(image.array, dtype=np.float32)
+    coarse = torch.from_numpy(rng.normal(0, sigma, (1, 1, 4, 4, 4)).astype(np.float32))
+    field = np.exp(F.interpolate(coarse, size=a.shape, mode="trilinear", align_corners=True)[0, 0].numpy())
+    return noise_everywhere(image.with_array((a * field).astype(np.float32)), rng, noise)
 
 
 def robustness_variants(image: MedImage, labels: MedImage, seed: int = 2027) -> dict[str, tuple[MedImage, MedImage]]:
-    """What real MR looks like beyond the card's variants (issue 14 §6): noise everywhere,
-    Rician noise, a T2-like contrast, and empty or near-empty slices around the head."""
+    """What real MR looks like beyond the card's variants (issue 14 §6, spec robust-brain §9):
+    noise everywhere, Rician noise, a T2-like contrast, thick axial slices, 4 mm voxels, a strong
+    bias field, a head with skull, and empty, near-empty or constant slices around the head."""
     rng = np.random.default_rng(seed)
     rotated, rotated_labels = rotate_pair(image, labels, degrees=10.0)
     return {
@@ -132,5 +183,10 @@ def robustness_variants(image: MedImage, labels: MedImage, seed: int = 2027) -> 
         "Rician noise 3 %": (noise_everywhere(image, rng, 0.03, rician=True), labels),
         "T2-like": (t2_like(image, labels), labels),
         "T2-like + noise 2 %": (noise_everywhere(t2_like(image, labels), rng, 0.02), labels),
+        "axial 2x2x6 mm": resample_pair(image, labels, (2.0, 2.0, 6.0)),
+        "4 mm isotropic": resample_pair(image, labels, (4.0, 4.0, 4.0)),
+        "bias exp(N(0, 0.4^2)) + noise 2 %": (exp_bias_and_noise(image, rng), labels),
+        "T1 head with skull, Rician 2 %": head_with_skull(image, labels, rng),
         "12 empty + 12 ripple slices": with_empty_slices(image, labels, 12, rng),
+        "12 constant slices 1e-5..0.3 of WM": constant_slices(image, labels, np.geomspace(1e-5, 0.3, 12)),
     }

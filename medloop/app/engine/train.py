@@ -105,6 +105,9 @@ class TrainConfig:
     num_classes: int | None = None
     val_ignore_background: bool = True
     device: str = "auto"
+    # Keep BatchNorm layers in eval mode (running statistics frozen): fine-tuning a BatchNorm model
+    # on a few strokes must not re-estimate the statistics a whole training run settled.
+    freeze_norm_stats: bool = False
 
 
 @dataclass
@@ -306,6 +309,17 @@ class PatchSampler:
         self.rng.bit_generator.state = state["numpy_rng"]
 
 
+def freeze_batch_norm(model: Any) -> int:
+    """Put every BatchNorm layer of ``model`` in eval mode (its running statistics stop moving; its
+    affine weights still train); returns how many there are."""
+    import torch
+
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in layers:
+        m.eval()
+    return len(layers)
+
+
 class SegmentationStep(TrainStep):
     """One Adam step of ``loss_fn(model(x), y, w)`` on a :class:`PatchSampler` batch, then the
     learning-rate schedule. Subclasses change the loss through :meth:`compute_loss` (which sees
@@ -325,6 +339,8 @@ class SegmentationStep(TrainStep):
         import torch
 
         x, y, w = (torch.from_numpy(a).to(self.device) for a in batch)
+        if self.config.freeze_norm_stats:
+            freeze_batch_norm(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         value = self.compute_loss(x, y, w)
         if not torch.isfinite(value):
@@ -386,6 +402,10 @@ class SegmentationOptions:
     make_step: Callable[..., SegmentationStep] | None = None
     # ``on_epoch(model, record, improved)`` after each epoch's checkpoint (e.g. a versioned save).
     on_epoch: Callable[[Any, dict[str, Any], bool], None] | None = None
+    # The loop's data instead of a PatchSampler over ``train_pairs`` (e.g. a bank of synthetic
+    # volumes that refreshes itself, :class:`medloop.app.engine.synth.RefreshingSliceBank`);
+    # ``train_pairs`` then only fix the dimensionality and channels.
+    sampler: Any = None
 
 
 # ------------------------------------------------------------------------------------- train
@@ -435,7 +455,7 @@ def train_segmentation(
             divisible_by = int(getattr(model, "divisible_by", 1) or 1)
             validate = segmentation_validator(val, config, divisible_by, opts.predict_val) if val else None
             result = train(
-                model, PatchSampler(train_set, patch, config), step, _loop_config(config, opts),
+                model, opts.sampler or PatchSampler(train_set, patch, config), step, _loop_config(config, opts),
                 progress=opts.progress, should_stop=opts.should_stop, validate=validate, on_epoch=opts.on_epoch,
             )
     finally:

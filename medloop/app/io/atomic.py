@@ -49,9 +49,14 @@ def atomic_write_text(path: str | os.PathLike, text: str, suffix: str = ".tmp") 
 
 
 def atomic_torch_save(obj: object, path: str | os.PathLike, suffix: str = ".pt") -> Path:
-    """``torch.save`` ``obj`` (a state dict, a checkpoint) to ``path`` atomically; returns the path."""
+    """``torch.save`` ``obj`` (a state dict, a checkpoint) to ``path`` atomically; returns the path.
+
+    Saved through a buffer: torch names the zip's records after the file it writes, so saving to
+    a randomly named temporary file would make equal weights differ byte for byte (and sha256)."""
+    import io
+
     import torch
 
-    with atomic_target(path, suffix=suffix) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write_bytes(path, buffer.getvalue(), suffix=suffix)

@@ -386,7 +386,8 @@ class FineTuneResult:
 
 def default_fine_tune_config(**changes: Any):
     """TrainConfig for stroke fine-tuning: small CPU budget, 1 thread, early stop after 3
-    validations without gain, every class scored (also class 0)."""
+    validations without gain, every class scored (also class 0), BatchNorm statistics frozen
+    (a few strokes must not re-estimate what the whole training run settled)."""
     from medloop.app.engine.train import TrainConfig
 
     base = TrainConfig(
@@ -398,6 +399,7 @@ def default_fine_tune_config(**changes: Any):
         num_threads=1,
         early_stop_patience=3,
         val_ignore_background=False,
+        freeze_norm_stats=True,
     )
     return replace(base, **changes)
 

@@ -242,3 +242,19 @@ def test_bad_input_is_a_medloop_error():
         train_segmentation(net(), TRAIN, None, replace(FAST, patch_size=(15, 16)))
     with pytest.raises(MedloopError, match="no training data"):
         train_segmentation(net(), [], None, FAST)
+
+
+def test_freeze_norm_stats_keeps_batchnorm_statistics():
+    """Fine-tuning with ``freeze_norm_stats``: BatchNorm running statistics stay exactly as the
+    training run left them while the weights learn; without it they move."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    model[1].running_mean.fill_(0.25)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = replace(FAST, epochs=1, augment=None)
+    frozen = train_segmentation(model, TRAIN, None, replace(cfg, freeze_norm_stats=True), copy_model=True).model
+    assert torch.equal(frozen[1].running_mean, before["1.running_mean"])
+    assert torch.equal(frozen[1].running_var, before["1.running_var"])
+    assert not torch.equal(frozen[0].weight, before["0.weight"])
+    moving = train_segmentation(model, TRAIN, None, cfg, copy_model=True).model
+    assert float((moving[1].running_mean - 0.25).abs().max()) > 1e-3
