@@ -22,13 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from medloop.plugins.axons.checks import TracingInputError, check_positive
 from medloop.plugins.axons.geometry import distance_map, unit
 from medloop.plugins.axons.views import VIEW, bilinear, coarse_view, fine_view, rasterise
+
+if TYPE_CHECKING:
+    from medloop.plugins.axons.synth import Axon
 
 REWARD_MODES = ("integral", "mean", "sum")
 STACK = 4  # frames per state
@@ -53,6 +56,7 @@ class EnvConfig:
     border_stop_px: float | None = None
 
     def checked(self) -> "EnvConfig":
+        """This config, or a :class:`TracingInputError` naming the bad setting."""
         check_positive(max_steps=self.max_steps, stop_radius_px=self.stop_radius_px, window_scale=self.window_scale)
         if self.reward_mode not in REWARD_MODES:
             raise TracingInputError(f"reward_mode {self.reward_mode!r} is unknown; choose one of {', '.join(REWARD_MODES)}")
@@ -71,7 +75,7 @@ class EpisodeSpec:
     centreline: np.ndarray | None = None  # (N, 2); None: no reward, no critic view
 
 
-def episode_from_axon(axon) -> EpisodeSpec:  # noqa: ANN001 -- synth.Axon (kept import-light)
+def episode_from_axon(axon: "Axon") -> EpisodeSpec:
     """A synthetic axon traced from its start to its far end."""
     return EpisodeSpec(axon.image, axon.start, axon.direction, axon.end[None], axon.centreline)
 
@@ -133,6 +137,7 @@ class AxonEnv:
 
     @property
     def size(self) -> int:
+        """Number of episodes B."""
         return len(self.episodes)
 
     def reset(self) -> None:

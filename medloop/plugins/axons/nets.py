@@ -64,6 +64,7 @@ class Critic(nn.Module):
 
 
 def n_parameters(net: nn.Module) -> int:
+    """Number of weights of ``net``."""
     return sum(p.numel() for p in net.parameters())
 
 

@@ -57,6 +57,7 @@ class TrackerConfig:
     threads: int = 1  # torch threads while training (these small nets are slower with more)
 
     def as_dict(self) -> dict[str, Any]:
+        """Plain values, for the checkpoint beside the actor (:func:`~.nets.save_actor`)."""
         return asdict(self)
 
 

@@ -1,10 +1,11 @@
 """Spec §E check 6: the oracle chain on the 30-image 64 x 64 SI validation set (§A defaults,
 60-step cap): a scripted policy stepping 3 px along the true curve, and uniform random actions.
 
-Measured here (and asserted with margins): oracle 100 % / 0.00 px, return 59.0 (our axons are
-68 px long on average; the spec's prototype measured about 48 with shorter ones); random actions
-(numpy seed 0) 24.0 % / 4.67 px (seeds 1-3: 21.2-23.1 % / 4.8-5.1 px; the spec quotes about
-23 % / 8.7 px -- without leaving out lost stretches our random error is 7.2 px).
+Measured here (and asserted with margins): oracle 100 % / 0.00 px, return 57.8 in 22.4 steps (our
+axons are 69 px long on average, 53-92; the spec's prototype measured about 48, with shorter
+ones); random actions (numpy seed 0) 24.0 % / 4.67 px (seeds 1-3: 21.3-23.2 % / 4.8-5.2 px). The
+spec quotes about 23 % / 8.7 px: our coverage agrees; our error leaves out lost stretches as §A
+says -- counting them it is 7.2-8.1 px.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def test_scripted_policy_along_the_curve(validation_axons):
     assert env.reasons == ["end"] * 30
     assert scores["coverage"] == 100.0 and scores["error"] < 0.005 and scores["lost"] == 0
     lengths = np.array([arc_length(a.centreline)[-1] for a in validation_axons])
-    assert 50 < env.returns.mean() < 70  # measured 59.0
+    assert 50 < env.returns.mean() < 65  # measured 57.8
     # each step earns ~0.86 x its length (I_G read bilinearly) over the path walked to within 3 px
     assert np.all(env.returns > 0.75 * (lengths - 3 - 3)) and np.all(env.returns < lengths)
 
