@@ -170,6 +170,9 @@ class TilingParams:
             outputs, as MONAI does.
         out_dtype: dtype of the returned array.
         pad_value: value of the padding where the image is smaller than the roi.
+        pad_mode: ``"constant"`` (``pad_value``) or ``"edge"`` (the image's border voxels repeated,
+            as training patches are padded: a model trained so must not see a step to 0 at the
+            border of a small field of view that its training never showed it).
     """
 
     roi_size: int | Sequence[int]
@@ -183,6 +186,7 @@ class TilingParams:
     activation: str | None = None
     out_dtype: Any = np.float32
     pad_value: float = 0.0
+    pad_mode: str = "constant"
 
 
 def sliding_window_inference(
@@ -201,12 +205,13 @@ def sliding_window_inference(
     should_stop: ShouldStop | None = None,
     out_dtype: Any = np.float32,
     pad_value: float = 0.0,
+    pad_mode: str = "constant",
 ) -> np.ndarray:
     """:func:`tiled_inference` with the fields of :class:`TilingParams` as keyword arguments
     (the form the segmentation method, retraining and the tests call)."""
     params = TilingParams(
         roi_size, overlap, blend, sigma_scale, batch_size, device, amp, divisible_by, activation,
-        out_dtype, pad_value,
+        out_dtype, pad_value, pad_mode,
     )
     return tiled_inference(image, predictor, params, progress, should_stop)
 
@@ -249,7 +254,7 @@ def tiled_inference(
     dev = _resolve_device(params.device, predictor)
     scales = _per_axis(params.sigma_scale, len(grid.roi), "sigma_scale", kind=float)
     weights = _cached_importance_map(grid.roi, params.blend, scales).to(dev)
-    reader = _TileReader(image, grid, channels, params.batch_size, dev, params.pad_value)
+    reader = _TileReader(image, grid, channels, params.batch_size, dev, params.pad_value, params.pad_mode)
     try:
         acc = _blend_tiles(reader, predictor, weights, params, progress, should_stop)
     finally:
@@ -268,6 +273,8 @@ def _checked_tiling(image: Any, params: TilingParams) -> tuple[int, ...]:
         raise ValueError(f"unknown blend {params.blend!r}; use 'gaussian' or 'constant'")
     if params.activation not in _ACTIVATIONS:
         raise ValueError(f"unknown activation {params.activation!r}; use 'softmax', 'sigmoid' or None")
+    if params.pad_mode not in ("constant", "edge"):
+        raise ValueError(f"unknown pad_mode {params.pad_mode!r}; use 'constant' or 'edge'")
     if params.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {params.batch_size}")
     return shape
@@ -418,8 +425,9 @@ class _TileReader:
     """
 
     def __init__(self, image: Any, grid: TileGrid, channels: int, batch_size: int,
-                 dev: torch.device, pad_value: float) -> None:
+                 dev: torch.device, pad_value: float, pad_mode: str = "constant") -> None:
         self.image, self.grid, self.dev, self.pad_value = image, grid, dev, float(pad_value)
+        self.pad_mode = pad_mode
         self.is_dask = hasattr(image, "dask") and hasattr(image, "compute")
         shape = (batch_size, channels, *grid.roi)
         self.cuda = dev.type == "cuda"
@@ -463,6 +471,10 @@ class _TileReader:
 
             sources = compute_here(*sources)
         for i, ((_, dst, full), data) in enumerate(zip(regions, sources)):
+            if not full and self.pad_mode == "edge":
+                widths = [(0, 0)] + [(d.start, r - d.stop) for d, r in zip(dst[1:], self.grid.roi)]
+                buf[i] = np.pad(np.asarray(data, np.float32), widths, mode="edge")
+                continue
             if not full:
                 buf[i].fill(self.pad_value)
             buf[i][dst] = data

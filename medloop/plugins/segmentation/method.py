@@ -114,7 +114,8 @@ def _segment(image, params, progress, should_stop, network, fine_network) -> Seg
     per_call = upscale.tiles_per_call(device, params.batch_size, int(np.prod(tile)))
     with channels_last_on_cpu(network):
         tiling = TilingParams(
-            roi, overlap, batch_size=params.batch_size, device=device, amp=params.amp, divisible_by=divisor
+            roi, overlap, batch_size=params.batch_size, device=device, amp=params.amp, divisible_by=divisor,
+            pad_mode=str(inference.get("pad_mode", "constant")),
         )
         stacked = upscale.stacked_predictor(predictor, len(offsets), per_call)  # softmax per copy
         probs = tiled_inference(inputs, stacked, tiling, progress=progress, should_stop=should_stop)

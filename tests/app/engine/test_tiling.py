@@ -356,3 +356,26 @@ def test_segment_slide_cancel_leaves_nothing(synthetic_level, tmp_path):
         segment_slide(synthetic_level, pointwise, out, (0.25, 0.25), roi_size=(256, 256),
                       block_size=512, num_classes=3, should_stop=should_stop)
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def test_edge_padding_repeats_the_border_where_the_image_is_smaller_than_the_roi():
+    """``pad_mode="edge"``: a 3x3 mean over a 10x7 image in a 16x16 tile sees the border voxels
+    repeated (as training patches are padded), exactly; the default sees zeros."""
+    from scipy import ndimage
+
+    from medloop.app.engine.tiling import sliding_window_inference
+
+    rng = np.random.default_rng(0)
+    image = rng.uniform(1, 2, (1, 10, 7)).astype(np.float32)
+    mean3 = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    mean3.weight.data.fill_(1 / 9)
+    expected = {
+        "edge": ndimage.uniform_filter(np.pad(image[0], 4, mode="edge"), 3, mode="constant")[4:-4, 4:-4],
+        "constant": ndimage.uniform_filter(image[0], 3, mode="constant", cval=0.0),
+    }
+    for mode, want in expected.items():
+        got = sliding_window_inference(image, mean3, (16, 16), pad_mode=mode)[0]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert abs(float(expected["edge"][0, 0] - expected["constant"][0, 0])) > 0.3
+    with pytest.raises(ValueError, match="unknown pad_mode 'wrap'"):
+        sliding_window_inference(image, mean3, (16, 16), pad_mode="wrap")
