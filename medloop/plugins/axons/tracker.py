@@ -130,6 +130,17 @@ def save_half(actor: Any, path: Path, config: Mapping[str, Any]) -> Path:
     return path
 
 
+def plain_json(value: Any) -> Any:
+    """``value`` with NaN as None (null): a card stays strict JSON (NaN = "never measured", e.g. no off-track step)."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_json(v) for v in value]
+    return value
+
+
 def tracker_card(name: str, version: str, description: str, weights: Path, training: dict[str, Any],
                  metrics: dict[str, Any], parent: dict[str, Any] | None = None) -> dict[str, Any]:
     """A tracker's model card (task "policy"): the weights' sha256, how it was trained, what it measured."""
@@ -149,8 +160,8 @@ def tracker_card(name: str, version: str, description: str, weights: Path, train
                     "intended_use": "Research: axon centreline tracing from a clicked seed, with a per-step uncertainty.",
                     "limitations": "Small-scale training (64 x 64 synthetic images unless fine-tuned); check traces on real data.",
                     "not_for_diagnosis": NOT_FOR_DIAGNOSIS},
-        "training": training,
-        "metrics": metrics,
+        "training": plain_json(training),
+        "metrics": plain_json(metrics),
     }
 
 
