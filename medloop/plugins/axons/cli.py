@@ -186,6 +186,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
         return _trace_cohort(args)
     if args.output.suffix.lower() != ".swc":
         raise MedloopError(f"-o {args.output} must be an .swc file for one image (a folder only for a cohort)")
+    if not args.output.resolve().parent.is_dir():  # before any work, not after the tracing
+        raise MedloopError(f"cannot write {args.output}: folder {args.output.parent} does not exist; create it first")
     seeds = read_points_csv(args.seeds)
     ends = read_points_csv(args.end_points) if args.end_points else None
     tracker = load_tracker(args.model)

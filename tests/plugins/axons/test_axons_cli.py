@@ -104,6 +104,8 @@ def test_trace_errors_before_any_work(synth_dir, tmp_path):
     assert refused("axons", "trace", image, "--seeds", seeds, "-o", str(tmp_path / "s.swc"), "--max-steps", "0") == (
         "max_steps must be positive, got 0; choose a value above 0")
     assert refused("axons", "trace", image, "--seeds", seeds, "-o", str(tmp_path / "s.txt")).startswith("-o ")
+    assert refused("axons", "trace", image, "--seeds", seeds, "-o", str(tmp_path / "no" / "s.swc")) == (
+        f"cannot write {tmp_path / 'no' / 's.swc'}: folder {tmp_path / 'no'} does not exist; create it first")
     assert refused("axons", "trace", image, "--seeds", seeds, "-o", str(tmp_path / "s.swc"), "--model", "nope").startswith(
         "no tracker 'nope': not a file or folder, nor a packaged tracker (axon-tracker-si)")
     foreign = tmp_path / "foreign.pt"
