@@ -101,8 +101,10 @@ def load_recipe(name_or_path: str | os.PathLike[str]) -> TrackerRecipe:
 
 
 def evaluate_on_preset(actor: Any, preset: str, images: int, size: int, seed: int, max_steps: int) -> dict[str, float]:
-    """Deterministic traces on ``images`` synthetic ``preset`` images seeded by ``seed``:
-    coverage %, error / SD px, lost stretches, entropy on / off track (see :func:`.ppo.evaluate_policy`)."""
+    """Deterministic traces on ``images`` synthetic ``preset`` images seeded by ``seed``, each from
+    its start point until within 3 px of its far end or ``max_steps`` (the paper's protocol, as in
+    training): coverage %, error / SD px, lost stretches, entropy on / off track (see
+    :func:`.ppo.evaluate_policy`)."""
     from medloop.plugins.axons.env import episode_from_axon
     from medloop.plugins.axons.ppo import evaluate_policy
     from medloop.plugins.axons.synth import make_batch
