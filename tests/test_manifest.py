@@ -38,6 +38,6 @@ def test_npe2_validate_catches_a_broken_command(tmp_path):
 def test_manifest_contributions():
     manifest = load_manifest()
     assert manifest.name == "napari-medloop"
-    assert [s.key for s in manifest.contributions.sample_data] == ["brain-t1"]
-    assert [w.display_name for w in manifest.contributions.widgets] == ["medloop", "Segmentation", "Correction", "Review"]
-    assert [m.display_name for m in method_panels()] == ["Segmentation", "Correction", "Review"]  # the home panel is not a method
+    assert [s.key for s in manifest.contributions.sample_data] == ["brain-t1", "axons-si"]
+    assert [w.display_name for w in manifest.contributions.widgets] == ["medloop", "Segmentation", "Correction", "Review", "Axon tracking"]
+    assert [m.display_name for m in method_panels()] == ["Segmentation", "Correction", "Review", "Axon tracking"]  # the home panel is not a method

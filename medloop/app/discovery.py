@@ -19,6 +19,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "medloop.plugins.segmentation",
     "medloop.plugins.correction",
     "medloop.plugins.review",
+    "medloop.plugins.axons",
 )
 #: Entry-point group through which other packages add plugins.
 ENTRY_POINT_GROUP = "medloop.plugins"

@@ -60,9 +60,11 @@ def load_recipe(name_or_path: str) -> Recipe:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise RecipeError(f"training recipe {path} is not valid JSON ({exc}); fix it") from None
-    for key in ("name", "data", "classes", "architecture", "train"):
-        if key not in raw:
-            raise RecipeError(f"training recipe {path} lacks {key!r}")
+    missing = [k for k in ("name", "data", "classes", "architecture", "train") if k not in raw]
+    if missing and isinstance(raw, dict) and isinstance(raw.get("command"), str):  # a plugin's own recipe (its verb trains it)
+        raise RecipeError(f"{path} is a recipe for '{raw['command']}', not for 'medloop train'; run that command")
+    if missing:
+        raise RecipeError(f"training recipe {path} lacks {missing[0]!r}")
     return Recipe(raw, path)
 
 
