@@ -413,9 +413,10 @@ def fine_tune(
     env = EnvConfig(max_steps=steps_for([p for _, p in pairs]), window_scale=params.window_scale, stop_radius_px=params.stop_radius_px)
     config = TrackerConfig(iterations=params.iterations, episodes=params.episodes, env=env, val_every=1, seed=params.seed)
     start = copy.deepcopy(load_tracker_actor(actor))
-    before = evaluate_policy(start, [episode_from_path(i, p) for i, p in pairs], env)["val_coverage"]
+    baseline = evaluate_policy(start, [episode_from_path(i, p) for i, p in pairs], env)
+    before = baseline["val_coverage"]
     if progress is not None:
-        progress(0, params.iterations, {"event": "baseline", "epoch": 0, "val_coverage": before})
+        progress(0, params.iterations, {"event": "baseline", "epoch": 0, "val_coverage": before, "val_error": baseline["val_error"]})
     result = train_tracker(config, progress, should_stop, pairs=([i for i, _ in pairs], [p for _, p in pairs]), actor=start)
     if result.loop.stopped:
         raise JobCancelled("fine-tuning cancelled")

@@ -39,8 +39,10 @@ ENTROPY_MAP = "viridis"
 AUTOSAVE_NAME = "axon traces"
 ADDED, CHANGED, REMOVED = "added", "changed", "removed"
 HELP = (
-    "Click at an axon's end: it is traced at once. Correct a trace in the traces layer (drag a "
-    "vertex; remove vertices; draw a missing path), then fine-tune on your corrections."
+    "Click at an axon's end in the seeds layer: it is traced at once "
+    f"(<span style='color:{TRACE_COLOUR}'>orange</span>). Correct a trace in the traces layer: drag a vertex, "
+    "remove vertices, or draw a missing path; edited paths turn "
+    f"<span style='color:{EDITED_COLOUR}'>pink</span> and are what fine-tuning learns from."
 )
 
 
@@ -75,6 +77,7 @@ class _Bound:
     next_id: int = 0
     document: str = ""
     kwargs: dict = field(default_factory=dict)  # the image layer's grid, for the panel's layers
+    colours: list = field(default_factory=list)  # the traces' edge colours as last set
 
 
 class EntropyLegend(QWidget):
@@ -121,16 +124,19 @@ class EntropyLegend(QWidget):
 
 
 class TrainingCurve(QWidget):
-    """Fine-tuning's live curve per iteration: coverage of the user's paths (%, left axis, 0 =
-    before fine-tuning) and the mean episode return (right axis, its own range)."""
+    """Fine-tuning's live curve per iteration (0 = before fine-tuning), measured on the user's
+    paths: coverage (% of the path within 3 px of the trace, left axis) and the mean distance
+    of the trace to the path (px, right axis)."""
 
-    COLOURS = {"coverage": "#56b4e9", "return": "#e69f00"}
+    COLOURS = {"coverage": "#56b4e9", "error": "#e69f00"}
+    KEYS = {"coverage": "val_coverage", "error": "val_error"}
 
     def __init__(self) -> None:
         super().__init__()
-        self.points: dict[str, list[tuple[float, float]]] = {"coverage": [], "return": []}
-        self.setMinimumHeight(160)
+        self.points: dict[str, list[tuple[float, float]]] = {name: [] for name in self.COLOURS}
+        self.setMinimumHeight(170)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.setToolTip("Measured on your corrected paths after every iteration; 0 = the tracker before fine-tuning")
 
     def clear(self) -> None:
         for p in self.points.values():
@@ -138,65 +144,66 @@ class TrainingCurve(QWidget):
         self.update()
 
     def add(self, info: dict) -> None:
-        """Take a fine-tune report: ``baseline`` (coverage before) or an ``epoch`` record."""
-        event, x = info.get("event"), float(info.get("epoch", 0))
-        if event not in ("baseline", "epoch"):
+        """Take a fine-tune report: ``baseline`` (before) or an ``epoch`` record."""
+        if info.get("event") not in ("baseline", "epoch"):
             return
-        if info.get("val_coverage") is not None and np.isfinite(info["val_coverage"]):
-            self.points["coverage"].append((x, float(info["val_coverage"])))
-        if event == "epoch" and info.get("train_return") is not None and np.isfinite(info["train_return"]):
-            self.points["return"].append((x, float(info["train_return"])))
+        x = float(info.get("epoch", 0))
+        for name, key in self.KEYS.items():
+            value = info.get(key)
+            if value is not None and np.isfinite(value):
+                self.points[name].append((x, float(value)))
         self.update()
 
     def legend(self) -> list[str]:
-        cov, ret = self.points["coverage"], self.points["return"]
+        cov, err = self.points["coverage"], self.points["error"]
         return [
             f"coverage of your paths {cov[-1][1]:.0f} %" if cov else "coverage of your paths (%)",
-            f"mean return {ret[-1][1]:.2f}" if ret else "mean return",
+            f"distance to them {err[-1][1]:.2f} px" if err else "distance to them (px)",
         ]
 
-    def return_range(self) -> tuple[float, float]:
-        values = [v for _, v in self.points["return"]] or [0.0, 1.0]
-        lo, hi = min(values), max(values)
-        return (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
+    def error_top(self) -> float:
+        values = [v for _, v in self.points["error"]]
+        return max(1.0, float(np.ceil(max(values)))) if values else 1.0
 
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         fm = painter.fontMetrics()
         line = fm.height()
-        lo, hi = self.return_range()
-        right_w = max(fm.horizontalAdvance(f"{v:.2g}") for v in (lo, hi)) + 6
-        box = QRectF(fm.horizontalAdvance("100%") + 8, 2 * line + 4, 0, 0)
+        top = self.error_top()
+        right_w = fm.horizontalAdvance(f"{top:g} px") + 6
+        box = QRectF(fm.horizontalAdvance("100%") + 8, 2 * line + 6, 0, 0)
         box.setRight(self.width() - right_w - 4)
-        box.setBottom(self.height() - 2 * line - 4)
+        box.setBottom(self.height() - line - 4)
         grey = QPen(QColor("#888888"))
         painter.setPen(grey)
         painter.drawRect(box)
         xs = [x for p in self.points.values() for x, _ in p] or [0.0, 1.0]
         x0, x1 = min(xs), max(max(xs), min(xs) + 1)
-        align_r = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
-        align_l = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
         for frac in (0.0, 1.0):
             y = box.bottom() - frac * box.height()
             painter.setPen(QPen(QColor(self.COLOURS["coverage"])))
-            painter.drawText(QRectF(0, y - line / 2, box.left() - 3, line), align_r, f"{100 * frac:.0f}%")
-            painter.setPen(QPen(QColor(self.COLOURS["return"])))
-            painter.drawText(QRectF(box.right() + 3, y - line / 2, right_w, line), align_l, f"{lo + frac * (hi - lo):.2g}")
+            painter.drawText(QRectF(0, y - line / 2, box.left() - 3, line), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"{100 * frac:.0f}%")
+            painter.setPen(QPen(QColor(self.COLOURS["error"])))
+            painter.drawText(QRectF(box.right() + 3, y - line / 2, right_w, line), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, f"{frac * top:g} px")
         painter.setPen(grey)
         below = QRectF(box.left(), box.bottom() + 1, box.width(), line)
-        painter.drawText(below, Qt.AlignmentFlag.AlignLeft, f"{x0:g}")
-        painter.drawText(below, Qt.AlignmentFlag.AlignRight, f"{x1:g}")
+        if any(self.points.values()):
+            painter.drawText(below, Qt.AlignmentFlag.AlignLeft, f"{x0:g}")
+            painter.drawText(below, Qt.AlignmentFlag.AlignRight, f"{x1:g}")
         painter.drawText(below, Qt.AlignmentFlag.AlignHCenter, "iteration (0 = before)")
         for row, ((name, colour), text) in enumerate(zip(self.COLOURS.items(), self.legend())):
             painter.setPen(QPen(QColor(colour), 2))
             painter.drawText(QPointF(box.left(), (row + 1) * line), text)
-            scale = (lambda v: v / 100.0) if name == "coverage" else (lambda v, lo=lo, hi=hi: (v - lo) / (hi - lo))
-            pts = [QPointF(box.left() + (x - x0) / (x1 - x0) * box.width(), box.bottom() - min(max(scale(v), 0), 1) * box.height()) for x, v in self.points[name]]
+            scale = 100.0 if name == "coverage" else top
+            pts = [QPointF(box.left() + (x - x0) / (x1 - x0) * box.width(), box.bottom() - min(max(v / scale, 0), 1) * box.height()) for x, v in self.points[name]]
             for p in pts:
                 painter.drawEllipse(p, 2, 2)
             if len(pts) > 1:
                 painter.drawPolyline(QPolygonF(pts))
+        if not any(self.points.values()):
+            painter.setPen(grey)
+            painter.drawText(box, int(Qt.AlignmentFlag.AlignCenter) | int(Qt.TextFlag.TextWordWrap), "curves appear while fine-tuning")
         painter.end()
 
 
@@ -236,6 +243,7 @@ class AxonPanel(MethodPanel):
         self.projection_button.clicked.connect(self.make_projection)
         self.projection_button.hide()
         self.help = QLabel(HELP)
+        self.help.setTextFormat(Qt.TextFormat.RichText)
         self.legend = EntropyLegend()
         self.finetune_button = QPushButton("Fine-tune on my corrections")
         self.finetune_button.setToolTip("Train the tracker on the paths you edited or drew (pink), in the background")
@@ -247,6 +255,7 @@ class AxonPanel(MethodPanel):
         self.iterations_spin.setToolTip("PPO iterations; each rolls the tracker out along your paths and updates it")
         self.curve = TrainingCurve()
         self.version_combo = QComboBox()
+        self.version_combo.setToolTip("base = the tracker as chosen; vN = fine-tuned, with its coverage of the paths it learnt from")
         self.rollback_button = QPushButton("Use this version")
         self.rollback_button.setToolTip("Trace with the chosen version from now on (existing traces stay)")
         self.rollback_button.clicked.connect(self.rollback)
@@ -287,6 +296,7 @@ class AxonPanel(MethodPanel):
         entropy_row.addWidget(self.entropy_spin)
         self.advanced.addRow("Max steps", self.max_steps_spin)
         self.advanced.addRow("Window scale", self.window_spin)
+        self.advanced.addRow("", QLabel("1.0 on synthetic images, 1.5 on real microscopy (set when the image is chosen)"))
         self.advanced.addRow("Stop radius", self.radius_spin)
         self.advanced.addRow(entropy_row)
         self.advanced.addRow("Max step", self.max_step_label)
@@ -309,7 +319,7 @@ class AxonPanel(MethodPanel):
         tune.addWidget(self.cancel_button)
         layout.addLayout(tune)
         iterations = QFormLayout()
-        iterations.addRow("Iterations", self.iterations_spin)
+        iterations.addRow("Fine-tune iterations", self.iterations_spin)
         layout.addLayout(iterations)
         layout.addWidget(self.progress)
         layout.addWidget(self.curve)
@@ -403,6 +413,8 @@ class AxonPanel(MethodPanel):
             self.status.setText(f"Restored {len(state.paths)} traces of {name} (autosaved in {store.folder}).")
         else:
             self.status.setText(f"Ready: click at an axon's end in '{b.seeds.name}'.")
+        if self.source is None:
+            self.status.setText(f"{self.status.text()} No tracker yet: choose a tracker file (.pt) with 'Choose file…'.")
         self._trace_pending()
 
     def _state_from_layers(self, name: str) -> ses.TracesState | None:
@@ -439,7 +451,7 @@ class AxonPanel(MethodPanel):
         b.traces.metadata["axon_traced"] = b.traced
         if f"{b.name} entropy" not in layers:
             self.viewer.add_points(
-                np.zeros((0, 2)), name=f"{b.name} entropy", size=max(0.8, side / 120), border_width=0,
+                np.zeros((0, 2)), name=f"{b.name} entropy", size=max(0.6, side / 160), border_width=0,
                 features={"entropy": np.zeros(0), "seed_id": np.zeros(0, int)}, canvas_size_limits=(3, 12), **kwargs)
         b.entropy = layers[f"{b.name} entropy"]
         if f"{b.name} seeds" not in layers:
@@ -497,7 +509,12 @@ class AxonPanel(MethodPanel):
     def _seeds_changed(self, event: Any = None) -> None:
         """A click added a seed (trace it now) or a seed was dragged (trace it again)."""
         b = self.bound
-        if self._updating or b is None or _action(event) not in (ADDED, CHANGED):
+        if self._updating or b is None or _action(event) not in (ADDED, CHANGED, REMOVED):
+            return
+        if _action(event) == REMOVED:  # a deleted seed leaves its trace (delete that separately)
+            kept = set(self._seed_ids(b.seeds).tolist())
+            b.seed_at = {i: p for i, p in b.seed_at.items() if i in kept}
+            self._save(b, *self._paths(b))
             return
         column = b.seeds.features.columns.get_loc("seed_id")
         ids = self._seed_ids(b.seeds)
@@ -509,7 +526,7 @@ class AxonPanel(MethodPanel):
                 continue
             b.seed_at[int(sid)] = point
             b.pending.add(int(sid))
-        self._sync(b)
+        self._save(b, *self._paths(b))  # the seeds are part of the autosave; the traces are unchanged
         self._trace_pending()
 
     def trace_params(self):
@@ -596,9 +613,10 @@ class AxonPanel(MethodPanel):
         self._sync(b)
         last = b.traced[ids[-1]]
         steps = last.entropy[:-1] if len(last.entropy) > 1 else last.entropy
+        version = f"v{self.actor_key[1]}" if self.actor_key and self.actor_key[1] else "the base tracker"
         self.status.setText(
-            f"Traced seed {ids[-1]}: {len(last.vertices) - 1} steps, {_STOPS.get(last.stop_reason, last.stop_reason)}; "
-            f"mean entropy {np.nanmean(steps) if len(steps) else float('nan'):.2f}.")
+            f"Traced seed {ids[-1]} with {version}: {len(last.vertices) - 1} steps, {_STOPS.get(last.stop_reason, last.stop_reason)}; "
+            f"mean entropy {np.nanmean(steps) if len(steps) else float('nan'):.2f} (lower = surer).")
 
     # -- edits, layers and autosave ---------------------------------------------------------------
     def _paths(self, b: _Bound) -> tuple[list[np.ndarray], list[int]]:
@@ -618,9 +636,8 @@ class AxonPanel(MethodPanel):
 
     def _sync(self, b: _Bound, save: bool = True) -> None:
         """Features, colours (orange: the tracker's, pink: edited), the entropy points and the
-        autosave document from the traces layer as it is now."""
-        import json
-
+        autosave document from the traces layer as it is now; layers are touched only where
+        something changed (each touch repaints the canvas on the GUI thread)."""
         paths, sids = self._paths(b)
         feats = ses.trace_features(paths, sids, b.traced)
         with self._quiet():
@@ -628,9 +645,16 @@ class AxonPanel(MethodPanel):
                 if len(values) == len(b.traces.features):
                     b.traces.features[key] = values
             colours = [EDITED_COLOUR if e else TRACE_COLOUR for e in feats["edited"]]
-            if colours:
+            if colours and colours != b.colours:
                 b.traces.edge_color = colours
+            b.colours = colours
             self._show_entropy(b, paths, sids)
+        self._save(b, paths, sids, save)
+
+    def _save(self, b: _Bound, paths: list[np.ndarray], sids: list[int], save: bool = True) -> None:
+        """The autosave document as things are now; the saver writes it within its delay."""
+        import json
+
         b.document = json.dumps(ses.traces_document(b.array.shape, paths, sids, b.traced, b.seed_at))
         if save and b.saver is not None:
             b.saver.changed()
@@ -642,11 +666,19 @@ class AxonPanel(MethodPanel):
         every = np.concatenate([t.entropy for t in b.traced.values()] + [np.zeros(0)])
         every = every[np.isfinite(every)]
         lo, hi = (np.percentile(every, 2), np.percentile(every, 98)) if len(every) else (None, None)
-        b.entropy.data = pts
-        b.entropy.features = {"entropy": ent, "seed_id": ids}
-        if len(pts):
-            span = (hi - lo) or 1.0
-            b.entropy.face_color = ensure_colormap(ENTROPY_MAP).map(np.clip((ent - lo) / span, 0, 1))
+        if (pts.shape == b.entropy.data.shape and np.array_equal(pts, b.entropy.data)
+                and self.legend.range == (None if lo is None else (float(lo), float(hi)))):
+            return  # nothing the user sees would change
+        # one repaint instead of three: napari's per-setter events each redraw the points (and
+        # growing the data goes through Points.add and its selection), tens of ms of GUI thread
+        with b.entropy.events.blocker_all():
+            b.entropy.data = pts
+            b.entropy.features = {"entropy": ent, "seed_id": ids}
+            if len(pts):
+                span = (hi - lo) or 1.0
+                b.entropy.face_color = ensure_colormap(ENTROPY_MAP).map(np.clip((ent - lo) / span, 0, 1))
+            b.entropy.selected_data = set()
+        b.entropy.refresh()
         self.legend.set_range(lo, hi)
 
     def _quiet(self):
@@ -675,11 +707,13 @@ class AxonPanel(MethodPanel):
         self.source, self.actor, self.actor_key = source, None, None
         if source is None:
             self.versions = None
-            self.tracker_label.setText("none installed: choose a file")
+            self.tracker_label.setText("none yet")
+            self.tracker_label.setToolTip("No packaged tracker is installed: choose a tracker file (.pt)")
             self._fill_versions()
             self.finetune_button.setEnabled(False)
             return
         self.tracker_label.setText(source.description or source.name)
+        self.tracker_label.setToolTip(source.name)
         self.versions = ses.TrackerVersions(ses.versions_root(), source.name)
         self._fill_versions()
         self.finetune_button.setEnabled(self.job is None)
@@ -737,7 +771,7 @@ class AxonPanel(MethodPanel):
         for v in [0, *self.versions.list()]:
             info = self.versions.info(v) if v else {}
             after = info.get("coverage_after")
-            self.version_combo.addItem(f"v{v} ({after:.0f} % on its paths)" if isinstance(after, (int, float)) else ("base" if v == 0 else f"v{v}"), v)
+            self.version_combo.addItem(f"v{v} · {after:.0f} %" if isinstance(after, (int, float)) else ("base" if v == 0 else f"v{v}"), v)
         self.version_combo.setCurrentIndex(max(0, self.version_combo.findData(self._current_version())))
         self.rollback_button.setEnabled(self.version_combo.count() > 1)
 
@@ -879,7 +913,7 @@ class AxonPanel(MethodPanel):
 
 
 _STOPS = {
-    "end": "reached an end point", "border": "stopped at the image border", "max_steps": "stopped at max steps (raise it under Advanced)",
+    "end": "reached an end point", "border": "stopped at the image border", "max_steps": "ran the maximum number of steps (Advanced)",
     "entropy": "stopped where the tracker became unsure", "cancelled": "cancelled",
 }
 

@@ -218,7 +218,7 @@ def test_fine_tune_makes_a_version_and_rollback_restores_the_previous(make_napar
     assert panel.versions.list() == [1] and panel.versions.current == 1, panel.status.text()
     assert "Saved v1" in panel.status.text()
     assert panel.version_combo.count() == 2 and panel.version_combo.currentData() == 1
-    assert len(panel.curve.points["coverage"]) == 3 and len(panel.curve.points["return"]) == 2  # before + 2 iterations
+    assert len(panel.curve.points["coverage"]) == 3 and len(panel.curve.points["error"]) == 3  # before + 2 iterations
     tuned = panel.actor.state_dict()
     assert any(not torch.equal(base[k], tuned[k]) for k in base)
     assert (models_folder / "axon-trackers" / untrained.name / "v1" / "actor.pt").is_file()
@@ -236,7 +236,7 @@ def test_cancelled_fine_tune_keeps_the_tracker(make_napari_viewer, qtbot, untrai
     _draw_part_of_the_axon(panel, axon)
     panel.iterations_spin.setValue(50)
     panel.fine_tune()
-    qtbot.waitUntil(lambda: len(panel.curve.points["return"]) >= 1, timeout=120_000)
+    qtbot.waitUntil(lambda: len(panel.curve.points["error"]) >= 2, timeout=120_000)
     panel.cancel()
     settle(qtbot, panel)
     assert panel.versions.list() == [] and panel.versions.current == 0
