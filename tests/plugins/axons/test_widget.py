@@ -275,3 +275,29 @@ def test_the_gui_never_stalls_while_tracing_and_fine_tuning(make_napari_viewer, 
     print(f"worst GUI stalls: {report}; a 200-step trace, click to path shown: {seconds:.2f} s")
     assert max(stalls.values()) < STALL_BOUND_S, report
     assert seconds < 1.0
+
+
+def test_swc_buttons_call_the_swc_module(make_napari_viewer, qtbot, scripted, monkeypatch, tmp_path):
+    """Until medloop.plugins.axons.swc lands, a stand-in checks the calls the panel makes:
+    ``write_swc(path, [(N, 2) row/col arrays], spacing=None)`` and ``read_swc(path) -> arrays``."""
+    from types import SimpleNamespace
+
+    from medloop.plugins.axons import widget
+
+    written = {}
+    fake = SimpleNamespace(
+        write_swc=lambda path, paths, spacing=None: written.update(path=path, paths=paths, spacing=spacing),
+        read_swc=lambda path: [np.array([[10.0, 10.0], [12.5, 20.25]])],
+    )
+    monkeypatch.setattr(widget, "_swc", lambda: fake)
+    panel = open_panel(make_napari_viewer(), qtbot, make_axon(64, "SI", np.random.default_rng(6)).image, scripted)
+    click(panel.bound.seeds, (30.0, 10.0))
+    settle(qtbot, panel)
+    panel.save_swc_to(str(tmp_path / "t.swc"))
+    settle(qtbot, panel)
+    assert written["spacing"] is None and len(written["paths"]) == 1
+    np.testing.assert_allclose(written["paths"][0], panel.bound.traces.data[0])
+    panel.load_swc_from(str(tmp_path / "t.swc"))
+    settle(qtbot, panel)
+    assert panel.bound.traces.nshapes == 2 and list(panel.bound.traces.features["edited"]) == [False, True]
+    np.testing.assert_allclose(panel.bound.traces.data[1], [[10.0, 10.0], [12.5, 20.25]])
