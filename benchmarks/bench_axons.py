@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from medloop.plugins.axons.tracker import load_tracker
 
     torch.set_num_threads(1)
-    actor = load_tracker(args.tracker)
+    actor = load_tracker(args.tracker).actor
     for preset in args.presets:
         run_preset(preset, args.count, args.size, args.seed, actor, args.max_steps)
     return 0

@@ -285,7 +285,9 @@ def load_tracker_actor(source: Any) -> Any:
     a checkpoint path or a state dict), checked; call it in a worker (it reads weights)."""
     from medloop.plugins.axons.nets import load_actor
 
-    return load_actor(source.load() if isinstance(source, TrackerSource) else source)
+    loaded = source.load() if isinstance(source, TrackerSource) else source
+    # the packaged loader returns a Tracker (actor + card, sha256 checked); files give the actor's state
+    return load_actor(getattr(loaded, "actor", loaded))
 
 
 class TrackerVersions:
