@@ -8,7 +8,9 @@ state repeats frame 0 four times.
 
 Action: a displacement (row, col) in [-4, 4] px. Positions are clipped to the image, so pushing
 against the border gives zero movement and the -1 reward; with ``border_stop_px`` (tracing) a step
-whose target lies outside the image and that moves less than that ends the episode ("border").
+whose target lies outside the image ends the episode ("border") when it moves less than that or
+aims at least that far outside (the axon leaves the image: without this rule a trace slides along
+the border with high entropy until ``max_steps``).
 Reward (spec §A): the line integral of
 I_G = exp(-dist^2 / (2 * 0.7^2)) over 100 points of the segment (``reward_mode`` "integral"; or
 their "mean" or "sum"); no movement gives -1; every turn of more than 90 degrees against the
@@ -234,7 +236,8 @@ class AxonEnv:
         if cfg.border_stop_px is None:
             outside[:] = False
         else:
-            outside &= d < cfg.border_stop_px
+            overshoot = np.linalg.norm(target - stop, axis=1)
+            outside &= (d < cfg.border_stop_px) | (overshoot >= cfg.border_stop_px)
         finished = self._stop_rules(j, outside)
         self._advance(j[~finished])
         reward[go], done[go], moved[go] = r, finished, d

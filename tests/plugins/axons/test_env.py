@@ -90,11 +90,12 @@ def test_reversals_flip_the_sign():
 def test_stop_rules_and_masking():
     eps = [_line_episode(config_end=12.0), _line_episode(), _line_episode(config_end=20.0)]
     env = AxonEnv(eps, EnvConfig(max_steps=4, border_stop_px=1.0))
-    env.pos[2] = [32.0, 62.0]
+    env.pos[2] = [32.0, 61.0]
     idx = env.live()
-    out = env.step(idx, np.array([[0.0, 3.0], [0.0, 3.0], [0.0, 3.0]]))  # 5 / 5 / 63 (moved 1 px)
+    out = env.step(idx, np.array([[0.0, 3.0], [0.0, 3.0], [0.0, 1.5]]))  # 5 / 5 / 62.5 (inside)
     assert out.done.tolist() == [False, False, False]
-    out = env.step(idx, np.array([[0.0, 3.0], [0.0, 3.0], [0.0, 3.0]]))  # 8 -> 4 px from the end / 8 / pinned
+    # aiming 2.5 px past the last column: the axon leaves the image, the trace ends on the border
+    out = env.step(idx, np.array([[0.0, 3.0], [0.0, 3.0], [0.0, 3.0]]))  # 8 -> 4 px from the end / 8 / 63
     assert out.done.tolist() == [False, False, True] and env.reasons[2] == "border"
     out = env.step(np.array([0, 1]), np.array([[0.0, 2.0], [0.0, 3.0]]))  # 10 -> within 3 px of 12
     assert out.done.tolist() == [True, False] and env.reasons[0] == "end"
@@ -104,6 +105,17 @@ def test_stop_rules_and_masking():
     out = env.step(np.array([1]), np.array([[0.0, 3.0]]))
     assert out.done.tolist() == [True] and env.reasons[1] == "max_steps" and env.steps.tolist() == [3, 4, 2]
     assert np.array_equal(env.path(2)[-1], [32.0, 63.0])
+
+
+def test_tracing_does_not_slide_along_the_border():
+    """A step that aims >= border_stop_px outside ends the trace even when it still moves (along
+    the border); one aiming less than that outside, and moving, goes on."""
+    env = AxonEnv([_line_episode(config_end=20.0), _line_episode(config_end=20.0)], EnvConfig(border_stop_px=1.0))
+    env.pos[0] = [32.0, 62.0]
+    env.pos[1] = [32.0, 62.0]
+    out = env.step(np.array([0, 1]), np.array([[3.0, 3.0], [3.0, 1.5]]))  # 2 px / 0.5 px past column 63
+    assert out.done.tolist() == [True, False] and env.reasons[0] == "border"
+    assert np.allclose(env.path(0)[-1], [35.0, 63.0]) and np.allclose(env.path(1)[-1], [35.0, 63.0])
 
 
 def test_training_rule_clips_at_the_border_without_stopping():
