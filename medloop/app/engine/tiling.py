@@ -7,9 +7,18 @@ the weight normaliser is rebuilt slab by slab at the end), and reports progress 
 cancellation between batches. Its settings are a :class:`TilingParams`;
 :func:`sliding_window_inference` is the same call with the settings as keyword arguments.
 
+The same tiler also runs de Bel et al.'s seam-free scheme for image-to-image networks with
+instance norm (``TilingParams.keep``): each tile's output is cropped to its central ``keep``
+voxels, tiles are ``stride`` apart (half of ``keep``: every voxel in 4 tiles in 2-D), blended
+with pyramid weights (:func:`importance_map`), the image mirrored at its borders
+(:func:`kept_centre_grid`).
+
 :func:`segment_level` runs it block by block over a whole-slide level (settings: a
 :class:`SlideParams`) and streams the argmax labels into a tiled label pyramid TIFF with
 :func:`medloop.app.io.slide.write_label_pyramid`; :func:`segment_slide` is its keyword form.
+:func:`translate_level` does the same for RGB-to-RGB networks (settings: a
+:class:`TranslationParams`), each block running exactly the level grid's tiles that reach into
+it, into an RGB pyramid (:func:`medloop.app.io.slide.write_rgb_pyramid`).
 """
 
 from __future__ import annotations
@@ -816,7 +825,7 @@ def segment_level(
     from medloop.app.io import slide as slide_io
 
     plan = _plan_slide(level, predictor, params, should_stop)
-    labels = _SlideBlocks(level, predictor, plan, progress, should_stop).labels()
+    labels = _SegmentedBlocks(level, predictor, plan, progress, should_stop).array()
     try:
         path = slide_io.write_label_pyramid(
             labels, out_path, spacing_um, tile=plan.tile, should_stop=should_stop
@@ -833,13 +842,16 @@ Span = tuple[int, int]
 
 @dataclass(frozen=True)
 class _SlidePlan:
-    """The blocks of one :func:`segment_level` run: ``rows`` x ``cols`` are the label blocks
-    kept, ``regions[i, j]`` the (row, column) spans read for block ``(i, j)`` (with context);
-    ``tiling`` has the rounded roi and the resolved device; ``total`` counts all blocks' tiles."""
+    """The blocks of one :func:`segment_level` or :func:`translate_level` run: ``rows`` x
+    ``cols`` are the output blocks kept, ``regions[i, j]`` the (row, column) spans read for block
+    ``(i, j)`` (with context; outside the level they are mirrored); ``tiling`` has the rounded
+    roi and the resolved device; ``total`` counts all blocks' tiles. Each block is stored as
+    ``dtype`` with ``channels`` trailing axes; ``num_classes`` is what the predictor must return
+    (None: not known in advance)."""
 
     tiling: TilingParams
     normalise: Callable[[np.ndarray], np.ndarray]
-    num_classes: int
+    num_classes: int | None
     dtype: np.dtype
     workers: int
     tile: int
@@ -847,6 +859,9 @@ class _SlidePlan:
     cols: list[Span]
     regions: dict[tuple[int, int], tuple[Span, Span]]
     total: int
+    channels: tuple[int, ...] = ()
+    grid: TileGrid | None = None  # the level's kept-centre grid (translation)
+    finish: Callable[[np.ndarray], np.ndarray] | None = None  # (K, h, w) float -> stored block
 
 
 def _plan_slide(level: Any, predictor: Predictor, params: SlideParams, should_stop: ShouldStop | None) -> _SlidePlan:
@@ -884,13 +899,7 @@ def _slide_blocks(
     from medloop.app.io import slide as slide_io
 
     height, width = size
-    # Block rows are exactly write_label_pyramid's bands (whole label tiles within its scratch
-    # budget), so each band computes its blocks once and nothing is recomputed.
-    band_rows = slide_io.max_band_rows(width, dtype.itemsize, params.tile)
-    block_h = min(-(-max(params.block_size, 1) // params.tile) * params.tile, band_rows)
-    block_w = max(int(params.block_size), 1)
-    rows = _axis_blocks(height, block_h)
-    cols = _axis_blocks(width, block_w)
+    rows, cols = _band_blocks(size, dtype.itemsize, params.tile, params.block_size, slide_io.SCRATCH_BUDGET)
     regions = {
         (i, j): (_context(y0, y1, height, margins[0], roi[0]), _context(x0, x1, width, margins[1], roi[1]))
         for i, (y0, y1) in enumerate(rows)
@@ -900,10 +909,10 @@ def _slide_blocks(
 
 
 class _SlideBlocks:
-    """The labels of a slide level as a lazy dask array: computing block ``(i, j)`` reads its
-    region, runs :func:`tiled_inference` and keeps the labels of its centre. At most
-    ``plan.workers`` blocks are in flight (that bounds memory); progress adds up the tiles of
-    all blocks."""
+    """A slide level's output as a lazy dask array: computing block ``(i, j)`` reads its region
+    (normalised), runs the tiled predictor (:meth:`_infer`, per kind of output) and keeps the
+    block. At most ``plan.workers`` blocks are in flight (that bounds memory); progress adds up
+    the tiles of all blocks."""
 
     def __init__(
         self, level: Any, predictor: Predictor, plan: _SlidePlan, progress: Progress | None,
@@ -915,14 +924,17 @@ class _SlideBlocks:
         self.gate = threading.BoundedSemaphore(plan.workers)
         self.done = 0
 
-    def labels(self) -> Any:
+    def array(self) -> Any:
         import dask.array as da
 
         plan = self.plan
-        name = f"medloop-segment-{uuid.uuid4().hex}"
-        graph = {(name, i, j): (self.block, i, j) for i, j in plan.regions}
+        name = f"medloop-slide-{uuid.uuid4().hex}"
+        extra = (0,) * len(plan.channels)
+        graph = {(name, i, j, *extra): (self.block, i, j) for i, j in plan.regions}
         chunks = (tuple(b - a for a, b in plan.rows), tuple(b - a for a, b in plan.cols))
-        return da.Array(graph, name, chunks, meta=np.empty((0, 0), dtype=plan.dtype))
+        chunks += tuple((c,) for c in plan.channels)
+        meta = np.empty((0, 0) + tuple(0 for _ in plan.channels), dtype=plan.dtype)
+        return da.Array(graph, name, chunks, meta=meta)
 
     def block(self, i: int, j: int) -> np.ndarray:
         plan = self.plan
@@ -931,20 +943,24 @@ class _SlideBlocks:
         with self.gate:  # bounds memory: at most `workers` blocks are in flight
             check_stop(self.should_stop)
             x = self._read(ry0, ry1, rx0, rx1)
-            probs = tiled_inference(x, self.predictor, plan.tiling, self._block_progress(), self.should_stop)
-            del x
-            if probs.shape[0] != plan.num_classes:
-                raise ValueError(
-                    f"the predictor returned {probs.shape[0]} classes, expected {plan.num_classes}"
-                )
-            keep = probs[:, y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
-            return predict_labels(keep).astype(plan.dtype, copy=False)
+            return self._infer(x, (y0 - ry0, y1 - ry0), (x0 - rx0, x1 - rx0))
+
+    def _infer(self, x: np.ndarray, rows: Span, cols: Span) -> np.ndarray:
+        """The stored block: ``rows`` x ``cols`` of the output over the region ``x``."""
+        raise NotImplementedError
 
     def _read(self, ry0: int, ry1: int, rx0: int, rx1: int) -> np.ndarray:
-        """The normalised network input ``(C, h, w)`` of one region."""
+        """The normalised network input ``(C, h, w)`` of one region; parts of it outside the
+        level are mirrored (numpy's "reflect"), as :func:`tiled_inference` pads."""
         from medloop.app.io.lazy import compute_here
 
-        rgb = np.asarray(compute_here(self.level[ry0:ry1, rx0:rx1])[0])
+        height, width = (int(n) for n in self.level.shape[:2])
+        index_y = reflect_index(np.arange(ry0, ry1), height)
+        index_x = reflect_index(np.arange(rx0, rx1), width)
+        y_lo, y_hi, x_lo, x_hi = index_y.min(), index_y.max() + 1, index_x.min(), index_x.max() + 1
+        rgb = np.asarray(compute_here(self.level[y_lo:y_hi, x_lo:x_hi])[0])
+        if (ry0, ry1, rx0, rx1) != (y_lo, y_hi, x_lo, x_hi):  # a region reaching past the level
+            rgb = rgb[np.ix_(index_y - y_lo, index_x - x_lo)]
         x = np.asarray(self.plan.normalise(rgb), dtype=np.float32)
         del rgb
         if x.ndim != 3 or x.shape[1:] != (ry1 - ry0, rx1 - rx0):
@@ -968,6 +984,194 @@ class _SlideBlocks:
                 self.progress(now, total)
 
         return block_progress
+
+
+class _SegmentedBlocks(_SlideBlocks):
+    """Labels: each region through :func:`tiled_inference`, the block's argmax kept."""
+
+    def _infer(self, x: np.ndarray, rows: Span, cols: Span) -> np.ndarray:
+        plan = self.plan
+        probs = tiled_inference(x, self.predictor, plan.tiling, self._block_progress(), self.should_stop)
+        del x
+        if probs.shape[0] != plan.num_classes:
+            raise ValueError(f"the predictor returned {probs.shape[0]} classes, expected {plan.num_classes}")
+        keep = probs[:, rows[0] : rows[1], cols[0] : cols[1]]
+        return predict_labels(keep).astype(plan.dtype, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Whole slides, image to image (e.g. stain translation)
+
+
+def default_denormalise(y: np.ndarray) -> np.ndarray:
+    """``(3, h, w)`` float in [0, 1] to ``(h, w, 3)`` uint8 RGB (clipped, rounded half up)."""
+    out = np.empty(y.shape[1:] + y.shape[:1], dtype=np.uint8)
+    np.clip(np.moveaxis(y, 0, -1) * 255 + 0.5, 0, 255, out=out, casting="unsafe")
+    return out
+
+
+def _translation_tiling() -> TilingParams:
+    return TilingParams(512, keep=256, stride=128, batch_size=2)
+
+
+@dataclass(frozen=True)
+class TranslationParams:
+    """How :func:`translate_level` cuts a slide level into blocks and translates each.
+
+    Attributes:
+        tiling: the tiling of every block; it must have a kept centre (``keep``). Default: the
+            staining spec's CPU preset, 512 in / 256 kept / stride 128, pyramid weights, reflect
+            padding, 2 tiles per batch.
+        normalise: ``(h, w, 3)`` uint8 block to the network input ``(C, h, w)`` float32; None:
+            :func:`default_normalise` ([0, 1]). Must work pixel by pixel (blocks are
+            normalised separately).
+        denormalise: the blended output ``(K, h, w)`` float32 to ``(h, w, 3)`` uint8 RGB; None:
+            :func:`default_denormalise` (from [0, 1]).
+        block_size: block width (and at most the height) in pixels; block rows are the RGB
+            pyramid writer's bands. Each block also runs the tiles reaching into it from its
+            neighbours (about ``keep / block_size`` more tiles per axis).
+        workers: blocks processed at once (None: 2 on a GPU, else 1).
+        tile: tile side of the written pyramid.
+    """
+
+    tiling: TilingParams = field(default_factory=_translation_tiling)
+    normalise: Callable[[np.ndarray], np.ndarray] | None = None
+    denormalise: Callable[[np.ndarray], np.ndarray] | None = None
+    block_size: int = 2048
+    workers: int | None = None
+    tile: int = 256
+
+
+def translate_level(
+    level: Any,
+    predictor: Predictor,
+    out_path: str | Path,
+    spacing_um: tuple[float, float],
+    params: TranslationParams = TranslationParams(),
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+) -> Path:
+    """Translate a whole-slide level (RGB to RGB) into a tiled pyramidal RGB TIFF at ``out_path``.
+
+    The result equals :func:`tiled_inference` of the whole normalised level with
+    ``params.tiling`` (then denormalised), but is computed block by block: each block reads the
+    region its tiles need (mirrored past the level's borders, as the whole-level padding would
+    be), runs exactly the tiles of the level's grid that reach into it, and keeps its own pixels.
+    The blocks form a lazy dask array that :func:`~medloop.app.io.slide.write_rgb_pyramid`
+    computes band by band and writes tile by tile, so memory is bounded by ``workers`` blocks
+    plus one band, whatever the slide size.
+
+    Args:
+        level: ``(H, W, 3)`` uint8 dask (e.g. a :func:`~medloop.app.io.slide.read_slide` pyramid
+            level) or numpy array.
+        predictor: as for :func:`tiled_inference` (e.g. a generator in eval mode).
+        out_path, spacing_um: as for ``write_rgb_pyramid`` (the µm/pixel of this level).
+        params: tiling and blocks (:class:`TranslationParams`).
+        progress: ``progress(done_tiles, total_tiles)`` over all blocks' tiles.
+        should_stop: polled before each batch of tiles and each written tile.
+
+    Returns:
+        ``out_path``; it appears complete or not at all.
+
+    Raises:
+        JobCancelled: ``should_stop()`` returned True (nothing is left at ``out_path``).
+        ValueError: bad level shape or tiling, or a denormalised block that is not RGB uint8.
+        ImageWriteError: the pyramid cannot be written there.
+    """
+    from medloop.app.io import slide as slide_io
+
+    plan = _plan_translation(level, predictor, params, should_stop)
+    rgb = _TranslatedBlocks(level, predictor, plan, progress, should_stop).array()
+    try:
+        path = slide_io.write_rgb_pyramid(rgb, out_path, spacing_um, tile=plan.tile, should_stop=should_stop)
+    except slide_io.PyramidCancelled:
+        raise JobCancelled("cancelled") from None
+    if progress is not None:
+        progress(plan.total, plan.total)
+    return path
+
+
+def _plan_translation(
+    level: Any, predictor: Predictor, params: TranslationParams, should_stop: ShouldStop | None
+) -> _SlidePlan:
+    from medloop.app.io import slide as slide_io
+
+    shape = tuple(int(s) for s in level.shape)
+    if len(shape) != 3 or shape[2] != 3:
+        raise ValueError(f"level must be (height, width, 3) RGB, got shape {shape}")
+    t = params.tiling
+    if t.keep is None:
+        raise ValueError("translate_level needs a kept-centre tiling: set TilingParams.keep (and stride)")
+    check_stop(should_stop)
+    dev = _resolve_device(t.device, predictor)
+    grid = tiling_grid(shape[:2], t)
+    rows, cols = _band_blocks(shape[:2], 3, params.tile, params.block_size, slide_io.RGB_BAND_BUDGET)
+    spans = [[_lattice_span(grid, axis, a, b) for a, b in blocks] for axis, blocks in enumerate((rows, cols))]
+    regions = {
+        (i, j): (_tiles_region(grid, 0, spans[0][i]), _tiles_region(grid, 1, spans[1][j]))
+        for i in range(len(rows))
+        for j in range(len(cols))
+    }
+    stride = tuple(s[1] - s[0] if len(s) > 1 else 1 for s in grid.starts)
+    total = sum(
+        ((b0 - a0) // stride[0] + 1) * ((b1 - a1) // stride[1] + 1)
+        for (a0, b0), (a1, b1) in itertools.product(spans[0], spans[1])
+    )
+    workers = params.workers or (2 if dev.type == "cuda" else 1)
+    return _SlidePlan(
+        replace(t, device=dev), params.normalise or default_normalise, None, np.dtype(np.uint8), workers,
+        params.tile, rows, cols, regions, total, (3,), grid, params.denormalise or default_denormalise,
+    )
+
+
+def _lattice_span(grid: TileGrid, axis: int, a: int, b: int) -> Span:
+    """The first and last tile starts on ``axis`` whose kept part reaches into image ``[a, b)``."""
+    origin, k = grid.image_origin[axis], grid.kept[axis]
+    starts = [s for s in grid.starts[axis] if s - origin < b and s - origin + k > a]
+    return starts[0], starts[-1]
+
+
+def _tiles_region(grid: TileGrid, axis: int, span: Span) -> Span:
+    """The image span (may reach past the image) that the tiles ``span`` read on ``axis``."""
+    return span[0] - grid.pad_before[axis], span[1] + grid.roi[axis] - grid.pad_before[axis]
+
+
+class _TranslatedBlocks(_SlideBlocks):
+    """RGB: each region is the level grid's tiles that reach into the block, side by side
+    (a grid of its own with no padding), blended and denormalised."""
+
+    def _infer(self, x: np.ndarray, rows: Span, cols: Span) -> np.ndarray:
+        plan, g = self.plan, self.plan.grid
+        assert g is not None and plan.finish is not None
+        spatial = tuple(int(n) for n in x.shape[1:])
+        stride = tuple(s[1] - s[0] if len(s) > 1 else k for s, k in zip(g.starts, g.kept))
+        starts = tuple(tuple(range(0, n - r + 1, st)) for n, r, st in zip(spatial, g.roi, stride))
+        local = TileGrid(spatial, g.roi, spatial, (0, 0), starts, g.keep)
+        acc = _run_grid(x, self.predictor, local, plan.tiling, self._block_progress(), self.should_stop)
+        del x
+        # the canvas starts one margin into the region
+        origin = (rows[0] - local.margin[0], cols[0] - local.margin[1])
+        out = _cropped(acc, origin, (rows[1] - rows[0], cols[1] - cols[0]), np.float32)
+        del acc
+        rgb = np.asarray(plan.finish(out))
+        if rgb.shape != out.shape[1:] + (3,) or rgb.dtype != np.uint8:
+            raise ValueError(
+                f"denormalise must map the translator's output {out.shape} to (h, w, 3) uint8; "
+                f"it returned {rgb.shape} {rgb.dtype}"
+            )
+        return rgb
+
+
+def _band_blocks(size: Span, pixel_bytes: int, tile: int, block_size: int, budget: int) -> tuple[list[Span], list[Span]]:
+    """Block rows and columns of a level. Block rows are exactly the pyramid writer's bands
+    (whole tiles within its budget), so each band computes its blocks once and nothing is
+    recomputed."""
+    from medloop.app.io import slide as slide_io
+
+    height, width = size
+    band_rows = slide_io.max_band_rows(width, pixel_bytes, tile, budget)
+    block_h = min(-(-max(block_size, 1) // tile) * tile, band_rows)
+    return _axis_blocks(height, block_h), _axis_blocks(width, max(int(block_size), 1))
 
 
 def _axis_blocks(n: int, size: int) -> list[tuple[int, int]]:

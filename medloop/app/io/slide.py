@@ -882,8 +882,16 @@ class _LevelReducer:
                 rows = np.concatenate([rows, rows[-1:]])
             else:
                 rows, self.pending = rows[:-1], rows[-1:].copy()
-        if rows.shape[1] % 2:
-            rows = np.concatenate([rows, rows[:, -1:]], axis=1)
-        h, w = rows.shape[0] // 2, rows.shape[1] // 2
-        quads = rows.reshape(h, 2, w, 2, *rows.shape[2:]).astype(np.uint32)
-        return ((quads.sum(axis=(1, 3)) + 2) // 4).astype(rows.dtype)
+        w = rows.shape[1]
+        out = np.empty((rows.shape[0] // 2, -(-w // 2)) + rows.shape[2:], dtype=rows.dtype)
+        for r in range(0, out.shape[0], 64):  # a few rows at a time: small temporaries
+            pairs = rows[2 * r : 2 * r + 128 : 2].astype(np.uint16)
+            pairs += rows[2 * r + 1 : 2 * r + 128 : 2]
+            quad = pairs[:, 0::2].copy()
+            quad[:, : w // 2] += pairs[:, 1::2]
+            if w % 2:  # a lone last column is its own partner
+                quad[:, -1] *= 2
+            quad += 2
+            quad //= 4
+            out[r : r + 64] = quad
+        return out
