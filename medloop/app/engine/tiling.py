@@ -942,8 +942,8 @@ class _SlideBlocks:
         (ry0, ry1), (rx0, rx1) = plan.regions[i, j]
         with self.gate:  # bounds memory: at most `workers` blocks are in flight
             check_stop(self.should_stop)
-            x = self._read(ry0, ry1, rx0, rx1)
-            return self._infer(x, (y0 - ry0, y1 - ry0), (x0 - rx0, x1 - rx0))
+            # no local name for the input: _infer frees it once the tiles are blended
+            return self._infer(self._read(ry0, ry1, rx0, rx1), (y0 - ry0, y1 - ry0), (x0 - rx0, x1 - rx0))
 
     def _infer(self, x: np.ndarray, rows: Span, cols: Span) -> np.ndarray:
         """The stored block: ``rows`` x ``cols`` of the output over the region ``x``."""
