@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_stain_tiling.py [--seeds 3] [--seam-width 8]
         [--size 10000 ...] [--net unet|pointwise] [--width 16] [--depth 2]
-        [--tile 512 256 128] [--batch 2] [--block 2048] [--threads 1] [--skip-seams]
+        [--tile 512 256 128] [--batch 1] [--block 2048] [--threads 1] [--skip-seams]
         [--skip-throughput]
 
 1. **Seams.** A random-init depth-3 instance-norm U-Net (``--seam-width`` filters at the top)
@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--tile", type=int, nargs=3, default=[512, 256, 128], metavar=("IN", "KEEP", "STRIDE"))
-    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--block", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-seams", action="store_true")

@@ -825,13 +825,15 @@ def segment_level(
     from medloop.app.io import slide as slide_io
 
     plan = _plan_slide(level, predictor, params, should_stop)
-    labels = _SegmentedBlocks(level, predictor, plan, progress, should_stop).array()
+    blocks = _SegmentedBlocks(level, predictor, plan, progress, should_stop)
     try:
         path = slide_io.write_label_pyramid(
-            labels, out_path, spacing_um, tile=plan.tile, should_stop=should_stop
+            blocks.array(), out_path, spacing_um, tile=plan.tile, should_stop=should_stop
         )
     except slide_io.LabelPyramidCancelled:
         raise JobCancelled("cancelled") from None
+    finally:
+        blocks.close()
     if progress is not None:
         progress(plan.total, plan.total)
     return path
@@ -911,8 +913,11 @@ def _slide_blocks(
 class _SlideBlocks:
     """A slide level's output as a lazy dask array: computing block ``(i, j)`` reads its region
     (normalised), runs the tiled predictor (:meth:`_infer`, per kind of output) and keeps the
-    block. At most ``plan.workers`` blocks are in flight (that bounds memory); progress adds up
-    the tiles of all blocks."""
+    block. Blocks run on this object's own ``plan.workers`` threads, whichever dask thread asks
+    for them: that bounds the blocks in flight, and so memory, also against the C allocator,
+    which keeps a heap per thread that has allocated (a block on each of 16 dask threads would
+    leave 16 block-sized heaps). Progress adds up the tiles of all blocks; :meth:`close` ends
+    the threads."""
 
     def __init__(
         self, level: Any, predictor: Predictor, plan: _SlidePlan, progress: Progress | None,
@@ -921,8 +926,11 @@ class _SlideBlocks:
         self.level, self.predictor, self.plan = level, predictor, plan
         self.progress, self.should_stop = progress, should_stop
         self.lock = threading.Lock()
-        self.gate = threading.BoundedSemaphore(plan.workers)
+        self.pool = ThreadPoolExecutor(plan.workers, thread_name_prefix="medloop-blocks")
         self.done = 0
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def array(self) -> Any:
         import dask.array as da
@@ -937,13 +945,15 @@ class _SlideBlocks:
         return da.Array(graph, name, chunks, meta=meta)
 
     def block(self, i: int, j: int) -> np.ndarray:
+        return self.pool.submit(self._block, i, j).result()
+
+    def _block(self, i: int, j: int) -> np.ndarray:
         plan = self.plan
         (y0, y1), (x0, x1) = plan.rows[i], plan.cols[j]
         (ry0, ry1), (rx0, rx1) = plan.regions[i, j]
-        with self.gate:  # bounds memory: at most `workers` blocks are in flight
-            check_stop(self.should_stop)
-            # no local name for the input: _infer frees it once the tiles are blended
-            return self._infer(self._read(ry0, ry1, rx0, rx1), (y0 - ry0, y1 - ry0), (x0 - rx0, x1 - rx0))
+        check_stop(self.should_stop)
+        # no local name for the input: _infer frees it once the tiles are blended
+        return self._infer(self._read(ry0, ry1, rx0, rx1), (y0 - ry0, y1 - ry0), (x0 - rx0, x1 - rx0))
 
     def _infer(self, x: np.ndarray, rows: Span, cols: Span) -> np.ndarray:
         """The stored block: ``rows`` x ``cols`` of the output over the region ``x``."""
@@ -1011,7 +1021,9 @@ def default_denormalise(y: np.ndarray) -> np.ndarray:
 
 
 def _translation_tiling() -> TilingParams:
-    return TilingParams(512, keep=256, stride=128, batch_size=2)
+    # One tile per batch: on a CPU, larger batches only add page faults (activations over the C
+    # allocator's reuse threshold are mapped afresh every time); set more for a GPU.
+    return TilingParams(512, keep=256, stride=128, batch_size=1)
 
 
 @dataclass(frozen=True)
@@ -1021,7 +1033,7 @@ class TranslationParams:
     Attributes:
         tiling: the tiling of every block; it must have a kept centre (``keep``). Default: the
             staining spec's CPU preset, 512 in / 256 kept / stride 128, pyramid weights, reflect
-            padding, 2 tiles per batch.
+            padding, 1 tile per batch (more pays off on a GPU).
         normalise: ``(h, w, 3)`` uint8 block to the network input ``(C, h, w)`` float32; None:
             :func:`default_normalise` ([0, 1]). Must work pixel by pixel (blocks are
             normalised separately).
@@ -1081,11 +1093,15 @@ def translate_level(
     from medloop.app.io import slide as slide_io
 
     plan = _plan_translation(level, predictor, params, should_stop)
-    rgb = _TranslatedBlocks(level, predictor, plan, progress, should_stop).array()
+    blocks = _TranslatedBlocks(level, predictor, plan, progress, should_stop)
     try:
-        path = slide_io.write_rgb_pyramid(rgb, out_path, spacing_um, tile=plan.tile, should_stop=should_stop)
+        path = slide_io.write_rgb_pyramid(
+            blocks.array(), out_path, spacing_um, tile=plan.tile, should_stop=should_stop
+        )
     except slide_io.PyramidCancelled:
         raise JobCancelled("cancelled") from None
+    finally:
+        blocks.close()
     if progress is not None:
         progress(plan.total, plan.total)
     return path
