@@ -166,9 +166,10 @@ def kept_centre_grid(
     blended, ``stride`` apart (None: half of ``keep``).
 
     The image is padded in front by ``margin + keep - stride`` (margin = ``(roi - keep) / 2``), so
-    the first pixel is covered by as many kept centres as any other (``keep / stride`` per axis:
-    4 tiles in 2-D at the default stride), and behind by as much plus what makes the tiles reach
-    the end. Every image voxel is covered by the same number of kept centres; any size works.
+    the first pixel is covered by as many kept centres as any other, and behind by as much plus
+    what makes the tiles reach the end (up to a multiple of the stride). Where the stride divides
+    ``keep`` every image voxel is covered by exactly ``keep / stride`` kept centres per axis (4
+    tiles in 2-D at the default stride), borders included; any image size works.
 
     Raises:
         ValueError: ``keep`` larger than the roi, ``roi - keep`` odd, or ``stride`` not in
@@ -260,7 +261,10 @@ class TilingParams:
     Attributes:
         roi_size: tile size per spatial axis (an int for all); non-positive means the whole axis.
         overlap: fraction of a tile shared with its neighbour, in [0, 1).
-        blend: ``"gaussian"`` (tile centres count more) or ``"constant"``.
+        blend: MONAI's ``"gaussian"`` (tile centres count more) or ``"constant"``, or de Bel's
+            ``"pyramid"``, ``"flat"``, ``"literal"`` (Eq. 2 as printed, for comparison only) or
+            ``"none"`` (see :func:`importance_map`). None: ``"pyramid"`` with a kept centre,
+            else ``"gaussian"``.
         sigma_scale: Gaussian sigma as a fraction of the tile size.
         batch_size: tiles per predictor call.
         device: where the predictor runs; None: the device of the predictor's parameters if it
@@ -285,10 +289,6 @@ class TilingParams:
             ``divisible_by``.
         stride: tile step with a kept centre; None: half of ``keep`` (every voxel in 4 tiles in
             2-D), or ``keep`` for ``blend="none"``.
-
-    ``blend`` may also be ``"pyramid"``, ``"flat"``, ``"literal"`` or ``"none"`` (de Bel's
-    weights, see :func:`importance_map`); None: ``"pyramid"`` with a kept centre, else
-    ``"gaussian"``.
     """
 
     roi_size: int | Sequence[int]
@@ -1178,7 +1178,9 @@ class _TranslatedBlocks(_SlideBlocks):
         return rgb
 
 
-def _band_blocks(size: Span, pixel_bytes: int, tile: int, block_size: int, budget: int) -> tuple[list[Span], list[Span]]:
+def _band_blocks(
+    size: Span, pixel_bytes: int, tile: int, block_size: int, budget: int
+) -> tuple[list[Span], list[Span]]:
     """Block rows and columns of a level. Block rows are exactly the pyramid writer's bands
     (whole tiles within its budget), so each band computes its blocks once and nothing is
     recomputed."""

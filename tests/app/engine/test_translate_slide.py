@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from medloop import read_image
 from medloop.app.engine import JobCancelled
 from medloop.app.engine.tiling import (
     TilingParams,
@@ -20,6 +21,7 @@ from medloop.app.engine.tiling import (
     tiled_inference,
     translate_level,
 )
+from medloop.app.io.napari_reader import read_layers
 from medloop.app.io.slide import pyramid_shapes, read_slide
 from tests.app.engine.stain_nets import tiny_unet
 from tests.app.io.slide_synth import write_synthetic_slide
@@ -60,11 +62,16 @@ def test_slide_translation_equals_the_in_memory_result(slide, tmp_path):
     assert float(back.properties["openslide.mpp-y"]) == pytest.approx(spacing[1])
     got = np.asarray(back.read_region((0, 0), 0, back.dimensions))[..., :3]
     np.testing.assert_array_equal(got, expected)
-    # medloop (and so napari) opens it as a lazy slide with the input's geometry
-    image = read_slide(out)
+    # medloop opens it as a lazy slide with the input's geometry ...
+    image = read_image(out)
     assert image.array.shape == level.shape and image.spacing == pytest.approx(spacing)
     assert image.unit == slide.unit and len(image.pyramid) == 2
     np.testing.assert_array_equal(np.asarray(image.pyramid[1][:100, :100]), _halved(expected)[:100, :100])
+    # ... and so does its napari reader: a multiscale RGB layer at the input layer's scale
+    (data, kwargs, kind), = read_layers(str(out))
+    (data_in, kwargs_in, _), = read_layers(str(slide.path))
+    assert kind == "image" and kwargs["rgb"] and kwargs["multiscale"]
+    assert data[0].shape == data_in[0].shape and tuple(kwargs["scale"]) == pytest.approx(tuple(kwargs_in["scale"]))
 
 
 def _halved(rgb: np.ndarray) -> np.ndarray:
