@@ -27,6 +27,20 @@
 
 CPU runs here use one thread (``--threads``) on a shared 2-core machine; the paper's figure is
 >= 0.83 MP/s on a K80 GPU, for a larger network.
+
+Measured (one thread of a shared 2-core CPU, load about 4; torch 2.13 CPU):
+
+* seams, 3 seeds, width 8: pyramid 0.990 / 0.972 / 0.978, flat 0.999 / 0.987 / 1.007, literal
+  1.062 / 1.054 / 1.103, none 1.067 / 1.035 / 1.100, naive 2.508 / 2.112 / 2.379; untiled on the
+  pyramid's columns 0.932 / 0.955 / 0.899 (47 s).
+* ``--size 1024 2048 --block 1024`` (the CPU staining net): 1024^2 42 s, 0.025 MP/s
+  (0.034 MP per CPU-second), 81 tiles, peak 721 MB (+272); 2048^2 162 s, 0.026 MP/s (0.036),
+  324 tiles, peak 732 MB (+336).
+* ``--net pointwise --size 4000 10000 2048x40000``: 3.2 / 2.8 / 4.3 MP/s (5.7 / 5.5 / 5.4 MP per
+  CPU-second), peak 659 / 849 / 932 MB (+325 / +514 / +598; the growth levels off at the RGB
+  band budget, 128 MiB of rows per band). The 10000^2 slide through the CPU staining net would
+  take about 45 min on this one thread (0.036 MP per CPU-second); its memory is that of the
+  2048^2 run plus the band, as above.
 """
 
 from __future__ import annotations
