@@ -141,3 +141,22 @@ def hausdorff95(pred_mask: np.ndarray, truth_mask: np.ndarray, spacing: Sequence
         return float("inf")
     d_pt, d_tp = surface_distances(p, t, spacing)
     return float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95)))
+
+
+def seam_ratio(image: np.ndarray, columns: Sequence[int]) -> float:
+    """Mean |horizontal gradient| across the given columns over the mean elsewhere.
+
+    ``image`` is ``(..., H, W)``; column ``c`` stands for the step from ``c - 1`` to ``c`` (as
+    :meth:`~medloop.app.engine.tiling.TileGrid.seams` reports tile borders). About 1 means the
+    tile borders are invisible; visible seams make it larger.
+    """
+    a = np.asarray(image, dtype=np.float64)
+    steps = np.abs(np.diff(a, axis=-1))
+    on = np.zeros(steps.shape[-1], dtype=bool)
+    cols = [int(c) for c in columns if 0 < int(c) < a.shape[-1]]
+    if not cols:
+        raise ValueError(f"no seam columns inside an image {a.shape[-1]} wide: {tuple(columns)}")
+    on[np.array(cols) - 1] = True
+    if on.all():
+        raise ValueError("every column is a seam column; nothing to compare with")
+    return float(steps[..., on].mean() / steps[..., ~on].mean())

@@ -1,4 +1,4 @@
-"""Whole slides: lazy pyramid reading through OpenSlide, tiled label-pyramid writing.
+"""Whole slides: lazy pyramid reading through OpenSlide, tiled label and RGB pyramid writing.
 
 All data is synthetic and seeded (``slide_synth``); peak memory is measured as the growth of
 the peak resident set of a fresh subprocess, so C allocations (OpenSlide, zlib) count too.
@@ -21,10 +21,12 @@ import tifffile
 from medloop.app.errors import ImageReadError, ImageWriteError
 from medloop.app.io.slide import (
     LabelPyramidCancelled,
+    PyramidCancelled,
     is_slide,
     pyramid_shapes,
     read_slide,
     write_label_pyramid,
+    write_rgb_pyramid,
 )
 
 from .slide_synth import SyntheticSlide, write_synthetic_slide
@@ -453,4 +455,61 @@ def test_label_pyramid_rejects_bad_input(tmp_path):
         write_label_pyramid(np.zeros((2, 10, 10), np.uint8), tmp_path / "l.tif", (1.0, 1.0))
     with pytest.raises(ImageWriteError, match=r"folder .* does not exist"):
         write_label_pyramid(np.zeros((10, 10), np.uint8), tmp_path / "no" / "l.tif", (1.0, 1.0))
+    assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------
+# write_rgb_pyramid
+
+
+def halve_mean(rgb: np.ndarray) -> np.ndarray:
+    """2 x 2 means rounded half up, a lone last row or column its own partner (the reference)."""
+    padded = np.pad(rgb.astype(np.float64), [(0, rgb.shape[0] % 2), (0, rgb.shape[1] % 2), (0, 0)], mode="edge")
+    means = (padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2]) / 4
+    return np.floor(means + 0.5).astype(np.uint8)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_rgb_pyramid_round_trip(tmp_path, lazy):
+    import dask.array as da
+
+    rng = np.random.default_rng(4)
+    rgb = rng.integers(0, 256, size=(701, 1103, 3), dtype=np.uint8)
+    data = da.from_array(rgb, chunks=(300, 500, 3)) if lazy else rgb
+    path = write_rgb_pyramid(data, tmp_path / "rgb.tif", (0.5, 0.25), tile=256, min_level_size=256)
+    assert os.listdir(tmp_path) == ["rgb.tif"]
+    levels = [rgb]
+    while max(levels[-1].shape[:2]) > 256:
+        levels.append(halve_mean(levels[-1]))
+    assert [lv.shape[:2] for lv in levels] == pyramid_shapes((701, 1103), 256)
+    with tifffile.TiffFile(path) as tif:
+        assert [lv.shape for lv in tif.series[0].levels] == [lv.shape for lv in levels]
+        for level, want in zip(tif.series[0].levels, levels):
+            np.testing.assert_array_equal(level.asarray(), want)
+        page = tif.pages[0]
+        assert (page.tilelength, page.tilewidth) == (256, 256) and page.photometric == tifffile.PHOTOMETRIC.RGB
+    slide = openslide.OpenSlide(str(path))
+    assert slide.level_dimensions == tuple((lv.shape[1], lv.shape[0]) for lv in levels)
+    assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(0.5)
+    assert float(slide.properties["openslide.mpp-y"]) == pytest.approx(0.25)
+    region = np.asarray(slide.read_region((600, 200), 0, (200, 150)))[..., :3]
+    np.testing.assert_array_equal(region, rgb[200:350, 600:800])
+    # (level 1's downsample is 1103 / 552, not 2: read it from its origin)
+    region = np.asarray(slide.read_region((0, 0), 1, (400, 300)))[..., :3]
+    np.testing.assert_array_equal(region, levels[1][:300, :400])
+    # medloop opens it as a slide, with the written spacing
+    assert is_slide(path)
+    back = read_slide(path)
+    assert back.spacing == pytest.approx((0.5, 0.25)) and back.array.shape == rgb.shape
+    np.testing.assert_array_equal(np.asarray(back.pyramid[2]), levels[2])
+
+
+def test_rgb_pyramid_cancel_and_bad_input_leave_nothing(tmp_path):
+    rgb = np.zeros((600, 600, 3), np.uint8)
+    with pytest.raises(PyramidCancelled, match="cancelled; nothing was written"):
+        write_rgb_pyramid(rgb, tmp_path / "c.tif", (1.0, 1.0), should_stop=lambda: True)
+    with pytest.raises(ImageWriteError, match=r"needs \(rows, columns, 3\) uint8, got \(600, 600, 3\) float32"):
+        write_rgb_pyramid(rgb.astype(np.float32), tmp_path / "f.tif", (1.0, 1.0))
+    with pytest.raises(ImageWriteError, match=r"needs \(rows, columns, 3\) uint8, got \(600, 600\)"):
+        write_rgb_pyramid(rgb[..., 0], tmp_path / "g.tif", (1.0, 1.0))
     assert os.listdir(tmp_path) == []
