@@ -37,3 +37,18 @@ def _user_annotation_folder(tmp_path_factory, monkeypatch):
     folder = tmp_path_factory.mktemp("user-annotations")
     monkeypatch.setattr(autosave, "_user_annotation_folder", lambda: folder)
     return folder
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="also run the long training checks marked `slow`")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``slow`` tests (long training checks, minutes each) are skipped unless ``--run-slow`` is given:
+    the README's test command stays the CI run, and `pytest -m slow --run-slow` runs only them."""
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="long training check: run with --run-slow (see README, Tests)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
