@@ -120,6 +120,12 @@ class StainModel:
             raise StainInputError(f"direction {direction!r} is unknown; choose 'A->B' or 'B->A'")
         return self.networks["G" if direction == "A->B" else "F"]
 
+    def provenance(self, started: float, device: Any = "cpu", **extra: Any) -> dict[str, Any]:
+        """The shared provenance record of a run that began at ``started`` (``time.perf_counter()``)."""
+        from medloop.models.provenance import model_provenance
+
+        return model_provenance(self.card, device, started, kind=self.kind, **extra)
+
     def despeckle(self, rcm: np.ndarray, median: bool | None = None, name: str = "image") -> np.ndarray:
         """A despeckle model on one 2-D reflectance image in [0, 1]; ``median`` None: the card's choice."""
         from medloop.plugins.staining.despeckle import despeckle
