@@ -99,6 +99,16 @@ def train_stain_recipe(
     return out
 
 
+def _settings(cls: Any, settings: dict[str, Any], recipe: StainRecipe, section: str) -> Any:
+    """``cls(**settings)``, or an error naming the recipe's unknown keys."""
+    from dataclasses import fields
+
+    unknown = sorted(set(settings) - {f.name for f in fields(cls)})
+    if unknown:
+        raise StainRecipeError(f"staining recipe {recipe.path} has unknown {section} settings: {', '.join(unknown)}")
+    return cls(**settings)
+
+
 def _stopped(result: Any) -> None:
     if result.stopped:
         from medloop.app.engine.jobs import JobCancelled
@@ -121,7 +131,7 @@ def _train_despeckle(recipe: StainRecipe, out: Path, progress: Any, should_stop:
     from medloop.plugins.staining.evaluation import evaluate_despeckler
 
     raw = recipe.raw
-    config = DespeckleConfig(**raw["train"])
+    config = _settings(DespeckleConfig, raw["train"], recipe, "train")
     clean_train, clean_test, noisy_test = despeckle_data(config.sd, int(raw["data"].get("noise_seed", 0)))
     result = train_despeckler([clean_train], config, progress, should_stop, str(out / "checkpoint.pt"))
     _stopped(result)
@@ -144,7 +154,8 @@ def _train_transfer(recipe: StainRecipe, out: Path, progress: Any, should_stop: 
     masks = tuple(settings.pop("masks", ("otsu", "adaptive")))
     if isinstance(settings.get("betas"), list):
         settings["betas"] = tuple(settings["betas"])
-    config = CycleGANConfig(generator=GeneratorSpec(**raw["generator"]), **settings)
+    generator = _settings(GeneratorSpec, raw.get("generator", {}), recipe, "generator")
+    config = _settings(CycleGANConfig, {**settings, "generator": generator}, recipe, "train")
     data = transfer_data(raw["data"].get("kind", "gareau"))
     sampler = PatchSampler([data.train_a], [data.train_b], config.patch, config.batch, masks, config.seed)
     beta = float(raw.get("evaluation", {}).get("macenko_apply_beta", 0.15))

@@ -36,7 +36,8 @@ def test_card_fields_and_test_data(name):
     card = model.card
     raw = card.raw
     assert raw["kind"] in ("despeckle", "stain-transfer") and card.task == "image-to-image"
-    assert raw["medical"]["not_for_diagnosis"] and raw["training"]["recipe"]["name"] == name
+    assert raw["medical"]["not_for_diagnosis"]
+    assert raw["training"]["recipe"] == load_stain_recipe(name).raw  # the packaged recipe made these weights
     assert raw["training"]["command"].startswith(f"medloop stain train --recipe {name}")
     assert "um_per_px" in raw and raw["architecture"]["name"].startswith("medloop.plugins.staining.")
     data = np.load(card.path.parent / raw["test_data"]["source"])
@@ -129,6 +130,9 @@ def test_a_recipe_trains_writes_and_checks_a_model(tmp_path):
     assert load_stain_model(tmp_path / "despeckle").kind == "despeckle"  # written all the same
     with pytest.raises(StainRecipeError, match="no staining recipe 'nope'"):
         load_stain_recipe("nope")
+    typo = _tiny(tmp_path, "stain-despeckle-rcm", train={"stpes": 3})
+    with pytest.raises(StainRecipeError, match="unknown train settings: stpes"):
+        train_stain_recipe(typo, tmp_path / "typo")
 
 
 def test_despeckling_inside_the_confocal_path_brings_the_rendering_closer_to_the_clean_one(ihc):
