@@ -1,0 +1,25 @@
+"""Digital staining: confocal (FCM + RCM) to pseudo-H&E (Combalia et al., MIDL 2019) and
+stain-to-stain CycleGANs (de Bel et al., MIDL 2019); spec: ``shared/specs/digital-staining.md``.
+
+Qt-free method modules (the panels and CLI verbs build on these; nothing here imports Qt):
+
+* ``checks``: :class:`StainInputError` and the input checks shared by every entry point.
+* ``confocal``: the Gareau renderer ``gareau(fcm, rcm, h, e)``, its least-squares inverse
+  ``gareau_inverse``, ``robust_normalise`` and the whole path ``confocal_to_rgb(image,
+  ConfocalParams, despeckle=None)``.
+* ``deconvolution``: Ruifrok-Johnston ``deconvolve``/``reconvolve`` without clamping, the
+  recolouring ``recolour``/``recolour_inverse``, and the §4 test data (``fcm_sim``, ``rcm_sim``,
+  ``transfer_data``, ``despeckle_data``) from scikit-image's IHC image.
+* ``despeckle``: ``speckle``, the ``Despeckler`` net, ``train_despeckler`` (a step of the shared
+  loop) and ``despeckle(image, model, median=True)``.
+* ``cyclegan``: ``ResUNetGenerator``, ``ResNetGenerator``, ``PatchDiscriminator``,
+  ``CycleGANStep``, ``train_cyclegan`` and ``translate``; ``sampling``: tissue masks and the
+  on-the-fly ``PatchSampler``.
+* ``normalise``: Macenko and Reinhard through torchstain (``fit_normaliser``, ``normalise``).
+* ``metrics``: SSIM, Wasserstein colour distance, PSNR, class-weighted Dice; ``evaluation``: the
+  numbers of the spec's checks 4 and 6.
+* ``zoo``: ``list_stain_models``/``load_stain_model`` (``resources/stain_models``, sha256-checked);
+  ``recipes``: ``train_stain_recipe(name_or_path, out_dir, progress, should_stop)``; ``cards``.
+
+The plugin is not registered yet (no ``PLUGIN`` declaration): it lands with its panels and verbs.
+"""
