@@ -122,7 +122,10 @@ class StainTransferPanel(_StainPanel):
             self.tile_combo.addItem(label, tile)
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda"])
+        self._models: dict[str, Any] = {}
         self._fill_models()
+        if self.model_combo.currentText():
+            self.generator(self.model_combo.currentText(), "A->B")  # while the panel opens, not at the first run
         self.model_combo.currentTextChanged.connect(self._fill_directions)
         self.image_combo.currentTextChanged.connect(self._image_changed)
         for label, widget in (("RGB image or slide", self.image_combo), ("Slide level", self.level_spin),
@@ -187,6 +190,15 @@ class StainTransferPanel(_StainPanel):
         self.opacity.setEnabled(on)
         self.before_after.setEnabled(on)
 
+    def generator(self, model: str, direction: str) -> Any:
+        """The model's generator, loaded once per panel (a load checks the sha256 and unpickles
+        the weights: 100+ ms that must not recur on the GUI thread at every run)."""
+        from medloop.plugins.staining import apply
+
+        if model not in self._models:
+            self._models[model] = apply.transfer_generator(model, "A->B")[0]
+        return self._models[model].generator(direction)
+
     def settings(self) -> dict[str, Any]:
         return {"model": self.model_combo.currentText(), "direction": self.direction_combo.currentData() or "A->B",
                 "tile": tuple(self.tile_combo.currentData()), "device": self.device_combo.currentText(),
@@ -204,7 +216,7 @@ class StainTransferPanel(_StainPanel):
         shape = tuple(layer.data[0].shape if layer.multiscale else np.shape(layer.data))
         if len(shape) != 3 or shape[-1] not in (3, 4):
             raise MedloopError(f"layer {layer.name} has shape {shape}: expected an RGB image (3 channels last)")
-        _, generator = apply.transfer_generator(s["model"], s["direction"])
+        generator = self.generator(s["model"], s["direction"])
         tiling = apply.transfer_tiling(generator, s["tile"], s["device"])
         if layer.multiscale or shape[0] * shape[1] > MEMORY_CAP_PX:
             return self._prepare_slide(layer, generator, tiling, s)
