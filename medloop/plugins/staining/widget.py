@@ -123,13 +123,15 @@ class StainTransferPanel(_StainPanel):
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda"])
         self._models: dict[str, Any] = {}
+        self.domains_label = QLabel("")
+        self.domains_label.setWordWrap(True)
         self._fill_models()
         if self.model_combo.currentText():
             self.generator(self.model_combo.currentText(), "A->B")  # while the panel opens, not at the first run
         self.model_combo.currentTextChanged.connect(self._fill_directions)
         self.image_combo.currentTextChanged.connect(self._image_changed)
         for label, widget in (("RGB image or slide", self.image_combo), ("Slide level", self.level_spin),
-                              ("Model", self.model_combo), ("Direction", self.direction_combo),
+                              ("Model", self.model_combo), ("Domains", self.domains_label), ("Direction", self.direction_combo),
                               ("Tiles in / keep / stride", self.tile_combo), ("Device", self.device_combo)):
             self.form.addRow(label, widget)
         self._finish_layout("Translate an RGB image, or a whole slide opened in medloop, to another stain. "
@@ -162,9 +164,10 @@ class StainTransferPanel(_StainPanel):
         card = self.cards.get(self.model_combo.currentText())
         domains = card.raw.get("domains", {}) if card else {}
         a, b = (domains.get(k, {}).get("name", k) for k in ("A", "B"))
-        self.direction_combo.clear()
-        self.direction_combo.addItem(f"A → B ({a} → {b})", "A->B")
-        self.direction_combo.addItem(f"B → A ({b} → {a})", "B->A")
+        self.direction_combo.clear()  # short items: the domain names go in the line below (no clipped text)
+        self.direction_combo.addItem("A → B", "A->B")
+        self.direction_combo.addItem("B → A", "B->A")
+        self.domains_label.setText(f"A = {a}, B = {b}" if card else "")
 
     def refresh_layers(self, *_: Any) -> None:
         super().refresh_layers()
@@ -264,7 +267,7 @@ class StainTransferPanel(_StainPanel):
     def _show_array(self, layer, rgb: np.ndarray, s: dict[str, Any]) -> None:
         self.last_result = rgb
         self._add_result(f"{layer.name}_{s['model']}", rgb, _spatial(layer, slice(0, 2)), s)
-        self.status.setText(f"Done: {rgb.shape[1]} x {rgb.shape[0]} px translated {s['direction']} with {s['model']}.")
+        self.status.setText(f"Done: {rgb.shape[1]} x {rgb.shape[0]} px translated {s['direction'].replace('->', ' → ')} with {s['model']}.")
 
     def _show_slide(self, layer, path: Path, source, level: int, s: dict[str, Any]) -> None:
         from medloop.app.io.slide import read_slide
