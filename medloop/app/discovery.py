@@ -20,6 +20,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "medloop.plugins.correction",
     "medloop.plugins.review",
     "medloop.plugins.axons",
+    "medloop.plugins.staining",
 )
 #: Entry-point group through which other packages add plugins.
 ENTRY_POINT_GROUP = "medloop.plugins"

@@ -21,5 +21,22 @@ Qt-free method modules (the panels and CLI verbs build on these; nothing here im
 * ``zoo``: ``list_stain_models``/``load_stain_model`` (``resources/stain_models``, sha256-checked);
   ``recipes``: ``train_stain_recipe(name_or_path, out_dir, progress, should_stop)``; ``cards``.
 
-The plugin is not registered yet (no ``PLUGIN`` declaration): it lands with its panels and verbs.
+Shell: ``cli`` (``medloop stain confocal | despeckle | transfer | normalize | train``) and
+``widget`` (the *Stain transfer*, *Confocal → H&E* and *Normalise stain* panels).
 """
+
+from medloop.app.plugin import Plugin, Widget
+
+PLUGIN = Plugin(
+    name="staining",
+    title="Digital staining: confocal to pseudo-H&E and stain-to-stain CycleGANs",
+    cli="medloop.plugins.staining.cli:add_verbs",
+    widgets=(
+        Widget("Stain transfer", "medloop.plugins.staining.widget:StainTransferPanel",
+               "Translate an RGB image or a whole slide to another stain (CycleGAN)"),
+        Widget("Confocal to H&E", "medloop.plugins.staining.widget:ConfocalPanel",
+               "Render a 2-channel confocal (FCM, RCM) image as pseudo-H&E"),
+        Widget("Normalise stain", "medloop.plugins.staining.widget:NormalisePanel",
+               "Macenko or Reinhard normalisation to a reference region you draw"),
+    ),
+)
