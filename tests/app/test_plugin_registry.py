@@ -137,7 +137,7 @@ def test_throwaway_panel_appears_in_the_manifest_and_home(throwaway, qtbot):
     from medloop.app.gui.home import HomePanel
     from medloop.app.manifest import manifest_dict, method_panels
 
-    assert [m.display_name for m in method_panels()] == ["Segmentation", "Correction", "Review", "Axon tracking", "Stain transfer", "Confocal to H&E", "Normalise stain", "Throwaway"]
+    assert [m.display_name for m in method_panels()] == ["Segmentation", "Correction", "Review", "Axon tracking", "Stain transfer", "Confocal to H&E", "Normalise stain", "Train stain transfer", "Throwaway"]
     widgets = manifest_dict()["contributions"]["widgets"]
     assert widgets[-1] == {"command": "napari-medloop.throwaway", "display_name": "Throwaway"}
     panel = HomePanel(ViewerModel())

@@ -154,10 +154,33 @@ class StainTransferPanel(_StainPanel):
         self._enable_result_controls()
 
     def _fill_models(self) -> None:
-        from medloop.plugins.staining.zoo import list_stain_models
+        """The packaged stain-transfer models, then every version the user trained
+        (``<user models dir>/stain-models/<name>/v<N>``, listed as "<name> v<N>")."""
+        from medloop.plugins.staining.user_models import list_user_models
+        from medloop.plugins.staining.zoo import find_stain_model, list_stain_models
 
         self.cards = {c.name: c for c in list_stain_models() if c.raw.get("kind") == "stain-transfer"}
+        self.model_paths: dict[str, Path] = {}
+        for name, version, folder in list_user_models():
+            try:
+                card = find_stain_model(folder)
+            except MedloopError:
+                continue  # a damaged folder is not offered
+            if card.raw.get("kind") == "stain-transfer":
+                label = f"{name} v{version}"
+                self.cards[label], self.model_paths[label] = card, folder
         self.model_combo.addItems(list(self.cards))
+        self._fill_directions()
+
+    def refresh_models(self, select: str | None = None) -> None:
+        """Re-read the model list (after a training run); keep or ``select`` a model."""
+        current = select or self.model_combo.currentText()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        self._fill_models()
+        if current in self.cards:
+            self.model_combo.setCurrentText(current)
+        self.model_combo.blockSignals(False)
         self._fill_directions()
 
     def _fill_directions(self, *_: Any) -> None:
@@ -199,7 +222,7 @@ class StainTransferPanel(_StainPanel):
         from medloop.plugins.staining import apply
 
         if model not in self._models:
-            self._models[model] = apply.transfer_generator(model, "A->B")[0]
+            self._models[model] = apply.transfer_generator(self.model_paths.get(model, model), "A->B")[0]
         return self._models[model].generator(direction)
 
     def settings(self) -> dict[str, Any]:
@@ -236,7 +259,7 @@ class StainTransferPanel(_StainPanel):
         image = self._slide_image(layer)
         level = apply.check_level(image, s["level"])
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        tag = f"{s['model']}_{'a2b' if s['direction'] == 'A->B' else 'b2a'}_L{level}"
+        tag = f"{s['model'].replace(' ', '_')}_{'a2b' if s['direction'] == 'A->B' else 'b2a'}_L{level}"
         out = self.out_dir / f"{layer.name}_{tag}.tif"
 
         def compute(progress, should_stop):
