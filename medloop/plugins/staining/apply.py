@@ -336,8 +336,7 @@ def _describe(items: Sequence[Any]) -> list[str]:
 
 def train_unpaired(domain_a: Sequence[Any], domain_b: Sequence[Any], out_dir: str | os.PathLike,
                    config: Any = None, name: str = "stain-transfer-custom", progress: Progress = None,
-                   should_stop: ShouldStop = None, domain_names: tuple[str, str] = ("A", "B"),
-                   version: str = "1") -> Path:
+                   should_stop: ShouldStop = None, domain_names: tuple[str, str] = ("A", "B")) -> Path:
     """A CycleGAN trained on two unpaired sets of RGB images (file paths or RGB arrays); writes a
     model folder (weights, card, test data) that ``load_stain_model(out_dir)`` opens. All data
     checks run first; ``domain_names`` label A and B on the card."""
@@ -362,7 +361,7 @@ def train_unpaired(domain_a: Sequence[Any], domain_b: Sequence[Any], out_dir: st
     state = {k: v for k, v in result.model.state_dict().items() if k.split(".", 1)[0] in ("G", "F")}
     files = _save(state, out, crop, translate(crop, g))
     cfg = {**config.as_dict(), "masks": list(masks)}
-    recipe = {"name": name, "version": str(version), "kind": "stain-transfer",
+    recipe = {"name": name, "version": "1", "kind": "stain-transfer",
               "description": f"CycleGAN trained unpaired on {len(a)} domain-A and {len(b)} domain-B images",
               "data": {"domain_a": _describe(domain_a), "domain_b": _describe(domain_b)},
               "train": cfg, "domains": {k: {"name": str(n), "kind": "brightfield"} for k, n in zip("AB", domain_names)},

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medloop.plugins.staining.train_widget import FOLDER, TrainStainPanel
+from medloop.plugins.staining.widget import FOLDER, TrainStainPanel
 from medloop.plugins.staining.widget import StainTransferPanel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
