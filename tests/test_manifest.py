@@ -39,5 +39,5 @@ def test_manifest_contributions():
     manifest = load_manifest()
     assert manifest.name == "napari-medloop"
     assert [s.key for s in manifest.contributions.sample_data] == ["brain-t1", "axons-si"]
-    assert [w.display_name for w in manifest.contributions.widgets] == ["medloop", "Segmentation", "Correction", "Review", "Axon tracking", "Stain transfer", "Confocal to H&E", "Normalise stain"]
-    assert [m.display_name for m in method_panels()] == ["Segmentation", "Correction", "Review", "Axon tracking", "Stain transfer", "Confocal to H&E", "Normalise stain"]  # the home panel is not a method
+    assert [w.display_name for w in manifest.contributions.widgets] == ["medloop", "Segmentation", "Correction", "Review", "Axon tracking", "Stain transfer", "Confocal to H&E", "Normalise stain", "Train stain transfer"]
+    assert [m.display_name for m in method_panels()] == ["Segmentation", "Correction", "Review", "Axon tracking", "Stain transfer", "Confocal to H&E", "Normalise stain", "Train stain transfer"]  # the home panel is not a method

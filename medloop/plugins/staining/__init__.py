@@ -22,7 +22,8 @@ Qt-free method modules (the panels and CLI verbs build on these; nothing here im
   ``recipes``: ``train_stain_recipe(name_or_path, out_dir, progress, should_stop)``; ``cards``.
 
 Shell: ``cli`` (``medloop stain confocal | despeckle | transfer | normalize | train``) and
-``widget`` (the *Stain transfer*, *Confocal → H&E* and *Normalise stain* panels).
+``widget`` (the *Stain transfer*, *Confocal → H&E* and *Normalise stain* panels) and
+*Train stain transfer* (``TrainStainPanel``; its versions live in ``user_models``).
 """
 
 from medloop.app.plugin import Plugin, Widget
@@ -38,5 +39,7 @@ PLUGIN = Plugin(
                "Render a 2-channel confocal (FCM, RCM) image as pseudo-H&E"),
         Widget("Normalise stain", "medloop.plugins.staining.widget:NormalisePanel",
                "Macenko or Reinhard normalisation to a reference region you draw"),
+        Widget("Train stain transfer", "medloop.plugins.staining.widget:TrainStainPanel",
+               "Train a stain-transfer CycleGAN on two unpaired image sets; versions the Stain transfer panel lists"),
     ),
 )

@@ -298,10 +298,28 @@ def normalise_file(src: str | os.PathLike, out: str | os.PathLike, reference: st
     return {"shape": rgb.shape}
 
 
-def read_domain(paths: Sequence[str | os.PathLike], domain: str) -> list[np.ndarray]:
-    """The RGB images of one training domain (image files; slides: export regions first)."""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def domain_files(folder: str | os.PathLike, domain: str) -> list[Path]:
+    """The image files (png, jpg, tif, bmp) of a training folder, sorted; an error when none."""
+    p = Path(folder)
+    if not p.is_dir():
+        raise StainInputError(f"domain {domain}: {p} is not a folder; choose a folder of RGB images")
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise StainInputError(f"domain {domain}: folder {p} has no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def read_domain(items: Sequence[Any], domain: str) -> list[np.ndarray]:
+    """The RGB images of one training domain: image files (slides: export regions first) or
+    in-memory RGB arrays (e.g. a viewer layer), each checked."""
     images = []
-    for p in paths:
+    for i, p in enumerate(items):
+        if isinstance(p, np.ndarray):
+            images.append(rgb_uint8(p, f"domain {domain} image {i}"))
+            continue
         image = read_input(p)
         if image.is_multiscale:
             raise StainInputError(f"domain {domain}: {p} is a whole slide; export tissue regions as images to train on")
@@ -311,11 +329,17 @@ def read_domain(paths: Sequence[str | os.PathLike], domain: str) -> list[np.ndar
     return images
 
 
-def train_unpaired(domain_a: Sequence[str | os.PathLike], domain_b: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+def _describe(items: Sequence[Any]) -> list[str]:
+    """What a card records of a domain's images: file paths, or the shape of an in-memory array."""
+    return [f"array {'x'.join(str(v) for v in p.shape)}" if isinstance(p, np.ndarray) else str(p) for p in items]
+
+
+def train_unpaired(domain_a: Sequence[Any], domain_b: Sequence[Any], out_dir: str | os.PathLike,
                    config: Any = None, name: str = "stain-transfer-custom", progress: Progress = None,
-                   should_stop: ShouldStop = None) -> Path:
-    """A CycleGAN trained on two unpaired sets of RGB images; writes a model folder (weights,
-    card, test data) that ``load_stain_model(out_dir)`` opens. All data checks run first."""
+                   should_stop: ShouldStop = None, domain_names: tuple[str, str] = ("A", "B")) -> Path:
+    """A CycleGAN trained on two unpaired sets of RGB images (file paths or RGB arrays); writes a
+    model folder (weights, card, test data) that ``load_stain_model(out_dir)`` opens. All data
+    checks run first; ``domain_names`` label A and B on the card."""
     import time
 
     from medloop.plugins.staining.cards import write_stain_card
@@ -339,8 +363,8 @@ def train_unpaired(domain_a: Sequence[str | os.PathLike], domain_b: Sequence[str
     cfg = {**config.as_dict(), "masks": list(masks)}
     recipe = {"name": name, "version": "1", "kind": "stain-transfer",
               "description": f"CycleGAN trained unpaired on {len(a)} domain-A and {len(b)} domain-B images",
-              "data": {"domain_a": [str(p) for p in domain_a], "domain_b": [str(p) for p in domain_b]},
-              "train": cfg, "domains": {"A": {"name": "A", "kind": "brightfield"}, "B": {"name": "B", "kind": "brightfield"}},
+              "data": {"domain_a": _describe(domain_a), "domain_b": _describe(domain_b)},
+              "train": cfg, "domains": {k: {"name": str(n), "kind": "brightfield"} for k, n in zip("AB", domain_names)},
               "inference": {"multiple_of": config.generator.multiple, "blending": "pyramid"},
               "card": {"networks": ["G (A->B)", "F (B->A)"]}}
     trained = {"config": cfg, "steps": result.steps_done, "files": files, "seconds": round(time.perf_counter() - started, 1),
