@@ -34,6 +34,7 @@ class StallMeter:
 
     def __enter__(self) -> "StallMeter":
         self.last, self.worst = time.perf_counter(), 0.0
+        self.started, self.gaps = self.last, []  # gaps over 100 ms: (seconds after start, gap)
         self.timer.start(10)
         return self
 
@@ -43,6 +44,8 @@ class StallMeter:
 
     def _tick(self) -> None:
         now = time.perf_counter()
+        if now - self.last > 0.1 and hasattr(self, "gaps"):
+            self.gaps.append((round(self.last - self.started, 3), round(now - self.last, 3)))
         self.worst = max(self.worst, now - self.last)
         self.last = now
 

@@ -635,6 +635,9 @@ class TrainStainPanel(_StainPanel):
         import medloop.plugins.staining.cards  # noqa: F401 - imported here, not in the worker (an import
         import medloop.plugins.staining.recipes  # noqa: F401 - holds the interpreter lock: a GUI stall)
         import medloop.plugins.staining.sampling  # noqa: F401
+        from medloop.app.gui.warmup import warm_up_training
+
+        self.warmed = warm_up_training()  # torch._dynamo's import, off the Train click
         self.models_root = models_root
         self.sources = {"A": _Source(self, "A"), "B": _Source(self, "B")}
         preset = CycleGANConfig()

@@ -59,12 +59,13 @@ def test_tiny_run_writes_v1_that_the_transfer_panel_lists_and_applies(make_napar
     viewer.window.add_dock_widget(transfer, name="Stain transfer")
     tiny(panel)
     panel.sources["A"].name.setText("H&E")
+    qtbot.waitUntil(panel.warmed.is_set, timeout=60_000)  # the optimizer imports, started when the panel opened
     qtbot.wait(500)
     with StallMeter() as meter:
         panel.run()
         assert panel.job is not None, panel.status.text()
         settle(qtbot, panel)
-    print(f"train stain transfer: worst GUI stall {meter.worst * 1000:.0f} ms")
+    print(f"train stain transfer: worst GUI stall {meter.worst * 1000:.0f} ms; gaps over 100 ms (s after Train, s): {meter.gaps}")
     assert meter.worst < STALL_BOUND_S, f"event loop blocked for {meter.worst * 1000:.0f} ms"
     assert panel.status.text().startswith("Saved tiny v1"), panel.status.text()
     assert (models_dir / "tiny" / "v1" / "card.json").is_file()
