@@ -10,6 +10,8 @@ GAE returns for the critic; Adam, lr 5e-4, L2 weight decay 3e-4.
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -277,6 +279,8 @@ class TrackerResult:
     critic: Critic
     history: list[dict[str, Any]]
     loop: LoopResult
+    start_validation: dict[str, float] | None = None  # a fine-tune's starting weights, validated
+    kept_start: bool = False  # no iteration beat the starting weights: ``actor`` holds them
 
 
 def _loop_config(config: TrackerConfig, checkpoint: Any, resume: bool) -> LoopConfig:
@@ -319,10 +323,16 @@ def train_tracker(
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
+        # A fine-tune's starting weights compete for "best": a short run must not return a worse actor.
+        start = evaluate_policy(model["actor"], val, config.env) if actor is not None and not resume else None
+        start_state = copy.deepcopy(model["actor"].state_dict()) if start is not None else None
         result = train(
             model, data, step, loop_config, progress=progress, should_stop=should_stop,
             validate=lambda m: evaluate_policy(m["actor"], val, config.env),
         )
     finally:
         torch.set_num_threads(threads)
-    return TrackerResult(model["actor"], model["critic"], result.history, result)
+    kept_start = start is not None and not (result.best_score > start["val_score"])
+    if kept_start:
+        model["actor"].load_state_dict(start_state)
+    return TrackerResult(model["actor"], model["critic"], result.history, result, start, kept_start)

@@ -390,6 +390,7 @@ class FineTuned:
     coverage_after: float
     iterations: int
     n_paths: int
+    kept_start: bool = False  # no iteration beat the starting weights: ``actor`` is the start
 
 
 def fine_tune(
@@ -422,5 +423,5 @@ def fine_tune(
     result = train_tracker(config, progress, should_stop, pairs=([i for i, _ in pairs], [p for _, p in pairs]), actor=start)
     if result.loop.stopped:
         raise JobCancelled("fine-tuning cancelled")
-    after = float(result.loop.best_score)
-    return FineTuned(result.actor.eval(), result.history, float(before), after, params.iterations, len(pairs))
+    after = float(result.start_validation["val_coverage"]) if result.kept_start else float(result.loop.best_score)
+    return FineTuned(result.actor.eval(), result.history, float(before), after, params.iterations, len(pairs), result.kept_start)

@@ -818,7 +818,9 @@ class AxonPanel(MethodPanel):
             result, version = out
             self._fill_versions()
             self._keep_actor(result.actor, (self.source.name, version))
-            fell = " It did worse than before: choose the previous version and press 'Use this version'." if result.coverage_after < result.coverage_before else ""
+            fell = (" No iteration beat the tracker you started from, so this version keeps its weights." if result.kept_start
+                    else " It did worse than before: choose the previous version and press 'Use this version'."
+                    if result.coverage_after < result.coverage_before else "")
             self.status.setText(
                 f"Saved v{version}: coverage of your {result.n_paths} path{'s' if result.n_paths > 1 else ''} "
                 f"{result.coverage_before:.0f} % → {result.coverage_after:.0f} %; new seeds are traced with it.{fell}")

@@ -137,8 +137,12 @@ def test_fine_tuning_on_user_pairs():
     start = Actor()
     before = _weights(start)
     result = train_tracker(replace(TOY, iterations=1), pairs=(images, paths), actor=start)
-    assert result.actor is start and not all(torch.equal(x, y) for x, y in zip(before, _weights(start)))
-    assert "val_coverage" in result.history[0]
+    assert result.actor is start and "val_coverage" in result.history[0]
+    # The starting weights were validated too; the actor holds whichever scored higher (ties: the start).
+    trained = result.history[0]["val_score"]
+    assert result.kept_start == (not trained > result.start_validation["val_score"])
+    unchanged = all(torch.equal(x, y) for x, y in zip(before, _weights(start)))
+    assert unchanged == result.kept_start
     with pytest.raises(TracingInputError, match="ground-truth path 2 has 1 vertex"):
         train_tracker(TOY, pairs=(images, paths[:2] + [paths[2][:1]]))
 
@@ -156,3 +160,19 @@ def test_evaluate_policy_scores_an_untrained_actor_low():
     episodes = [episode_from_axon(a) for a in make_batch(4, 64, "SI", 8)]
     out = evaluate_policy(Actor(), episodes, EnvConfig(max_steps=20))
     assert out["val_score"] == out["val_coverage"] < 60.0
+
+
+def test_a_fine_tune_never_returns_a_worse_actor_than_it_started_with():
+    """The packaged tracker, fine-tuned for one iteration at a learning rate that wrecks it: the
+    validated starting weights win, and the result holds them exactly."""
+    from medloop.plugins.axons.tracker import load_tracker
+
+    axons = make_batch(3, 64, "SI", 21)
+    images, paths = [a.image for a in axons], [a.centreline for a in axons]
+    start = load_tracker("axon-tracker-si").actor
+    before = _weights(start)
+    wreck = replace(TOY, iterations=1, episodes=4, env=EnvConfig(max_steps=40), ppo=PPOConfig(passes=3, lr=0.5))
+    result = train_tracker(wreck, pairs=(images, paths), actor=start)
+    assert result.start_validation["val_score"] > 90.0  # measured 100 % on these three axons
+    assert result.history[0]["val_score"] < result.start_validation["val_score"]
+    assert result.kept_start and all(torch.equal(x, y) for x, y in zip(before, _weights(start)))
