@@ -569,7 +569,7 @@ class _Source:
     """One domain: an RGB layer or a folder of images, and its name."""
 
     def __init__(self, panel: "TrainStainPanel", default: str) -> None:
-        self.panel = panel
+        self.panel, self.key = panel, default
         self.combo = QComboBox()
         self.folder = QLineEdit()
         self.folder.setPlaceholderText("folder")
@@ -590,6 +590,10 @@ class _Source:
         self.combo.addItems(names)
         if current in names:
             self.combo.setCurrentText(current)
+        else:  # first fill: A takes the first image, B the second (never the same layer as A), else a folder
+            images = len(names) - 1
+            pick = 0 if self.key == "A" or images == 0 else (1 if images >= 2 else images)
+            self.combo.setCurrentIndex(pick)
         self.combo.blockSignals(False)
         self._toggle()
 
