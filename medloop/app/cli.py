@@ -236,6 +236,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """A plugin's training mode when its flags are given, else a recipe."""
+    from medloop.app.verbs import training_printer
     from medloop.models.recipes import load_recipe, train_recipe
 
     for mode in args.train_modes:
@@ -245,12 +246,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.recipe:
         raise MedloopError("train needs --recipe NAME|FILE, or --weak KIND with --image, --annotation and --model")
     recipe = load_recipe(args.recipe)
-
-    def show(done: int, total: int, info: dict | None = None) -> None:
-        extra = " ".join(f"{k}={v:.4g}" for k, v in (info or {}).items() if isinstance(v, (int, float)))
-        print(f"train {recipe.name}: {done}/{total} {extra}", file=sys.stderr, flush=True)
-
-    out = train_recipe(recipe, args.out, epochs=args.epochs, resume=args.resume, progress=show)
+    out = train_recipe(recipe, args.out, epochs=args.epochs, resume=args.resume, progress=training_printer(recipe.name))
     print(f"wrote {out}")
     return 0
 

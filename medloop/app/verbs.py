@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from medloop.app.errors import MedloopError
 
@@ -61,3 +61,27 @@ def progress_printer(label: str) -> Callable[..., None] | None:
         print(f"\r{label}: {done}/{total}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
 
     return show
+
+
+def training_printer(label: str, keys: Sequence[str] | None = None, epochs_only: bool = False) -> Callable[..., None]:
+    """A training run's progress on stderr, one line per report: ``train LABEL: done/total k=v ...``
+    with the numbers of the report's info (only ``keys`` when given; only epoch reports with
+    ``epochs_only``)."""
+
+    def show(done: int, total: int, info: dict | None = None) -> None:
+        info = info or {}
+        if epochs_only and info.get("event") != "epoch":
+            return
+        items = [(k, info.get(k)) for k in keys] if keys is not None else list(info.items())
+        extra = " ".join(f"{k}={v:.4g}" for k, v in items if isinstance(v, (int, float)) and not isinstance(v, bool))
+        print(f"train {label}: {done}/{total} {extra}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def cohort_printer(done: int, total: int, info: dict) -> None:
+    """A cohort run's progress: ``[done/total] case: status`` (failures, with their error, on stderr)."""
+    failed = info["status"] == "failed"
+    state = f"failed: {info['error']}" if failed else info["status"]
+    print(f"[{done}/{total}] {info['case']}: {state}", file=sys.stderr if failed else sys.stdout, flush=True)
+

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from medloop.app.errors import MedloopError
-from medloop.app.verbs import add_cohort_options, cohort_options, progress_printer
+from medloop.app.verbs import add_cohort_options, cohort_options, cohort_printer, progress_printer, training_printer
 
 
 def add_verbs(sub: argparse._SubParsersAction) -> None:
@@ -102,16 +101,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_training(label: str):
-    def show(done: int, total: int, info: dict | None = None) -> None:
-        info = info or {}
-        if info.get("event") != "epoch":
-            return
-        keys = ("val_coverage", "val_error", "train_return")
-        extra = " ".join(f"{k}={info[k]:.4g}" for k in keys if isinstance(info.get(k), (int, float)))
-        print(f"train {label}: {done}/{total} {extra}", file=sys.stderr, flush=True)
-
-    return show
+TRAINING_KEYS = ("val_coverage", "val_error", "train_return")  # what a tracker's epoch line shows
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -127,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     if args.iterations is not None:
         recipe = recipe_with(recipe, iterations=args.iterations)
-    card = train_recipe(recipe, args.out, progress=_show_training(recipe.name), resume=args.resume)
+    card = train_recipe(recipe, args.out, progress=training_printer(recipe.name, TRAINING_KEYS, epochs_only=True), resume=args.resume)
     _print_card(card)
     return 0
 
@@ -144,7 +134,7 @@ def _print_card(card_path: Path) -> None:
 def _fine_tune(args: argparse.Namespace) -> int:
     from medloop.plugins.axons.finetune import fine_tune_files
 
-    card = fine_tune_files(args, progress=_show_training(args.name or "fine-tune"))
+    card = fine_tune_files(args, progress=training_printer(args.name or "fine-tune", TRAINING_KEYS, epochs_only=True))
     m = json.loads(card.read_text(encoding="utf-8"))["training"]["validation"]
     print(f"fine-tuned on {len(args.images)} images: coverage {_num(m.get('val_coverage'), 1)} %, "
           f"error {_num(m.get('val_error'), 2)} px on the training traces; wrote {card.parent}")
@@ -213,11 +203,7 @@ def _trace_cohort(args: argparse.Namespace) -> int:
     model = str(Path(args.model).absolute()) if Path(args.model).exists() else args.model  # workers may run elsewhere
     load_tracker(model)  # a missing or damaged tracker fails here, before any case
 
-    def show(done: int, total: int, info: dict) -> None:
-        state = info["status"] if info["status"] != "failed" else f"failed: {info['error']}"
-        print(f"[{done}/{total}] {info['case']}: {state}", file=sys.stderr if info["status"] == "failed" else sys.stdout, flush=True)
-
-    report = trace_cohort(args.image, args.seeds, args.output, model, _trace_params(args), progress=show, **cohort_options(args))
+    report = trace_cohort(args.image, args.seeds, args.output, model, _trace_params(args), progress=cohort_printer, **cohort_options(args))
     print(report.summary())
     return 2 if report.failed else 0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from medloop.app.errors import MedloopError
-from medloop.app.verbs import add_cohort_options, add_read_options, cohort_options, progress_printer, read
+from medloop.app.verbs import add_cohort_options, add_read_options, cohort_options, cohort_printer, progress_printer, read
 
 
 def add_verbs(sub: argparse._SubParsersAction) -> None:
@@ -97,8 +97,6 @@ def _is_cohort(args: argparse.Namespace) -> bool:
 
 def _segment_cohort(args: argparse.Namespace) -> int:
     """Every image of a folder or list file into the output folder; one line per case."""
-    import sys
-
     from medloop.app.io.read import suffix_of, supported_suffixes
     from medloop.plugins.segmentation.batch import segment_cohort
 
@@ -112,11 +110,7 @@ def _segment_cohort(args: argparse.Namespace) -> int:
         raise MedloopError("--tile and --upscale depend on each image's dimensions; in a cohort run leave them out (the model card's tile is used)")
     params = _params(args, 3)
 
-    def show(done: int, total: int, info: dict) -> None:
-        state = info["status"] if info["status"] != "failed" else f"failed: {info['error']}"
-        print(f"[{done}/{total}] {info['case']}: {state}", file=sys.stderr if info["status"] == "failed" else sys.stdout, flush=True)
-
-    report = segment_cohort(args.input, args.output, params, progress=show, **cohort_options(args))
+    report = segment_cohort(args.input, args.output, params, progress=cohort_printer, **cohort_options(args))
     print(report.summary())
     return 2 if report.failed else 0
 

@@ -7,11 +7,10 @@ raised before any compute; the shell prints it as one line on stderr with exit c
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from medloop.app.errors import MedloopError
-from medloop.app.verbs import add_cohort_options, cohort_options, progress_printer
+from medloop.app.verbs import add_cohort_options, cohort_options, cohort_printer, progress_printer, training_printer
 
 ACTIONS = "confocal, despeckle, transfer, normalize or train"
 
@@ -136,11 +135,7 @@ def _transfer_cohort(args: argparse.Namespace, settings) -> int:
     model = str(Path(args.model).absolute()) if Path(args.model).exists() else args.model  # workers may run elsewhere
     settings = replace(settings, model=model)
 
-    def show(done: int, total: int, info: dict) -> None:
-        state = info["status"] if info["status"] != "failed" else f"failed: {info['error']}"
-        print(f"[{done}/{total}] {info['case']}: {state}", file=sys.stderr if info["status"] == "failed" else sys.stdout, flush=True)
-
-    report = transfer_cohort(args.input, args.output, settings, progress=show, **cohort_options(args))
+    report = transfer_cohort(args.input, args.output, settings, progress=cohort_printer, **cohort_options(args))
     print(report.summary())
     return 2 if report.failed else 0
 
@@ -153,17 +148,6 @@ def cmd_normalize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_training(label: str):
-    def show(done: int, total: int, info: dict | None = None) -> None:
-        info = info or {}
-        if info.get("event") != "epoch":
-            return
-        extra = " ".join(f"{k}={v:.4g}" for k, v in info.items() if isinstance(v, float))
-        print(f"train {label}: {done}/{total} {extra}", file=sys.stderr, flush=True)
-
-    return show
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """A recipe's model, or a CycleGAN on two unpaired image sets."""
     if args.domain_a or args.domain_b:
@@ -174,7 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise MedloopError("stain train needs --recipe NAME|FILE, or --domain-a IMG... --domain-b IMG...")
     from medloop.plugins.staining.recipes import train_stain_recipe
 
-    out = train_stain_recipe(args.recipe, args.out, progress=_show_training(str(args.recipe)))
+    out = train_stain_recipe(args.recipe, args.out, progress=training_printer(str(args.recipe), epochs_only=True))
     print(f"wrote {out}")
     return 0
 
@@ -189,6 +173,6 @@ def _train_unpaired(args: argparse.Namespace) -> int:
     check_positive(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, patch=args.patch, batch=args.batch)
     config = CycleGANConfig(patch=args.patch, batch=args.batch, epochs=args.epochs,
                             steps_per_epoch=args.steps_per_epoch, seed=args.seed)
-    out = train_unpaired(args.domain_a, args.domain_b, args.out, config, args.name, _show_training(args.name))
+    out = train_unpaired(args.domain_a, args.domain_b, args.out, config, args.name, training_printer(args.name, epochs_only=True))
     print(f"wrote {out} (load it with --model {out})")
     return 0
