@@ -826,11 +826,18 @@ def segment_level(
 
     plan = _plan_slide(level, predictor, params, should_stop)
     blocks = _SegmentedBlocks(level, predictor, plan, progress, should_stop)
+    return _write_blocks(blocks, slide_io.write_label_pyramid, out_path, spacing_um, plan, progress, should_stop)
+
+
+def _write_blocks(blocks: Any, writer: Callable[..., Path], out_path: Any, spacing_um: Any, plan: Any,
+                  progress: Progress | None, should_stop: ShouldStop | None) -> Path:
+    """Write ``blocks`` (computed lazily as the writer reads them) with a pyramid ``writer``; a
+    cancel leaves nothing at ``out_path``; the workers stop either way."""
+    from medloop.app.io import slide as slide_io
+
     try:
-        path = slide_io.write_label_pyramid(
-            blocks.array(), out_path, spacing_um, tile=plan.tile, should_stop=should_stop
-        )
-    except slide_io.LabelPyramidCancelled:
+        path = writer(blocks.array(), out_path, spacing_um, tile=plan.tile, should_stop=should_stop)
+    except slide_io.PyramidCancelled:  # LabelPyramidCancelled is one
         raise JobCancelled("cancelled") from None
     finally:
         blocks.close()
@@ -1094,17 +1101,7 @@ def translate_level(
 
     plan = _plan_translation(level, predictor, params, should_stop)
     blocks = _TranslatedBlocks(level, predictor, plan, progress, should_stop)
-    try:
-        path = slide_io.write_rgb_pyramid(
-            blocks.array(), out_path, spacing_um, tile=plan.tile, should_stop=should_stop
-        )
-    except slide_io.PyramidCancelled:
-        raise JobCancelled("cancelled") from None
-    finally:
-        blocks.close()
-    if progress is not None:
-        progress(plan.total, plan.total)
-    return path
+    return _write_blocks(blocks, slide_io.write_rgb_pyramid, out_path, spacing_um, plan, progress, should_stop)
 
 
 def _plan_translation(
