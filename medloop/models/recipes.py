@@ -347,4 +347,5 @@ def synth_training(recipe: Recipe, train_cfg: dict[str, Any], seed: int) -> tupl
                           (bias_and_noise(rotated, rng), rotated_labels)):
         vx, vy, _ = prepare_pair(image, labels, recipe)
         val_pairs += _slices(vx, vy, axis)
-    return bank, bank.pairs()[:: max(1, len(bank.pairs()) // 16)], val_pairs
+    first = bank.pairs()  # a sample of the first bank fixes dimensionality and channels for the loop
+    return bank, first[:: max(1, len(first) // 16)], val_pairs
