@@ -1,0 +1,8 @@
+"""Lesion synthesis: draw a box, get a lesion (Gupta et al., MIDL 2019); autoencoder anomaly maps
+as pseudo-labels (Baur et al., MIDL 2019); spec: ``shared/specs/lesion-synthesis.md``.
+
+Qt-free method modules (the panels and CLI verbs build on these; nothing here imports Qt):
+
+* ``checks``: :class:`LesionInputError` and the input checks shared by every entry point.
+* ``phantoms``: seeded brain, long-bone and chest phantoms with exact lesions and healthy twins.
+"""
