@@ -5,4 +5,5 @@ Qt-free method modules (the panels and CLI verbs build on these; nothing here im
 
 * ``checks``: :class:`LesionInputError` and the input checks shared by every entry point.
 * ``phantoms``: seeded brain, long-bone and chest phantoms with exact lesions and healthy twins.
+* ``metrics``: ROC AUC, paired-bootstrap ΔAUC, AUPRC, Dice, the (1 − TPR)² + FPR² operating point.
 """
