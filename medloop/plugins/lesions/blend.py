@@ -52,6 +52,7 @@ def cosine_alpha(size: int = 256, n: float = 1.0) -> np.ndarray:
     if not n > 0:
         raise LesionInputError(f"blend exponent n = {n}; choose a positive value (the paper's is 1)")
     profile = np.cos(np.abs(np.linspace(-1.0, 1.0, size)) ** n * np.pi / 2)
+    profile = (profile + profile[::-1]) / 2  # linspace is not exactly symmetric in floating point
     profile[[0, -1]] = 0.0  # cos(pi/2) is 6e-17 in floating point; the border is exactly 0
     return np.outer(profile, profile)
 

@@ -124,8 +124,13 @@ def _add_lesions(
     boxes: list[Box] = []
     depth = ndi.distance_transform_edt(allowed)
     for _ in range(n):
-        radius = float(rng.uniform(*spec.radius))
-        free = (depth >= radius + 1.0) & ~ndi.binary_dilation(union, iterations=int(np.ceil(radius)) + 2)
+        # A lesion larger than the room left shrinks to fit (never below the spec's smallest radius).
+        taken = ndi.binary_dilation(union, iterations=int(np.ceil(spec.radius[1])) + 2) if union.any() else union
+        room = float(depth[~taken].max(initial=0.0)) - 1.0
+        radius = min(float(rng.uniform(*spec.radius)), room)
+        if radius < spec.radius[0]:
+            break
+        free = (depth >= radius + 1.0) & ~taken
         candidates = np.argwhere(free)
         if len(candidates) == 0:
             break
@@ -167,9 +172,9 @@ def brain_slice(
     ry, rx = rng.uniform(0.40, 0.46) * h, rng.uniform(0.33, 0.40) * w
     angle = rng.uniform(-0.15, 0.15)
     brain = _ellipse(yy, xx, cy, cx, ry, rx, angle) <= 1.0
-    wm_r = _ellipse(yy, xx, cy, cx, ry * rng.uniform(0.62, 0.72), rx * rng.uniform(0.62, 0.72), angle)
+    wm_r = _ellipse(yy, xx, cy, cx, ry * rng.uniform(0.70, 0.78), rx * rng.uniform(0.70, 0.78), angle)
     wm_soft = 1.0 / (1.0 + np.exp((wm_r - 1.0) / 0.06))
-    gap, vr = rng.uniform(0.05, 0.08) * w, (rng.uniform(0.12, 0.18) * h, rng.uniform(0.04, 0.06) * w)
+    gap, vr = rng.uniform(0.045, 0.06) * w, (rng.uniform(0.10, 0.14) * h, rng.uniform(0.03, 0.045) * w)
     ventricles = (_ellipse(yy, xx, cy, cx - gap, *vr, angle) <= 1.0) | (_ellipse(yy, xx, cy, cx + gap, *vr, angle) <= 1.0)
     tissue = 0.45 + rng.uniform(-0.03, 0.03) + (0.10 + rng.uniform(-0.02, 0.02)) * wm_soft
     tissue = np.where(ventricles, 0.10, tissue)
