@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from medloop.app.errors import ResourceError
-from medloop.models.card import CARD_FILE, ModelCard, read_card
+from medloop.models.card import ModelCard
+from medloop.models.plugin_zoo import (
+    build_network, find_resource_model, list_resource_models, load_checked_weights, load_prefixed, resource_model_dirs,
+)
 from medloop.plugins.staining.checks import StainInputError
 
 PACKAGE = "medloop.plugins.staining"
@@ -36,58 +38,25 @@ DIRECTIONS = ("A->B", "B->A")
 
 def stain_model_dirs() -> list[Path]:
     """Every folder of packaged staining models (this plugin's ``resources/stain_models``)."""
-    from medloop.app.discovery import plugin_resource_dirs
-
-    return plugin_resource_dirs(RESOURCE_KIND, plugins=(PACKAGE,))
+    return resource_model_dirs(RESOURCE_KIND, PACKAGE)
 
 
 def list_stain_models() -> list[ModelCard]:
     """The cards of the packaged staining models, sorted by name."""
-    cards = [read_card(p) for d in stain_model_dirs() for p in sorted(d.glob(f"*/{CARD_FILE}"))]
-    return sorted(cards, key=lambda c: c.name)
+    return list_resource_models(RESOURCE_KIND, PACKAGE)
 
 
 def find_stain_model(name_or_path: str | Path) -> ModelCard:
     """The card of a packaged model by name, or of a folder holding ``card.json``."""
-    path = Path(name_or_path)
-    if (path / CARD_FILE).is_file():
-        card = read_card(path / CARD_FILE)
-    else:
-        found = [c for c in list_stain_models() if c.name == str(name_or_path)]
-        if not found:
-            known = ", ".join(c.name for c in list_stain_models()) or "none"
-            raise StainInputError(f"no staining model named {str(name_or_path)!r}; known: {known} (or give a model folder)")
-        card = found[0]
+    card = find_resource_model(name_or_path, RESOURCE_KIND, PACKAGE, StainInputError, "staining model")
     if card.raw.get("kind") not in KINDS:
         raise StainInputError(f"model card {card.path} has kind {card.raw.get('kind')!r}; a staining model is one of {', '.join(KINDS)}")
     return card
 
 
-def _network(card: ModelCard) -> Any:
-    from importlib import import_module
-
-    name, kwargs = card.architecture
-    if name not in ARCHITECTURES:
-        raise ResourceError(f"model card {card.path} names architecture {name!r}; staining cards may name {', '.join(ARCHITECTURES)}")
-    module, attr = name.split(":")
-    return getattr(import_module(module), attr)(**kwargs)
-
-
 def load_weights(card: ModelCard) -> dict[str, Any]:
     """The card's state dict after checking the weights' sha256 (nothing is unpickled)."""
-    import torch
-
-    from medloop.app.io.hashing import sha256_file
-
-    path = card.path.parent / card.weights_file
-    if not path.is_file():
-        raise ResourceError(f"weights {path} of staining model {card.name} are missing; reinstall medloop or retrain the recipe")
-    if sha256_file(path) != card.weights_sha256:
-        raise ResourceError(f"weights {path} of staining model {card.name} do not match the sha256 in its card (damaged or replaced); reinstall or retrain")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for a bad file
-        raise ResourceError(f"weights {path} of staining model {card.name} cannot be loaded ({exc}); retrain the recipe") from None
+    return load_checked_weights(card, "staining model")
 
 
 @dataclass
@@ -141,14 +110,6 @@ def load_stain_model(name_or_path: str | Path) -> StainModel:
     card = find_stain_model(name_or_path)
     state = load_weights(card)
     keys = ("G", "F") if card.raw["kind"] == "stain-transfer" else ("despeckler",)
-    networks = {}
-    for key in keys:
-        network = _network(card)
-        own = {k.split(".", 1)[1]: v for k, v in state.items() if k.split(".", 1)[0] == key}
-        try:
-            network.load_state_dict(own)
-        except RuntimeError as exc:
-            raise ResourceError(
-                f"weights of staining model {card.name} do not fit its architecture ({str(exc).splitlines()[0]}); retrain the recipe") from None
-        networks[key] = network.eval()
+    networks = {key: load_prefixed(build_network(card, ARCHITECTURES, "staining"), state, key, card, "staining model")
+                for key in keys}
     return StainModel(card, networks)
