@@ -4,9 +4,10 @@ A card is a JSON file beside the weights. Required fields are checked on load so
 card fails with a message naming the card and the field, never later inside a run.
 
 Models are data, by task. A card's ``task`` (``segmentation`` when absent, so older cards stay
-valid; ``image-to-image``, ``synthesis``, ``policy``) picks its validator from :data:`TASKS`:
-segmentation needs classes and ``bcyx``/``bczyx`` axes, image-to-image and synthesis need input
-and output axes and channels but no classes, a policy needs an observation and an action spec.
+valid; ``image-to-image``, ``synthesis``, ``classification``, ``policy``) picks its validator from
+:data:`TASKS`: segmentation needs classes and ``bcyx``/``bczyx`` axes, image-to-image and synthesis
+need input and output axes and channels but no classes, a classifier needs image input axes and
+one output score per named class, a policy needs an observation and an action spec.
 The architecture is named like bioimage.io's ``architecture.callable``, restricted to medloop's
 own code: a registered short name (:data:`medloop.models.nets.ARCHITECTURES`) or a
 ``"<package>.<module>:<Callable>"`` entry in a module under ``medloop.`` (a plugin's own nets) or
@@ -186,6 +187,16 @@ def _image_to_image(raw: dict[str, Any], where: str) -> None:
         raise CardError(f"model card {where}: inputs[0].axes and outputs[0].axes must match for task {raw.get('task')!r}")
 
 
+def _classification(raw: dict[str, Any], where: str) -> None:
+    """An image classifier: image input axes, and outputs[0] one score per class (axes ``bc``)."""
+    spec = raw["inputs"][0] if isinstance(raw["inputs"], list) and raw["inputs"] and isinstance(raw["inputs"][0], dict) else {}
+    if spec.get("axes") not in ("bcyx", "bczyx"):
+        raise CardError(f"model card {where}: inputs[0].axes must be 'bcyx' or 'bczyx' for task 'classification'")
+    out = raw["outputs"][0] if isinstance(raw["outputs"], list) and raw["outputs"] and isinstance(raw["outputs"][0], dict) else {}
+    if out.get("axes") != "bc" or not isinstance(out.get("classes"), list) or not out["classes"]:
+        raise CardError(f"model card {where}: outputs[0] must have axes 'bc' and its class names for task 'classification'")
+
+
 def _policy(raw: dict[str, Any], where: str) -> None:
     policy = raw.get("policy")
     if not isinstance(policy, dict) or not all(isinstance(policy.get(k), dict) for k in ("observation", "action")):
@@ -209,6 +220,7 @@ TASKS: dict[str, Callable[[dict[str, Any], str], None]] = {
     "segmentation": _segmentation,
     "image-to-image": _image_to_image,
     "synthesis": _image_to_image,
+    "classification": _classification,
     "policy": _policy,
 }
 

@@ -59,9 +59,9 @@ def test_unknown_task_names_the_known_ones(tmp_path):
     with pytest.raises(CardError) as err:
         read_card(path)
     assert str(err.value) == (
-        f"model card {path}: unknown task 'telepathy'; known tasks: segmentation, image-to-image, synthesis, policy"
+        f"model card {path}: unknown task 'telepathy'; known tasks: segmentation, image-to-image, synthesis, classification, policy"
     )
-    assert list(TASKS) == ["segmentation", "image-to-image", "synthesis", "policy"]
+    assert list(TASKS) == ["segmentation", "image-to-image", "synthesis", "classification", "policy"]
 
 
 def test_segmentation_card_without_classes_fails_as_before(tmp_path):
@@ -79,6 +79,21 @@ def test_segmentation_card_without_classes_fails_as_before(tmp_path):
     with pytest.raises(CardError) as err:
         validate_card(card, "here")
     assert str(err.value) == "model card here: inputs[0].axes must be 'bcyx' or 'bczyx'"
+
+
+def test_classification_card_needs_one_score_per_named_class(tmp_path):
+    card = tiny_card("filter", spatial_dims=2)
+    card["task"] = "classification"
+    del card["medical"]["classes"]
+    card["outputs"] = [{"name": "lesion_probability", "axes": "bc", "classes": ["lesion"]}]
+    assert read_card(write(tmp_path, card)).task == "classification"
+    card["outputs"][0]["axes"] = "bcyx"
+    path = write(tmp_path, card)
+    with pytest.raises(CardError) as err:
+        read_card(path)
+    assert str(err.value) == (
+        f"model card {path}: outputs[0] must have axes 'bc' and its class names for task 'classification'"
+    )
 
 
 def test_policy_card_needs_observation_and_action(tmp_path):

@@ -9,16 +9,16 @@ sha256 in its ``manifest.json``), kept apart from ``resources/recipes/``, which 
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medloop.app.errors import MedloopError
+from medloop.models.plugin_recipes import (
+    PluginRecipe, check_bounds, load_plugin_recipe, recipe_dirs, run_plugin_recipe, settings, stopped,
+)
 from medloop.plugins.staining.zoo import PACKAGE
 
 RECIPE_KIND = "stain_recipes"
@@ -31,45 +31,16 @@ class StainRecipeError(MedloopError, ValueError):
     """A staining recipe is missing, malformed, or its trained model misses its acceptance numbers."""
 
 
-@dataclass(frozen=True)
-class StainRecipe:
-    raw: dict[str, Any]
-    path: Path
-
-    @property
-    def name(self) -> str:
-        return str(self.raw["name"])
-
-    @property
-    def kind(self) -> str:
-        return str(self.raw["kind"])
+StainRecipe = PluginRecipe
 
 
 def stain_recipe_dirs() -> list[Path]:
-    from medloop.app.discovery import plugin_resource_dirs
-
-    return plugin_resource_dirs(RECIPE_KIND, plugins=(PACKAGE,))
+    return recipe_dirs(RECIPE_KIND, PACKAGE)
 
 
 def load_stain_recipe(name_or_path: str | Path) -> StainRecipe:
     """A packaged recipe by name, or a recipe file."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        packaged = [d / f"{name_or_path}.json" for d in stain_recipe_dirs()]
-        path = next((p for p in packaged if p.is_file()), path)
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for d in stain_recipe_dirs() for p in d.glob("*.json") if p.stem != "manifest"))
-        raise StainRecipeError(f"no staining recipe {str(name_or_path)!r}: not a file, nor a packaged recipe ({known})")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise StainRecipeError(f"staining recipe {path} is not valid JSON ({exc}); fix it") from None
-    for key in ("name", "kind", "description", "data", "train"):
-        if key not in raw:
-            raise StainRecipeError(f"staining recipe {path} lacks {key!r}")
-    if raw["kind"] not in TRAINERS:
-        raise StainRecipeError(f"staining recipe {path} has kind {raw['kind']!r}; choose one of {', '.join(TRAINERS)}")
-    return StainRecipe(raw, path)
+    return load_plugin_recipe(name_or_path, RECIPE_KIND, PACKAGE, TRAINERS, StainRecipeError, "staining recipe")
 
 
 def train_stain_recipe(
@@ -83,37 +54,19 @@ def train_stain_recipe(
     and ``test_data.npz`` into ``out_dir`` (returned). A stopped run writes no model and raises
     :class:`~medloop.app.engine.jobs.JobCancelled`; a model missing the recipe's ``acceptance``
     numbers is written, then :class:`StainRecipeError` says which number it missed."""
-    recipe = load_stain_recipe(name_or_path)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    trained = TRAINERS[recipe.kind](recipe, out, progress, should_stop)
-    trained["seconds"] = round(time.perf_counter() - started, 1)
     from medloop.plugins.staining.cards import write_stain_card
 
-    write_stain_card(recipe.raw, trained, out, command or COMMAND.format(name=recipe.name))
-    (out / "checkpoint.pt").unlink(missing_ok=True)
-    missed = check_acceptance(recipe.raw.get("acceptance", {}), trained["metrics"])
-    if missed:
-        raise StainRecipeError(f"model {recipe.name} in {out} misses its acceptance numbers: {'; '.join(missed)}")
-    return out
+    recipe = load_stain_recipe(name_or_path)
+    return run_plugin_recipe(
+        recipe, out_dir, lambda r, out, p, s: TRAINERS[r.kind](r, out, p, s), write_stain_card,
+        command or COMMAND.format(name=recipe.name), progress, should_stop, (_check_beats,), StainRecipeError)
 
 
-def _settings(cls: Any, settings: dict[str, Any], recipe: StainRecipe, section: str) -> Any:
-    """``cls(**settings)``, or an error naming the recipe's unknown keys."""
-    from dataclasses import fields
-
-    unknown = sorted(set(settings) - {f.name for f in fields(cls)})
-    if unknown:
-        raise StainRecipeError(f"staining recipe {recipe.path} has unknown {section} settings: {', '.join(unknown)}")
-    return cls(**settings)
+def _settings(cls: Any, values: dict[str, Any], recipe: StainRecipe, section: str) -> Any:
+    return settings(cls, values, recipe, section, StainRecipeError)
 
 
-def _stopped(result: Any) -> None:
-    if result.stopped:
-        from medloop.app.engine.jobs import JobCancelled
-
-        raise JobCancelled(f"training stopped after {result.steps_done} steps; no model written")
+_stopped = stopped
 
 
 def _save(state: dict[str, Any], out: Path, sample_in: np.ndarray, sample_out: np.ndarray) -> dict[str, Path]:
@@ -180,16 +133,13 @@ def _train_transfer(recipe: StainRecipe, out: Path, progress: Any, should_stop: 
 TRAINERS: dict[str, Callable[..., dict[str, Any]]] = {"despeckle": _train_despeckle, "stain-transfer": _train_transfer}
 
 
+def _check_beats(acceptance: dict[str, Any], metrics: dict[str, float]) -> list[str]:
+    """``beats``: metrics that ``psnr_output`` must exceed (e.g. ["psnr_macenko", "psnr_reinhard"])."""
+    return [f"psnr_output {metrics['psnr_output']} <= {other} {metrics[other]}"
+            for other in acceptance.get("beats", ()) if metrics["psnr_output"] <= metrics[other]]
+
+
 def check_acceptance(acceptance: dict[str, Any], metrics: dict[str, float]) -> list[str]:
     """The acceptance numbers ``metrics`` misses. Keys: ``<metric>_min`` / ``<metric>_max``, and
     ``beats``: metrics that ``psnr_output`` must exceed (e.g. ["psnr_macenko", "psnr_reinhard"])."""
-    missed = []
-    for key, bound in acceptance.items():
-        if key == "beats":
-            missed += [f"psnr_output {metrics['psnr_output']} <= {other} {metrics[other]}"
-                       for other in bound if metrics["psnr_output"] <= metrics[other]]
-        elif key.endswith("_min") and metrics[key[:-4]] < bound:
-            missed.append(f"{key[:-4]} {metrics[key[:-4]]} < {bound}")
-        elif key.endswith("_max") and metrics[key[:-4]] > bound:
-            missed.append(f"{key[:-4]} {metrics[key[:-4]]} > {bound}")
-    return missed
+    return check_bounds(acceptance, metrics) + _check_beats(acceptance, metrics)
