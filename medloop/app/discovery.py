@@ -21,6 +21,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "medloop.plugins.review",
     "medloop.plugins.axons",
     "medloop.plugins.staining",
+    "medloop.plugins.lesions",
 )
 #: Entry-point group through which other packages add plugins.
 ENTRY_POINT_GROUP = "medloop.plugins"

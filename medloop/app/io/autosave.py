@@ -95,6 +95,17 @@ def geometry_key(image: MedImage) -> str:
     return "image-" + hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
 
 
+#: Layer-name contract of the Correction panel's annotation layers, one per kind: a method that
+#: prepares a starting annotation (e.g. anomaly pseudo-labels) saves it under the same name, so
+#: Correction restores it without either plugin importing the other.
+ANNOTATION_SUFFIX = {"strokes": "annotations", "boxes": "boxes", "points": "points"}
+
+
+def annotation_layer_name(image_name: str, kind: str = "strokes") -> str:
+    """The name of ``image_name``'s Correction annotation layer of ``kind``."""
+    return f"{image_name} {ANNOTATION_SUFFIX[kind]}"
+
+
 class AnnotationStore:
     """Where the annotations of images live: one NIfTI file per (image, layer name).
 

@@ -29,6 +29,7 @@ from medloop.app.errors import MedloopError
 from medloop.app.gui.class_list import ClassList
 from medloop.app.gui.curve import CurvePlot
 from medloop.app.gui.layers import class_layer_kwargs, layer_image, style_labels
+from medloop.app.io.autosave import ANNOTATION_SUFFIX, annotation_layer_name
 from medloop.app.gui.mask_tools import MaskToolsBox
 from medloop.app.io.classes import ANNOTATION_OFFSET
 from medloop.app.gui.panel import MethodPanel
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 BALANCING = ["auto", "mini-batch", "instance", "none"]
 KINDS = {"Strokes (paint labels)": "strokes", "Boxes (rectangles)": "boxes", "Points (one click per object)": "points"}
-LAYER_SUFFIX = {"strokes": "annotations", "boxes": "boxes", "points": "points"}
+LAYER_SUFFIX = ANNOTATION_SUFFIX
 
 
 class CorrectionPanel(MethodPanel):
@@ -224,7 +225,7 @@ class CorrectionPanel(MethodPanel):
 
     def _names(self, kind: str | None = None) -> tuple[str, str]:
         name = self.image_combo.currentText()
-        return f"{name} {LAYER_SUFFIX[kind or self.kind]}", f"{name} prediction"
+        return annotation_layer_name(name, kind or self.kind), f"{name} prediction"
 
     def _model_input(self, image) -> np.ndarray:
         from medloop.models.inputs import network_input

@@ -6,4 +6,34 @@ Qt-free method modules (the panels and CLI verbs build on these; nothing here im
 * ``checks``: :class:`LesionInputError` and the input checks shared by every entry point.
 * ``phantoms``: seeded brain, long-bone and chest phantoms with exact lesions and healthy twins.
 * ``metrics``: ROC AUC, paired-bootstrap ΔAUC, AUPRC, Dice, the (1 − TPR)² + FPR² operating point.
+* ``translators``: the :class:`Translator` interface and the identity control; ``blend``: the crop
+  rule, the cosine blend map and the bit-exact paste; ``synthesize``: box → lesion with the score
+  filter and the derived pseudo-mask.
+* ``zoo`` / ``recipes`` / ``cards``: the packaged models (``resources/lesion_models``) and their
+  recipes (``resources/lesion_recipes``); ``apply``: file in, file out; ``handoff``: anomaly
+  pseudo-labels as the Correction panel's starting annotation.
+
+Shell: ``cli`` (``medloop lesions synthesize | augment | anomaly | phantom | train``, and
+``medloop train --augment-lesions``) and ``widget`` (*Synthesize lesion*, *Anomaly map*).
 """
+
+from medloop.app.plugin import Plugin, Sample, Widget
+
+PLUGIN = Plugin(
+    name="lesions",
+    title="Lesion synthesis (box → lesion) and autoencoder anomaly maps as pseudo-labels",
+    cli="medloop.plugins.lesions.cli:add_verbs",
+    train="medloop.plugins.lesions.cli:TRAINING",
+    widgets=(
+        Widget("Synthesize lesion", "medloop.plugins.lesions.widget:SynthesizeLesionPanel",
+               "Draw a box on a healthy image, get a lesion (Gupta et al.)"),
+        Widget("Anomaly map", "medloop.plugins.lesions.widget:AnomalyMapPanel",
+               "Autoencoder residuals as an overlay and pseudo-labels (Baur et al.)"),
+    ),
+    samples=(
+        Sample("lesions-bone", "Healthy long-bone radiograph (phantom) for lesion synthesis",
+               "medloop.plugins.lesions.sample:bone_sample_layers"),
+        Sample("lesions-brain", "FLAIR-like brain slices with lesions (phantom) for anomaly maps",
+               "medloop.plugins.lesions.sample:brain_sample_layers"),
+    ),
+)
