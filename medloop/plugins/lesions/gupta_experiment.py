@@ -134,14 +134,19 @@ def _synthetic(data: BoneData, translator: Translator, params: SynthesisParams, 
 
 
 def _sweep(data: BoneData, synthetic: np.ndarray, scores: np.ndarray, thresholds: Sequence[float],
-           config: ClassifierConfig, tick: Callable[[], None]) -> dict[float, dict[str, Any]]:
-    """Retrain with the synthetic images scoring >= t, for each t: kept count, val AUC, test scores."""
+           config: ClassifierConfig, base: tuple[float, np.ndarray], tick: Callable[[], None]) -> dict[float, dict[str, Any]]:
+    """Retrain with the synthetic images scoring >= t, for each t: kept count, val AUC, test scores.
+    The same kept set gives the same model (same data, config and seed), so it is trained once;
+    ``base`` holds the baseline's (val AUC, test scores), the model for an empty kept set."""
     out: dict[float, dict[str, Any]] = {}
+    trained: dict[bytes, tuple[float, np.ndarray]] = {np.zeros(len(scores), bool).tobytes(): base}
     for t in thresholds:
         keep = scores >= t
-        images = np.concatenate([data.train.images, synthetic[keep]])
-        labels = np.concatenate([data.train.labels, np.ones(int(keep.sum()), bool)])
-        _, val_auc, test_scores = _train_auc(images, labels, data, config)
+        if keep.tobytes() not in trained:
+            images = np.concatenate([data.train.images, synthetic[keep]])
+            labels = np.concatenate([data.train.labels, np.ones(int(keep.sum()), bool)])
+            trained[keep.tobytes()] = _train_auc(images, labels, data, config)[1:]
+        val_auc, test_scores = trained[keep.tobytes()]
         out[float(t)] = {"kept": int(keep.sum()), "val_auc": val_auc, "test_scores": test_scores}
         tick()
     return out
@@ -191,9 +196,10 @@ def run_gupta_experiment(
     synth = _synthetic(data, translator, params, count, seed)
     control = _synthetic(data, IdentityTranslator(translator.size), params, count, seed)
     synth_scores, control_scores = scorer.score(synth.images), scorer.score(control.images)
-    augmented = _compare(data, base_test, _sweep(data, synth.images, synth_scores, thresholds, config, tick), seed)
-    filtered = _compare(data, base_test, _sweep(data, control.images, control_scores, thresholds, config, tick), seed)
-    unfiltered = _compare(data, base_test, _sweep(data, control.images, control_scores, (0.0,), config, tick), seed)
+    base = (base_val, base_test)
+    augmented = _compare(data, base_test, _sweep(data, synth.images, synth_scores, thresholds, config, base, tick), seed)
+    filtered = _compare(data, base_test, _sweep(data, control.images, control_scores, thresholds, config, base, tick), seed)
+    unfiltered = _compare(data, base_test, _sweep(data, control.images, control_scores, (0.0,), config, base, tick), seed)
     from medloop.plugins.lesions.metrics import roc_auc
 
     return {
