@@ -115,6 +115,12 @@ class OracleTranslator:
         return out
 
 
+def kept_counts(scores: np.ndarray, thresholds: Sequence[float]) -> dict[float, int]:
+    """How many images score >= t, for each t (never increasing with t)."""
+    scores = np.asarray(scores, np.float64)
+    return {float(t): int(np.count_nonzero(scores >= t)) for t in thresholds}
+
+
 def _train_auc(images: np.ndarray, labels: np.ndarray, data: BoneData, config: ClassifierConfig) -> tuple[Any, float, np.ndarray]:
     """Train on (images, labels) with validation; (model, validation AUC, test scores)."""
     from medloop.plugins.lesions.classifier import predict_proba, train_classifier
@@ -206,8 +212,7 @@ def run_gupta_experiment(
         "seed": seed, "translator": translator.name, "candidates": count,
         "baseline": {"val_auc": round(base_val, 4), "test_auc": roc_auc(data.test.labels, base_test)},
         "augmented": augmented, "control": filtered, "control_unfiltered": unfiltered,
-        "kept": {t: v["kept"] for t, v in augmented["per_t"].items()},
-        "control_kept": {t: v["kept"] for t, v in filtered["per_t"].items()},
+        "kept": kept_counts(synth_scores, thresholds), "control_kept": kept_counts(control_scores, thresholds),
         "mean_score": {"synthetic": float(synth_scores.mean()), "identity": float(control_scores.mean())},
         "config": config.as_dict(), "seconds": round(time.perf_counter() - started, 1),
     }
