@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.special import expit
 
 from medloop.plugins.lesions.checks import LesionInputError, check_count
 
@@ -101,7 +102,7 @@ def _blob(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, radius: float, s
     and its exact mask (profile >= 0.5, i.e. the disc of ``radius``)."""
     d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
     if softness > 0:
-        profile = 1.0 / (1.0 + np.exp((d - radius) / (softness / 4.0)))
+        profile = expit(-(d - radius) / (softness / 4.0))
     else:
         profile = (d <= radius).astype(np.float64)
     return profile, d <= radius
@@ -173,7 +174,7 @@ def brain_slice(
     angle = rng.uniform(-0.15, 0.15)
     brain = _ellipse(yy, xx, cy, cx, ry, rx, angle) <= 1.0
     wm_r = _ellipse(yy, xx, cy, cx, ry * rng.uniform(0.70, 0.78), rx * rng.uniform(0.70, 0.78), angle)
-    wm_soft = 1.0 / (1.0 + np.exp((wm_r - 1.0) / 0.06))
+    wm_soft = expit(-(wm_r - 1.0) / 0.06)
     gap, vr = rng.uniform(0.045, 0.06) * w, (rng.uniform(0.10, 0.14) * h, rng.uniform(0.03, 0.045) * w)
     ventricles = (_ellipse(yy, xx, cy, cx - gap, *vr, angle) <= 1.0) | (_ellipse(yy, xx, cy, cx + gap, *vr, angle) <= 1.0)
     tissue = 0.45 + rng.uniform(-0.03, 0.03) + (0.10 + rng.uniform(-0.02, 0.02)) * wm_soft
@@ -204,8 +205,8 @@ def bone_radiograph(
     cy = h / 2 + rng.uniform(-0.08, 0.08) * h
     # Signed distance across the bone's axis (the axis runs along x, tilted by `angle`).
     across = np.abs(-np.sin(angle) * (xx - w / 2) + np.cos(angle) * (yy - cy))
-    edge = 1.0 / (1.0 + np.exp((across - half) / 0.5))
-    inner = 1.0 / (1.0 + np.exp((across - (half - cortex)) / 0.5))
+    edge = expit(-(across - half) / 0.5)
+    inner = expit(-(across - (half - cortex)) / 0.5)
     soft = 0.10 + _smooth_field(rng, shape, h / 5, 0.03)
     medulla_level = rng.uniform(0.45, 0.55) + 0.05 * np.cos(np.pi * across / max(half, 1.0))
     cortex_level = rng.uniform(0.80, 0.88)
