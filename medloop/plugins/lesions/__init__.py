@@ -12,6 +12,14 @@ Qt-free method modules (the panels and CLI verbs build on these; nothing here im
 * ``zoo`` / ``recipes`` / ``cards``: the packaged models (``resources/lesion_models``) and their
   recipes (``resources/lesion_recipes``); ``apply``: file in, file out; ``handoff``: anomaly
   pseudo-labels as the Correction panel's starting annotation.
+* ``anomaly``: Baur et al.'s spatial autoencoder, its l1 + l2 + GDL step and ``train_autoencoder``.
+* ``residual``: residual anomaly maps, thresholds, t calibration and the UAD scores.
+* ``pseudolabels``: pseudo-label folders through the engine's cohort runner.
+* ``anomaly_training``: the CPU-scale experiment, the anomaly recipe trainer, the student and
+  domain-shift benchmarks.
+* ``classifier``: the filter classifier and its scorer; ``augment``: the batch augmenter and
+  ``LesionAugmenter`` for training; ``gupta_experiment``: the CPU-scale augmentation experiment
+  with the identity-paste control.
 
 Shell: ``cli`` (``medloop lesions synthesize | augment | anomaly | phantom | train``, and
 ``medloop train --augment-lesions``) and ``widget`` (*Synthesize lesion*, *Anomaly map*).
