@@ -98,12 +98,12 @@ def geometry_key(image: MedImage) -> str:
 #: Layer-name contract of the Correction panel's annotation layers, one per kind: a method that
 #: prepares a starting annotation (e.g. anomaly pseudo-labels) saves it under the same name, so
 #: Correction restores it without either plugin importing the other.
-ANNOTATION_SUFFIX = {"strokes": "annotations", "boxes": "boxes", "points": "points"}
+ANNOTATION_LAYER_SUFFIX = {"strokes": "annotations", "boxes": "boxes", "points": "points"}
 
 
 def annotation_layer_name(image_name: str, kind: str = "strokes") -> str:
     """The name of ``image_name``'s Correction annotation layer of ``kind``."""
-    return f"{image_name} {ANNOTATION_SUFFIX[kind]}"
+    return f"{image_name} {ANNOTATION_LAYER_SUFFIX[kind]}"
 
 
 class AnnotationStore:

@@ -29,7 +29,7 @@ from medloop.app.errors import MedloopError
 from medloop.app.gui.class_list import ClassList
 from medloop.app.gui.curve import CurvePlot
 from medloop.app.gui.layers import class_layer_kwargs, layer_image, style_labels
-from medloop.app.io.autosave import ANNOTATION_SUFFIX, annotation_layer_name
+from medloop.app.io.autosave import ANNOTATION_LAYER_SUFFIX, annotation_layer_name
 from medloop.app.gui.mask_tools import MaskToolsBox
 from medloop.app.io.classes import ANNOTATION_OFFSET
 from medloop.app.gui.panel import MethodPanel
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 BALANCING = ["auto", "mini-batch", "instance", "none"]
 KINDS = {"Strokes (paint labels)": "strokes", "Boxes (rectangles)": "boxes", "Points (one click per object)": "points"}
-LAYER_SUFFIX = ANNOTATION_SUFFIX
+LAYER_SUFFIX = ANNOTATION_LAYER_SUFFIX
 
 
 class CorrectionPanel(MethodPanel):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from medloop.plugins.lesions.checks import LesionInputError, check_count
+from medloop.plugins.lesions.checks import check_count
 from medloop.plugins.lesions.phantoms import Phantom, phantom_set
 
 ARCHITECTURE = "medloop.plugins.lesions.anomaly:SpatialAutoencoder"
@@ -110,7 +110,7 @@ def train_anomaly_recipe(raw: dict[str, Any], out: Path, progress: Callable[...,
     test_data = out / TEST_DATA_FILE
     np.savez_compressed(test_data, input=sample.astype(np.float32), output=reconstruct(model, sample).astype(np.float32))
     return {"config": config.as_dict(), "steps": result.steps_done, "files": {"weights": Path(weights), "test_data": test_data},
-            "metrics": metrics, "threshold": metrics["threshold"],
+            "metrics": metrics, "threshold": metrics["threshold"], "input_shape": list(sample.shape),
             "architecture": {"name": ARCHITECTURE, "kwargs": {"width": config.width, "channels": list(config.channels)}}}
 
 

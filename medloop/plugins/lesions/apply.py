@@ -133,3 +133,26 @@ def write_phantoms(
             writer.writerow(header)
             writer.writerows(data)
     return out
+
+
+def augment_folder(
+    folder: str | Path, boxes_csv: str | Path, out_dir: str | Path, settings: SynthesizeFileSettings,
+    write_masks: bool = True, progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[Any]:
+    """Lesions into the images of ``folder`` named in ``boxes_csv`` (``source,y0,x0,y1,x1``; relative
+    names in the folder or beside the CSV) → ``out_dir`` with ``manifest.csv``; returns its rows."""
+    from medloop.plugins.lesions.augment import augment_images, read_boxes_csv
+    from medloop.plugins.lesions.synthesize import SynthesisParams
+    from medloop.plugins.lesions.zoo import load_lesion_model
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise LesionInputError(f"{root} is not a folder; give the folder of healthy images")
+    boxes = read_boxes_csv(boxes_csv, base=root)
+    translator = load_lesion_model(settings.model, "translator").translator()
+    scorer = load_lesion_model(settings.scorer, "classifier").scorer() if settings.scorer else None
+    params = SynthesisParams(s=settings.s, n=settings.n, seed=settings.seed, threshold=settings.threshold,
+                             allow_no_bone=settings.allow_no_bone)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return augment_images(sorted(boxes), boxes, translator, params, scorer, out_dir, progress, should_stop, write_masks)

@@ -73,10 +73,11 @@ def _number(value: str, column: str, line: int, path: Path) -> float:
     return number
 
 
-def read_boxes_csv(path: str | os.PathLike[str]) -> dict[Path, list[Box]]:
+def read_boxes_csv(path: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> dict[Path, list[Box]]:
     """Boxes per source image from a CSV with header ``source,y0,x0,y1,x1`` (more columns are
-    ignored; a source may have several rows). Relative sources are relative to the CSV's folder.
-    Box bounds are checked against the image later, when its shape is known."""
+    ignored; a source may have several rows). Relative sources are relative to ``base`` (the
+    image folder) when given and found there, else to the CSV's folder. Box bounds are checked
+    against the image later, when its shape is known."""
     p = Path(path)
     if not p.is_file():
         raise LesionInputError(f"boxes CSV {p} not found; give the path of a CSV with columns {','.join(BOX_COLUMNS)}")
@@ -92,6 +93,8 @@ def read_boxes_csv(path: str | os.PathLike[str]) -> dict[Path, list[Box]]:
         for line, row in enumerate(reader, start=2):
             name = (row.get("source") or "").strip()
             source = Path(name) if Path(name).is_absolute() else p.parent / name
+            if base is not None and not Path(name).is_absolute() and (Path(base) / name).is_file():
+                source = Path(base) / name
             if not name or not source.is_file():
                 raise LesionInputError(
                     f"boxes CSV {p} line {line}: source {name!r} not found; give a path relative to the CSV's folder or absolute")

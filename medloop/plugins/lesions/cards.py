@@ -18,6 +18,8 @@ from typing import Any
 from medloop.models.card import CARD_FILE, NOT_FOR_DIAGNOSIS, write_card
 
 TASK_OF_KIND = {"translator": "synthesis", "classifier": "classification", "anomaly": "image-to-image"}
+#: The prefix of each kind's network in its weights file (the trainers write these).
+PREFIX_OF_KIND = {"translator": "translator", "classifier": "classifier", "anomaly": "autoencoder"}
 
 
 def _io(kind: str, trained: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -55,11 +57,12 @@ def write_lesion_card(recipe: dict[str, Any], trained: dict[str, Any], out: Path
         "license": meta.get("license", "BSD-3-Clause"),
         "architecture": trained["architecture"],
         "weights": {"format": "pytorch_state_dict", "source": files["weights"].name,
-                    "sha256": sha256_file(files["weights"]), "prefix": trained.get("prefix")},
+                    "sha256": sha256_file(files["weights"]), "prefix": trained.get("prefix", PREFIX_OF_KIND[kind])},
         "inputs": inputs,
         "outputs": outputs,
         "test_data": {"source": files["test_data"].name, "sha256": sha256_file(files["test_data"]), "tolerance": 1e-4},
-        "inference": {**recipe.get("inference", {}), **trained.get("inference", {})},
+        "inference": {**recipe.get("inference", {}), **trained.get("inference", {}),
+                      **({"threshold": trained["threshold"]} if "threshold" in trained else {})},
         "medical": {
             "modality": meta.get("modality", ""),
             "intended_use": meta.get("intended_use", ""),

@@ -251,6 +251,10 @@ def train_classifier_recipe(raw: dict[str, Any], out: Path, progress: Any = None
     if result.stopped:
         raise JobCancelled(f"training stopped after {result.steps_done} steps; no model written")
     model = result.model
+    baseline_auc = roc_auc(data.test.labels, predict_proba(model, data.test.images))
+    extra: dict[str, Any] = {}
+    if raw.get("augment", {}).get("translator"):
+        model, extra = _augmented(raw["augment"], data, model, config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     weights = atomic_torch_save({WEIGHTS_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
@@ -261,6 +265,24 @@ def train_classifier_recipe(raw: dict[str, Any], out: Path, progress: Any = None
         logits = model(torch.from_numpy(sample[:, None].astype(np.float32))).numpy()
     np.savez_compressed(test_data, input=sample[:, None].astype(np.float32), output=logits.astype(np.float32))
     auc = roc_auc(data.test.labels, predict_proba(model, data.test.images))
+    metrics = {"auc_test": round(auc, 4), "auc_val": round(result.best_score, 4), "best_epoch": result.best_epoch,
+               "auc_test_baseline": round(baseline_auc, 4), **extra}
     return {"config": config.as_dict(), "steps": result.steps_done, "files": {"weights": Path(weights), "test_data": test_data},
-            "metrics": {"auc_test": round(auc, 4), "auc_val": round(result.best_score, 4), "best_epoch": result.best_epoch},
-            "architecture": {"name": ARCHITECTURE, "kwargs": {"width": config.width}}}
+            "metrics": metrics, "architecture": {"name": ARCHITECTURE, "kwargs": {"width": config.width}},
+            "input_shape": list(data.train.images.shape[1:])}
+
+
+def _augmented(augment: dict[str, Any], data: Any, baseline: LesionClassifier, config: ClassifierConfig) -> tuple[Any, dict[str, Any]]:
+    """``--augment-lesions``: the baseline retrained with the translator's synthetic positives
+    kept at t (given, or chosen on validation AUC among 0.5 / 0.7 / 0.9)."""
+    from medloop.plugins.lesions.gupta_experiment import THRESHOLDS, augment_classifier
+    from medloop.plugins.lesions.zoo import load_lesion_model
+
+    translator = load_lesion_model(augment["translator"], "translator").translator()
+    t = augment.get("threshold")
+    thresholds = THRESHOLDS if t is None else (float(t),)
+    done = augment_classifier(data, baseline, translator, thresholds, config,
+                              int(augment.get("synthetic_per_lesion", 10)))
+    return done.model, {"augment_translator": translator.name, "augment_t": done.t,
+                        "augment_kept": done.kept.get(done.t, 0) if done.t >= 0 else 0,
+                        "augment_kept_per_t": {str(k): v for k, v in done.kept.items()}}

@@ -109,12 +109,14 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
-    from medloop.plugins.lesions.augment import augment_folder
+    from medloop.plugins.lesions.apply import augment_folder
 
     rows = augment_folder(args.input, args.boxes, args.output, _synthesize_settings(args), not args.no_masks,
                           progress_printer("augment"))
-    kept = sum(1 for r in rows if r.kept is not False)
-    print(f"wrote {len(rows)} image(s) to {args.output} ({kept} kept); manifest {args.output / 'manifest.csv'}")
+    images = {r.source: r.kept for r in rows}
+    kept = sum(1 for k in images.values() if k is not False)
+    print(f"{len(images)} image(s), {len(rows)} lesion(s): {kept} image(s) kept and written to {args.output}; "
+          f"manifest {args.output / 'manifest.csv'}")
     return 0
 
 
@@ -124,7 +126,8 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
     if args.input.is_dir() or args.workers is not None or args.scheduler:
         from medloop.plugins.lesions.pseudolabels import run_pseudolabel_folder
 
-        report = run_pseudolabel_folder(args.input, args.output, args.model, args.threshold, cohort_printer, **cohort_options(args))
+        report = run_pseudolabel_folder(args.input, args.output, args.model, args.threshold, cohort_printer,
+                                        **cohort_options(args))
         print(report.summary())
         return 2 if report.failed else 0
     done = anomaly_file(args.input, args.output, args.model, args.threshold, args.labels_out, args.mask)

@@ -170,6 +170,46 @@ def _compare(data: BoneData, base: np.ndarray, sweep: dict[float, dict[str, Any]
                           "test_auc": round(roc_auc(data.test.labels, v["test_scores"]), 4)} for t, v in sweep.items()}}
 
 
+@dataclass
+class Augmented:
+    """A classifier retrained with the synthetic positives its baseline scored >= ``t``."""
+
+    model: Any
+    t: float
+    kept: dict[float, int]
+    val_auc: dict[float, float]
+
+
+def augment_classifier(
+    data: BoneData, baseline: Any, translator: Translator, thresholds: Sequence[float], config: ClassifierConfig,
+    synthetic_per_lesion: int = 10, params: SynthesisParams | None = None,
+) -> Augmented:
+    """Gupta et al.'s loop on ``data``: synthetic lesions in healthy training images, scored by
+    ``baseline``, kept at each t, retrained; the t with the best validation AUC wins (ties: larger t;
+    an empty kept set keeps the baseline)."""
+    from medloop.plugins.lesions.classifier import ClassifierScorer, predict_proba, train_classifier
+    from medloop.plugins.lesions.metrics import roc_auc
+
+    params = params or SynthesisParams(s=2, seed=config.seed)
+    synth = _synthetic(data, translator, params, synthetic_per_lesion * int(data.train.labels.sum()), config.seed)
+    scores = ClassifierScorer(baseline, data.train.images.shape[1:]).score(synth.images)
+    base_auc = roc_auc(data.val.labels, predict_proba(baseline, data.val.images))
+    best, kept, val = (base_auc, -1.0, baseline), {}, {}
+    for t in thresholds:
+        keep = scores >= t
+        kept[float(t)] = int(keep.sum())
+        model, auc = baseline, base_auc
+        if keep.any():
+            images = np.concatenate([data.train.images, synth.images[keep]])
+            labels = np.concatenate([data.train.labels, np.ones(int(keep.sum()), bool)])
+            result = train_classifier(images, labels, config, validation=(data.val.images, data.val.labels))
+            model, auc = result.model, float(result.best_score)
+        val[float(t)] = round(auc, 4)
+        if (round(auc, 10), t) > (round(best[0], 10), best[1]):
+            best = (auc, float(t), model)
+    return Augmented(best[2], best[1], kept, val)
+
+
 def run_gupta_experiment(
     seed: int, translator: Translator, thresholds: Sequence[float] = THRESHOLDS, synthetic_per_lesion: int = 10,
     config: ClassifierConfig = EXPERIMENT_CONFIG, progress: Callable[[int, int], None] | None = None,

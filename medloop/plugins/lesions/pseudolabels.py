@@ -113,3 +113,20 @@ def run_pseudolabels(
     task = task_for(model, t, median=median, write_anomaly=write_anomaly)
     return run_cohort(cases_from(paths), task, out_dir, scheduler=None if workers is None else "local",
                       workers=workers, progress=progress, should_stop=should_stop)
+
+
+def run_pseudolabel_folder(
+    paths: str | os.PathLike | Iterable[str | os.PathLike], out_dir: str | os.PathLike,
+    model: str | os.PathLike = "lesion-anomaly-brain", t: float | None = None,
+    progress: CohortProgress | None = None, should_stop: ShouldStop | None = None,
+    scheduler: str | None = None, workers: int | None = None,
+) -> CohortReport:
+    """Pseudo-labels with a packaged (or trained) anomaly model at its calibrated t (or ``t``);
+    ``scheduler``/``workers`` as for the engine's cohort runner."""
+    from medloop.plugins.lesions.zoo import load_lesion_model
+
+    loaded = load_lesion_model(model, "anomaly")
+    t = loaded.threshold if t is None else check_threshold(t)
+    task = task_for(loaded.network, t, architecture=dict(loaded.card.architecture[1]), median=loaded.median)
+    return run_cohort(cases_from(paths), task, out_dir, scheduler=scheduler, workers=workers,
+                      progress=progress, should_stop=should_stop)

@@ -47,7 +47,7 @@ def with_augmentation(recipe: PluginRecipe, augment: dict[str, Any], kinds: tupl
     if recipe.kind not in kinds:
         raise LesionRecipeError(
             f"--augment-lesions trains a lesion {' or '.join(kinds)} recipe (e.g. lesion-classifier-bone); "
-            f"{recipe.name} is a {recipe.kind} recipe")
+            f"{recipe.name} is {'an' if recipe.kind[0] in 'aeiou' else 'a'} {recipe.kind} recipe")
     return PluginRecipe({**recipe.raw, "augment": {**recipe.raw.get("augment", {}), **augment}}, recipe.path)
 
 

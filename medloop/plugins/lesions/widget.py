@@ -289,8 +289,10 @@ class SynthesizeLesionPanel(_LesionPanel):
             return augment_folder(folder, boxes_csv, out_dir, settings, with_masks, progress, should_stop)
 
         def done(rows) -> None:
-            kept = sum(1 for r in rows if r.kept is not False)
-            self.status.setText(f"Wrote {len(rows)} image(s) to {out_dir} ({kept} kept); see manifest.csv there.")
+            images = {r.source: r.kept for r in rows}
+            kept = sum(1 for k in images.values() if k is not False)
+            self.status.setText(f"{len(images)} image(s), {len(rows)} lesion(s): {kept} image(s) kept and written to "
+                                f"{out_dir}; see manifest.csv there.")
 
         self.status.setText("Synthesising the folder ...")
         self.start(compute, done)

@@ -31,6 +31,8 @@ ARCHITECTURES = (
     "medloop.plugins.lesions.anomaly:SpatialAutoencoder",
 )
 WHAT = "lesion model"
+#: How messages name each kind.
+NAMED = {"translator": "a translator", "classifier": "a classifier", "anomaly": "an anomaly model"}
 
 
 def list_lesion_models(kind: str | None = None) -> list[ModelCard]:
@@ -45,7 +47,7 @@ def find_lesion_model(name_or_path: str | Path, kind: str | None = None) -> Mode
     if found not in KINDS:
         raise LesionInputError(f"model card {card.path} has kind {found!r}; a lesion model is one of {', '.join(KINDS)}")
     if kind is not None and found != kind:
-        raise LesionInputError(f"model {card.name} is a lesion {found}, not a {kind}; choose a {kind} model")
+        raise LesionInputError(f"model {card.name} is {NAMED[found]}, not {NAMED[kind]}; choose {NAMED[kind]}")
     return card
 
 
@@ -82,9 +84,12 @@ class LesionModel:
         from medloop.plugins.lesions.classifier import ClassifierScorer
 
         self._need("classifier")
-        scorer = ClassifierScorer(self.network, tuple(self.input_shape[-2:]))
-        scorer.name = self.card.name
-        return scorer
+        return ClassifierScorer(self.network, tuple(self.input_shape[-2:]), name=self.card.name)
+
+    @property
+    def median(self) -> int:
+        """The anomaly model's median size (5: 5 x 5 per slice, 5 x 5 x 5 over a stack)."""
+        return int(self.card.raw["inference"].get("median", 5))
 
     @property
     def threshold(self) -> float:
@@ -97,12 +102,15 @@ class LesionModel:
         from medloop.plugins.lesions.residual import anomaly_map
 
         self._need("anomaly")
-        median = int(self.card.raw["inference"].get("median", 5))
-        return anomaly_map(self.network, image, brain_mask, median=median, name=name)
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[0] == 1:  # a 2-D image stored as one slice: the 2-D median
+            mask = None if brain_mask is None else np.asarray(brain_mask)[0]
+            return anomaly_map(self.network, image[0], mask, median=self.median, name=name)[None]
+        return anomaly_map(self.network, image, brain_mask, median=self.median, name=name)
 
     def _need(self, kind: str) -> None:
         if self.kind != kind:
-            raise LesionInputError(f"model {self.card.name} is a lesion {self.kind}, not a {kind}; choose a {kind} model")
+            raise LesionInputError(f"model {self.card.name} is {NAMED[self.kind]}, not {NAMED[kind]}; choose {NAMED[kind]}")
 
 
 def load_lesion_model(name_or_path: str | Path, kind: str | None = None) -> LesionModel:
@@ -110,9 +118,4 @@ def load_lesion_model(name_or_path: str | Path, kind: str | None = None) -> Lesi
     card = find_lesion_model(name_or_path, kind)
     state = load_checked_weights(card, WHAT)
     network = build_network(card, ARCHITECTURES, "lesion")
-    prefix = card.raw["weights"].get("prefix")
-    if prefix:
-        network = load_prefixed(network, state, prefix, card, WHAT)
-    else:
-        network = load_prefixed(network, {f"net.{k}": v for k, v in state.items()}, "net", card, WHAT)
-    return LesionModel(card, network)
+    return LesionModel(card, load_prefixed(network, state, card.raw["weights"]["prefix"], card, WHAT))
