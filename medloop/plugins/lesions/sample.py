@@ -12,8 +12,7 @@ import numpy as np
 
 BONE_SHAPE = (128, 256)
 BONE_SEED = 4
-BRAIN_SLICES = 6
-BRAIN_SEED = 7
+BRAIN_SEED = 16  # three lesions
 #: Pixel sizes that make the phantoms about life-size (a 64-px brain slice spans 19 cm).
 BONE_MM, BRAIN_MM = 0.5, 3.0
 
@@ -29,12 +28,11 @@ def bone_sample_layers() -> list[tuple[Any, dict[str, Any], str]]:
 
 
 def brain_sample_layers() -> list[tuple[Any, dict[str, Any], str]]:
-    """Six FLAIR-like brain slices (64 x 64 px at 3 mm) with lesions, and the true lesion masks."""
-    from medloop.plugins.lesions.phantoms import phantom_set
+    """A FLAIR-like brain slice (64 x 64 px at 3 mm) with lesions, and the true lesion mask."""
+    from medloop.plugins.lesions.phantoms import make_phantom
 
-    slices = phantom_set("brain", BRAIN_SLICES, BRAIN_SEED, lesion_fraction=1.0)
-    image = np.stack([p.image for p in slices])
-    truth = np.stack([p.lesion for p in slices]).astype(np.uint8)
-    grid = {"scale": (BRAIN_MM, BRAIN_MM, BRAIN_MM), "units": ("mm", "mm", "mm")}
+    brain = make_phantom("brain", BRAIN_SEED)
+    image, truth = brain.image, brain.lesion.astype(np.uint8)
+    grid = {"scale": (BRAIN_MM, BRAIN_MM), "units": ("mm", "mm")}
     return [(image, {"name": "brain FLAIR (phantom)", "colormap": "gray", "contrast_limits": (0.0, 1.0), **grid}, "image"),
             (truth, {"name": "true lesions", "opacity": 0.5, "visible": False, **grid}, "labels")]

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
 )
 
 from medloop.app.errors import MedloopError
-from medloop.app.gui.layers import layer_image
+from medloop.app.gui.layers import class_layer_kwargs, layer_image
 from medloop.app.gui.panel import MethodPanel
 
 if TYPE_CHECKING:
@@ -33,6 +33,8 @@ IMAGE_MASK = "(image > 0)"
 SLIDER_MAX_T = 0.25
 SLIDER_STEPS = 1000
 LESION_COLOUR = "#d55e00"
+LESION_CLASSES = {0: "background", 1: "lesion"}
+PER_SLICE, OVER_SLICES = "5 × 5 within each slice", "5 × 5 × 5 over the volume"
 
 
 class _LesionPanel(MethodPanel):
@@ -254,7 +256,8 @@ class SynthesizeLesionPanel(_LesionPanel):
         layer = self.put_layer(f"{name}_lesion", result.image, "image", grid, **style)
         layer.metadata["medloop_provenance"] = result.provenance
         if with_mask:
-            mask = self.put_layer(f"{name}_lesion_mask", result.pseudo_mask, "labels", grid, opacity=0.5)
+            mask = self.put_layer(f"{name}_lesion_mask", result.pseudo_mask, "labels", grid, opacity=0.5,
+                                  **class_layer_kwargs(LESION_CLASSES))
             mask.metadata["derived"] = True
             mask.metadata["medloop_provenance"] = result.provenance
         score = ""
@@ -309,6 +312,10 @@ class AnomalyMapPanel(_LesionPanel):
         self.reference_combo = QComboBox()
         self.model_combo = QComboBox()
         self.model_combo.addItems([c.name for c in list_lesion_models("anomaly")])
+        self.median_combo = QComboBox()
+        self.median_combo.addItems([OVER_SLICES, PER_SLICE])
+        self.median_combo.setToolTip("For a stack: the paper's 5 × 5 × 5 median over a volume, or 5 × 5 within each "
+                                     "slice when the slices are unrelated images")
         self.t_spin = _double(0.0, 1.0, 0.05, 0.001, 4)
         self.t_slider = QSlider(Qt.Orientation.Horizontal)
         self.t_slider.setRange(0, SLIDER_STEPS)
@@ -327,7 +334,8 @@ class AnomalyMapPanel(_LesionPanel):
         self.residual: np.ndarray | None = None
         self._source: Any = None
         for label, widget in (("Image (in [0, 1])", self.image_combo), ("Brain mask", self.mask_combo),
-                              ("Model", self.model_combo), ("Threshold t", self.t_spin), ("", self.t_slider),
+                              ("Model", self.model_combo), ("Median (stacks)", self.median_combo),
+                              ("Threshold t", self.t_spin), ("", self.t_slider),
                               ("Reference labels (calibrate)", self.reference_combo)):
             self.form.addRow(label, widget)
         self._model_changed()
@@ -385,14 +393,20 @@ class AnomalyMapPanel(_LesionPanel):
         if not name:
             raise LesionInputError("no anomaly model; train one with medloop lesions train --recipe lesion-anomaly-brain")
         grid, image_name = _grid(layer), layer.name
+        per_slice = self.median_combo.currentText() == PER_SLICE
 
         def compute(progress, should_stop):
-            return self.model(name, "anomaly").anomaly_map(image, mask, name=image_name)
+            return self.model(name, "anomaly").anomaly_map(image, mask, name=image_name, per_slice=per_slice)
 
         def done(residual: np.ndarray) -> None:
             self.residual, self._source = residual, layer
+            # Black (nothing added) up to the median residual inside the brain, so the overlay
+            # lights up what the model could not explain instead of tinting the whole brain.
+            inside = residual[(mask if mask is not None else image > 0)]
+            low = float(np.median(inside)) if inside.size else 0.0
             overlay = self.put_layer(f"{image_name}_anomaly", residual, "image", grid, colormap="inferno",
-                                     blending="additive", opacity=0.6, contrast_limits=(0.0, max(float(residual.max()), 1e-6)))
+                                     blending="additive", opacity=0.6,
+                                     contrast_limits=(low, max(float(residual.max()), low + 1e-6)))
             overlay.metadata["medloop_provenance"] = {"method": "baur-ae-residual", "model": name}
             self.update_labels()
             self.status.setText(f"Residual map of {image_name}: max {residual.max():.3f}; labels at t = {self.t_spin.value():.4f}.")
@@ -407,7 +421,8 @@ class AnomalyMapPanel(_LesionPanel):
         if self.residual is None or self._source is None:
             return
         labels = (self.residual >= self.t_spin.value()).astype(np.uint8)
-        layer = self.put_layer(self.labels_name(), labels, "labels", _grid(self._source), opacity=0.6)
+        layer = self.put_layer(self.labels_name(), labels, "labels", _grid(self._source), opacity=0.6,
+                               **class_layer_kwargs(LESION_CLASSES))
         layer.metadata["derived"] = True
         layer.metadata["threshold"] = self.t_spin.value()
 
@@ -450,9 +465,10 @@ class AnomalyMapPanel(_LesionPanel):
             self.viewer.layers[target].data = annotation
             where = f"into the open layer '{target}'"
         else:
-            where = f"to {path.name}; in Correction choose {self._source.name} and press 'New / restore annotation layer'"
+            where = f"(saved in {path.parent}); in Correction choose {self._source.name} and press 'New / restore annotation layer'"
         lesion = int((annotation == 2).sum())
-        self.status.setText(f"Sent {lesion} lesion px and a background ring {where}. Correct them, then fine-tune.")
+        self.status.setText(f"Sent {lesion} lesion px with a background ring as the Correction annotation {where}. "
+                            "Correct them there, then fine-tune a two-class (background / lesion) model.")
 
     def choose_batch(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Folder of images in [0, 1]")

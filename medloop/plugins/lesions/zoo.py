@@ -97,8 +97,11 @@ class LesionModel:
         self._need("anomaly")
         return float(self.card.raw["inference"]["threshold"])
 
-    def anomaly_map(self, image: np.ndarray, brain_mask: np.ndarray | None = None, name: str = "image") -> np.ndarray:
-        """The residual map r = median(max(x − x̂, 0)) of a 2-D image or a slice stack."""
+    def anomaly_map(self, image: np.ndarray, brain_mask: np.ndarray | None = None, name: str = "image",
+                    per_slice: bool = False) -> np.ndarray:
+        """The residual map r = median(max(x − x̂, 0)) of a 2-D image or a slice stack: the card's
+        median over the volume (5 x 5 x 5), or within each slice when ``per_slice`` (a stack of
+        unrelated slices) or when the stack holds one slice."""
         from medloop.plugins.lesions.residual import anomaly_map
 
         self._need("anomaly")
@@ -106,7 +109,8 @@ class LesionModel:
         if image.ndim == 3 and image.shape[0] == 1:  # a 2-D image stored as one slice: the 2-D median
             mask = None if brain_mask is None else np.asarray(brain_mask)[0]
             return anomaly_map(self.network, image[0], mask, median=self.median, name=name)[None]
-        return anomaly_map(self.network, image, brain_mask, median=self.median, name=name)
+        median = (self.median, self.median) if per_slice and image.ndim == 3 else self.median
+        return anomaly_map(self.network, image, brain_mask, median=median, name=name)
 
     def _need(self, kind: str) -> None:
         if self.kind != kind:
