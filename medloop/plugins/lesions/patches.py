@@ -45,10 +45,14 @@ def cut(image: np.ndarray, crop: Crop, size: int) -> np.ndarray:
     return resize(patch, (size, size), order=1, anti_aliasing=side > size, preserve_range=True).astype(np.float32)
 
 
+def _scales(s: int | Sequence[int]) -> list[int]:
+    return [check_scale(v) for v in ([s] if isinstance(s, (int, np.integer)) else s)]
+
+
 def lesion_crops(lesion_phantoms: Sequence[Any], s: int | Sequence[int], rng: np.random.Generator,
                  crops: int = 1) -> list[tuple[int, Crop]]:
     """``(phantom index, crop)`` for every lesion box, scale and repeat whose crop fits the image."""
-    scales = [check_scale(v) for v in ([s] if isinstance(s, (int, np.integer)) else s)]
+    scales = _scales(s)
     out = []
     for i, ph in enumerate(lesion_phantoms):
         for box in ph.boxes:
@@ -72,6 +76,7 @@ def translator_patches(
     """``(healthy (N, size, size), lesion (M, size, size))`` float32 training patches: ``crops``
     random crops per lesion box and scale ``s`` (1, 2 or both), and for each lesion crop ``n``
     distinct healthy partners cropped at the same place, minus those with mean < 0.15."""
+    _scales(s)
     if not lesion_phantoms or not healthy_phantoms:
         raise LesionInputError(
             f"translator patches need lesion and healthy images; got {len(lesion_phantoms)} and {len(healthy_phantoms)}")
