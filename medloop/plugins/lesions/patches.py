@@ -3,8 +3,11 @@
 Lesion patches: for every lesion box a square crop of side ``round(s * max(w, h))`` placed at random
 (seeded) so that it contains the box and lies inside the image (boxes whose crop does not fit are
 skipped), resized to ``size``. Healthy patches: for every lesion crop, ``n`` healthy partner images
-("same body part": any phantom of the healthy pool) cropped with the lesion crop's geometry; patches
-whose mean is below 0.15 (no bone) are dropped.
+cropped with the lesion crop's geometry; patches whose mean is below 0.15 (no bone) are dropped.
+The paper picks "similar" healthy images without saying how; here the partners are the ``n`` of a
+random pool whose anatomy (bone) inside the crop overlaps the lesion image's the most (Dice), so
+both domains show the same kind of scene (bone across the patch) and the translator learns the
+lesion rather than moving the bone (measured: random partners gave dark smears and shifted cortex).
 """
 
 from __future__ import annotations
@@ -23,15 +26,15 @@ Crop = tuple[int, int, int]  # (y0, x0, side): the square [y0, y0 + side) x [x0,
 
 
 def _crop_for_box(box: Sequence[int], shape: tuple[int, int], s: int, rng: np.random.Generator) -> Crop | None:
-    """A random square of side ``round(s * max(w, h))`` containing ``box`` (half-open ``(y0, x0,
-    y1, x1)``) and inside ``shape``; None when it cannot fit. (The same rule as ``blend.crop_for_box``.)"""
-    y0, x0, y1, x1 = (int(v) for v in box)
-    side = int(round(s * max(y1 - y0, x1 - x0)))
-    lo_y, hi_y = max(0, y1 - side), min(y0, shape[0] - side)
-    lo_x, hi_x = max(0, x1 - side), min(x0, shape[1] - side)
-    if hi_y < lo_y or hi_x < lo_x:
+    """:func:`~medloop.plugins.lesions.blend.crop_for_box` as ``(y0, x0, side)``; None when the
+    crop does not fit the image (or the box is too small)."""
+    from medloop.plugins.lesions.blend import crop_for_box
+
+    try:
+        y0, x0, y1, _ = crop_for_box(tuple(int(v) for v in box), shape, s, rng)
+    except LesionInputError:
         return None
-    return int(rng.integers(lo_y, hi_y + 1)), int(rng.integers(lo_x, hi_x + 1)), side
+    return y0, x0, y1 - y0
 
 
 def cut(image: np.ndarray, crop: Crop, size: int) -> np.ndarray:
@@ -64,6 +67,24 @@ def lesion_crops(lesion_phantoms: Sequence[Any], s: int | Sequence[int], rng: np
     return out
 
 
+def similar_partners(lesion: Any, healthy: Sequence[Any], crop: Crop, n: int, rng: np.random.Generator,
+                     pool: int = 40) -> list[int]:
+    """The ``n`` healthy images (indices) of a random pool of ``pool`` whose anatomy inside ``crop``
+    overlaps ``lesion``'s the most (Dice); images too small for the crop are skipped."""
+    y0, x0, side = crop
+    window = (slice(y0, y0 + side), slice(x0, x0 + side))
+    mine = np.asarray(lesion.anatomy)[window]
+    scored = []
+    for j in rng.choice(len(healthy), size=min(pool, len(healthy)), replace=False):
+        other = np.asarray(healthy[int(j)].anatomy)
+        if other.shape[0] < y0 + side or other.shape[1] < x0 + side:
+            continue  # a partner smaller than the lesion image cannot hold this crop
+        theirs = other[window]
+        total = int(mine.sum()) + int(theirs.sum())
+        scored.append((2.0 * int((mine & theirs).sum()) / total if total else 1.0, int(j)))
+    return [j for _, j in sorted(scored, key=lambda v: -v[0])[:n]]
+
+
 def translator_patches(
     lesion_phantoms: Sequence[Any],
     healthy_phantoms: Sequence[Any],
@@ -88,11 +109,9 @@ def translator_patches(
     lesion, healthy = [], []
     for index, crop in lesion_crops(lesion_phantoms, s, rng, crops):
         lesion.append(cut(lesion_phantoms[index].image, crop, size))
-        y0, x0, side = crop
-        for j in rng.choice(len(healthy_phantoms), size=int(n), replace=False):
-            image = healthy_phantoms[int(j)].image
-            if image.shape[0] < y0 + side or image.shape[1] < x0 + side:
-                continue  # a partner smaller than the lesion image cannot hold this crop
+        for j in similar_partners(lesion_phantoms[index], healthy_phantoms, crop, int(n), rng):
+            image = healthy_phantoms[j].image
+            y0, x0, side = crop
             if float(image[y0:y0 + side, x0:x0 + side].mean()) >= MIN_PATCH_MEAN:
                 healthy.append(cut(image, crop, size))
     if not lesion or not healthy:

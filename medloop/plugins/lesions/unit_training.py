@@ -23,7 +23,8 @@ TEST_DATA_FILE = "test_data.npz"
 ARCHITECTURE = "medloop.plugins.lesions.unit:build_translator_modules"
 #: Translated centres darker than the input by more than this count as "darkened".
 DARKEN = 0.05
-DATA_DEFAULTS: dict[str, Any] = {"seed": 0, "lesion": 30, "healthy": 300, "s": [1, 2], "n": 5, "shape": [64, 128], "crops": 1}
+DATA_DEFAULTS: dict[str, Any] = {"seed": 0, "lesion": 30, "healthy": 300, "s": [1, 2], "n": 5, "shape": [64, 128], "crops": 1,
+                                 "lesions": {}}
 EVAL_DEFAULTS: dict[str, Any] = {"lesion": 20, "healthy": 100, "n": 3}
 
 
@@ -50,12 +51,14 @@ def _section(raw: dict[str, Any], key: str, defaults: dict[str, Any]) -> dict[st
 
 def _phantom_sets(data: dict[str, Any], evaluation: dict[str, Any]) -> list[list[Any]]:
     """Train lesion, train healthy, test lesion, test healthy bone phantoms (four seeds from one)."""
-    from medloop.plugins.lesions.phantoms import phantom_set
+    from medloop.plugins.lesions.phantoms import phantom_set, with_spec
 
     seeds = np.random.SeedSequence(int(data["seed"])).generate_state(4, dtype=np.uint32)
     shape = tuple(int(v) for v in data["shape"])
     counts = (data["lesion"], data["healthy"], evaluation["lesion"], evaluation["healthy"])
-    return [phantom_set("bone", int(c), int(sd), 1.0 if k % 2 == 0 else 0.0, shape=shape)
+    # The lesion look ("lesions": LesionSpec fields, e.g. amplitude) changes only the lesion sets.
+    spec = with_spec("bone", **{k: tuple(v) if isinstance(v, list) else v for k, v in data["lesions"].items()})
+    return [phantom_set("bone", int(c), int(sd), 1.0 if k % 2 == 0 else 0.0, shape=shape, lesions=spec)
             for k, (c, sd) in enumerate(zip(counts, seeds))]
 
 
@@ -137,4 +140,4 @@ def train_translator_recipe(raw: dict[str, Any], out: Path, progress: Callable[.
     np.savez_compressed(test_data, input=test_in[:8].astype(np.float32), output=test_out[:8].astype(np.float32))
     return {"config": config.as_dict(), "steps": result.steps_done, "files": {"weights": weights, "test_data": test_data},
             "metrics": metrics, "architecture": {"name": ARCHITECTURE, "kwargs": config.architecture()},
-            "data": data, "evaluation": evaluation}
+            "data": data, "evaluation": evaluation, "prefix": "", "input_shape": [config.size, config.size]}

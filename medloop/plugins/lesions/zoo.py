@@ -26,7 +26,7 @@ RESOURCE_KIND = "lesion_models"
 KINDS = ("translator", "classifier", "anomaly")
 #: The callables a lesion card may name (nothing else is ever imported from a card).
 ARCHITECTURES = (
-    "medloop.plugins.lesions.unit:UnitTranslatorNet",
+    "medloop.plugins.lesions.unit:build_translator_modules",
     "medloop.plugins.lesions.classifier:LesionClassifier",
     "medloop.plugins.lesions.anomaly:SpatialAutoencoder",
 )
@@ -122,4 +122,7 @@ def load_lesion_model(name_or_path: str | Path, kind: str | None = None) -> Lesi
     card = find_lesion_model(name_or_path, kind)
     state = load_checked_weights(card, WHAT)
     network = build_network(card, ARCHITECTURES, "lesion")
-    return LesionModel(card, load_prefixed(network, state, card.raw["weights"]["prefix"], card, WHAT))
+    prefix = card.raw["weights"].get("prefix") or ""
+    if not prefix:  # a ModuleDict of named networks: the keys are its own
+        state, prefix = {f"model.{k}": v for k, v in state.items()}, "model"
+    return LesionModel(card, load_prefixed(network, state, prefix, card, WHAT))
