@@ -26,9 +26,19 @@ def crop_side(box: Box, s: int) -> int:
     return int(round(check_scale(s) * max(y1 - y0, x1 - x0)))
 
 
-def crop_for_box(box: Box, shape: tuple[int, int], s: int, rng: np.random.Generator | int) -> Box:
+#: Where the crop sits around its box: drawn uniformly among the allowed positions (Gupta et al.),
+#: or centred on the box (shifted only to stay inside the image), so that a translator trained on
+#: centred lesions puts its lesion in the box the user drew.
+PLACEMENTS = ("random", "centred")
+
+
+def crop_for_box(box: Box, shape: tuple[int, int], s: int, rng: np.random.Generator | int,
+                 placement: str = "random") -> Box:
     """A square crop ``(y0, x0, y1, x1)`` of side :func:`crop_side` containing ``box`` and inside an
-    image of ``shape``, its position drawn uniformly among those allowed (``rng`` or a seed)."""
+    image of ``shape``: its position drawn uniformly among those allowed (``rng`` or a seed), or
+    with ``placement="centred"`` centred on the box."""
+    if placement not in PLACEMENTS:
+        raise LesionInputError(f"crop placement {placement!r}; choose random or centred")
     box = check_box(box, shape)
     side = crop_side(box, s)
     height, width = int(shape[0]), int(shape[1])
@@ -41,7 +51,10 @@ def crop_for_box(box: Box, shape: tuple[int, int], s: int, rng: np.random.Genera
     for lo, hi, size in ((box[0], box[2], height), (box[1], box[3], width)):
         # The crop [c, c + side) must hold [lo, hi) and lie in [0, size).
         first, last = max(0, hi - side), min(lo, size - side)
-        start.append(int(rng.integers(first, last + 1)))
+        if placement == "centred":
+            start.append(int(np.clip(int(np.floor((lo + hi - side) / 2)), first, last)))
+        else:
+            start.append(int(rng.integers(first, last + 1)))
     return start[0], start[1], start[0] + side, start[1] + side
 
 

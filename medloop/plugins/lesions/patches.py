@@ -25,13 +25,14 @@ MIN_PATCH_MEAN = 0.15
 Crop = tuple[int, int, int]  # (y0, x0, side): the square [y0, y0 + side) x [x0, x0 + side)
 
 
-def _crop_for_box(box: Sequence[int], shape: tuple[int, int], s: int, rng: np.random.Generator) -> Crop | None:
+def _crop_for_box(box: Sequence[int], shape: tuple[int, int], s: int, rng: np.random.Generator,
+                  placement: str = "random") -> Crop | None:
     """:func:`~medloop.plugins.lesions.blend.crop_for_box` as ``(y0, x0, side)``; None when the
     crop does not fit the image (or the box is too small)."""
     from medloop.plugins.lesions.blend import crop_for_box
 
     try:
-        y0, x0, y1, _ = crop_for_box(tuple(int(v) for v in box), shape, s, rng)
+        y0, x0, y1, _ = crop_for_box(tuple(int(v) for v in box), shape, s, rng, placement)
     except LesionInputError:
         return None
     return y0, x0, y1 - y0
@@ -53,15 +54,16 @@ def _scales(s: int | Sequence[int]) -> list[int]:
 
 
 def lesion_crops(lesion_phantoms: Sequence[Any], s: int | Sequence[int], rng: np.random.Generator,
-                 crops: int = 1) -> list[tuple[int, Crop]]:
-    """``(phantom index, crop)`` for every lesion box, scale and repeat whose crop fits the image."""
+                 crops: int = 1, placement: str = "random") -> list[tuple[int, Crop]]:
+    """``(phantom index, crop)`` for every lesion box, scale and repeat whose crop fits the image
+    (a centred crop is the same every repeat, so it is taken once)."""
     scales = _scales(s)
     out = []
     for i, ph in enumerate(lesion_phantoms):
         for box in ph.boxes:
             for scale in scales:
-                for _ in range(crops):
-                    crop = _crop_for_box(box, ph.image.shape, scale, rng)
+                for _ in range(crops if placement == "random" else 1):
+                    crop = _crop_for_box(box, ph.image.shape, scale, rng, placement)
                     if crop is not None:
                         out.append((i, crop))
     return out
@@ -93,6 +95,7 @@ def translator_patches(
     size: int = 32,
     seed: int = 0,
     crops: int = 1,
+    placement: str = "random",
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(healthy (N, size, size), lesion (M, size, size))`` float32 training patches: ``crops``
     random crops per lesion box and scale ``s`` (1, 2 or both), and for each lesion crop ``n``
@@ -107,7 +110,7 @@ def translator_patches(
         raise LesionInputError(f"patch size {size} and crops {crops}; use size >= 4 and crops >= 1")
     rng = np.random.default_rng(seed)
     lesion, healthy = [], []
-    for index, crop in lesion_crops(lesion_phantoms, s, rng, crops):
+    for index, crop in lesion_crops(lesion_phantoms, s, rng, crops, placement):
         lesion.append(cut(lesion_phantoms[index].image, crop, size))
         for j in similar_partners(lesion_phantoms[index], healthy_phantoms, crop, int(n), rng):
             image = healthy_phantoms[j].image

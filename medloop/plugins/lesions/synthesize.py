@@ -39,7 +39,8 @@ class Scorer(Protocol):
 class SynthesisParams:
     """``s`` crop scale (1 or 2), ``n`` blend exponent, ``seed``, ``threshold`` t of the score filter
     (None: no filter), ``allow_no_bone`` to paste into patches darker than 0.15 on average,
-    ``mask_tau`` the pseudo-mask's change threshold as a fraction of the image's range."""
+    ``mask_tau`` the pseudo-mask's change threshold as a fraction of the image's range,
+    ``placement`` of the crop around the box (None: what the translator was trained with)."""
 
     s: int = 2
     n: float = 1.0
@@ -47,6 +48,7 @@ class SynthesisParams:
     threshold: float | None = None
     allow_no_bone: bool = False
     mask_tau: float = 0.05
+    placement: str | None = None  # "random", "centred", or None: the translator's own (its card's)
 
     def checked(self) -> SynthesisParams:
         check_scale(self.s)
@@ -112,7 +114,8 @@ def synthesize_lesions(
     values = check_image_2d(source, name).astype(np.float64)
     lo, hi = _value_range(values)
     boxes = [check_box(b, values.shape, f"box {i + 1}") for i, b in enumerate(boxes)]
-    crops = [crop_for_box(b, values.shape, params.s, params.seed + i) for i, b in enumerate(boxes)]
+    placement = params.placement or getattr(translator, "placement", "random")
+    crops = [crop_for_box(b, values.shape, params.s, params.seed + i, placement) for i, b in enumerate(boxes)]
     unit = (values - lo) / (hi - lo)
     for i, crop in enumerate(crops):
         check_has_bone(extract(unit, crop), params.allow_no_bone)
@@ -132,7 +135,7 @@ def synthesize_lesions(
     provenance = {
         "method": METHOD, "translator": translator.name, "translator_sha256": getattr(translator, "sha256", None),
         "scorer": getattr(scorer, "name", None), "params": asdict(params), "boxes": [list(b) for b in boxes],
-        "crops": [list(c) for c in crops], "value_range": [lo, hi], "score": score, "kept": kept,
+        "crops": [list(c) for c in crops], "placement": placement, "value_range": [lo, hi], "score": score, "kept": kept,
         "seconds": round(time.perf_counter() - started, 4),
     }
     return SynthesisResult(out, boxes, crops, mask, score, kept, provenance)

@@ -57,6 +57,10 @@ class UnitConfig:
     disc_scales: int = 3
     flip: bool = True
     seed: int = 0
+    #: Generators output a change added to their source image (x_h->l = x_h + G_l(E_h(x_h))),
+    #: not a new image: Gupta et al. found residual connections in E and G helped; with an
+    #: image-level skip the bone around the lesion is kept by construction (measured below).
+    image_skip: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -66,7 +70,7 @@ class UnitConfig:
     def architecture(self) -> dict[str, int]:
         """The kwargs of :func:`build_translator_modules` for this configuration."""
         return {"width": self.width, "downsamplings": self.downsamplings, "res_blocks": self.res_blocks,
-                "private_blocks": self.private_blocks, "size": self.size}
+                "private_blocks": self.private_blocks, "size": self.size, "image_skip": self.image_skip}
 
 
 class ResBlock(nn.Module):
@@ -110,9 +114,11 @@ class Encoder(nn.Module):
 class Generator(nn.Module):
     """``shared``, private blocks, ``downsamplings`` x (nearest x2, conv5-LN-ReLU, halving), conv7-tanh."""
 
-    def __init__(self, width: int, downsamplings: int, private_blocks: int, shared: nn.Module) -> None:
+    def __init__(self, width: int, downsamplings: int, private_blocks: int, shared: nn.Module,
+                 image_skip: bool = False) -> None:
         super().__init__()
         self.shared = shared
+        self.image_skip = bool(image_skip)
         layers: list[nn.Module] = [ResBlock(width * 2**downsamplings) for _ in range(private_blocks)]
         for i in reversed(range(downsamplings)):
             c = width * 2 ** (i + 1)
@@ -123,6 +129,12 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.private(self.shared(z))
+
+    def decode(self, z: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """The image for latent ``z`` of ``source``: the generator's output, or with ``image_skip``
+        the source plus that output (a change), clamped to [-1, 1]."""
+        out = self.forward(z)
+        return torch.clamp(source + out, -1.0, 1.0) if self.image_skip else out
 
 
 class MultiScaleDiscriminator(nn.Module):
@@ -174,22 +186,22 @@ def build_unit(config: UnitConfig) -> nn.ModuleDict:
         return nn.ModuleDict({
             "E_h": Encoder(c.width, c.downsamplings, c.private_blocks, enc),
             "E_l": Encoder(c.width, c.downsamplings, c.private_blocks, enc),
-            "G_h": Generator(c.width, c.downsamplings, c.private_blocks, dec),
-            "G_l": Generator(c.width, c.downsamplings, c.private_blocks, dec),
+            "G_h": Generator(c.width, c.downsamplings, c.private_blocks, dec, c.image_skip),
+            "G_l": Generator(c.width, c.downsamplings, c.private_blocks, dec, c.image_skip),
             "D_h": MultiScaleDiscriminator(c.disc_width, c.disc_layers, c.disc_scales),
             "D_l": MultiScaleDiscriminator(c.disc_width, c.disc_layers, c.disc_scales),
         })
 
 
 def build_translator_modules(width: int = 8, downsamplings: int = 2, res_blocks: int = 1, private_blocks: int = 0,
-                             size: int = 32) -> nn.ModuleDict:
+                             size: int = 32, image_skip: bool = False) -> nn.ModuleDict:
     """The inference modules E_h and G_l (what translation needs; keys match :func:`build_unit`'s).
     ``size`` is only checked here (the nets are fully convolutional)."""
     _check_architecture(width, downsamplings, res_blocks, private_blocks, size)
     enc = shared_blocks(width, downsamplings, res_blocks)
     dec = shared_blocks(width, downsamplings, res_blocks)
     return nn.ModuleDict({"E_h": Encoder(width, downsamplings, private_blocks, enc),
-                          "G_l": Generator(width, downsamplings, private_blocks, dec)})
+                          "G_l": Generator(width, downsamplings, private_blocks, dec, image_skip)})
 
 
 def _lsgan(outs: list[torch.Tensor], target: float) -> torch.Tensor:
@@ -213,8 +225,8 @@ class UnitStep(TrainStep):
         m = self.model
         with torch.no_grad():
             mu_h, mu_l = m["E_h"](x_h), m["E_l"](x_l)
-            x_hl = m["G_l"](mu_h + torch.randn_like(mu_h))
-            x_lh = m["G_h"](mu_l + torch.randn_like(mu_l))
+            x_hl = m["G_l"].decode(mu_h + torch.randn_like(mu_h), x_h)
+            x_lh = m["G_h"].decode(mu_l + torch.randn_like(mu_l), x_l)
         loss = (_lsgan(m["D_h"](x_lh), 0.0) + _lsgan(m["D_h"](x_h), 1.0)
                 + _lsgan(m["D_l"](x_hl), 0.0) + _lsgan(m["D_l"](x_l), 1.0))
         loss = self.config.gan * loss
@@ -227,11 +239,11 @@ class UnitStep(TrainStep):
         m, c = self.model, self.config
         mu_h, mu_l = m["E_h"](x_h), m["E_l"](x_l)
         z_h, z_l = mu_h + torch.randn_like(mu_h), mu_l + torch.randn_like(mu_l)
-        x_hh, x_ll = m["G_h"](z_h), m["G_l"](z_l)
-        x_hl, x_lh = m["G_l"](z_h), m["G_h"](z_l)
+        x_hh, x_ll = m["G_h"].decode(z_h, x_h), m["G_l"].decode(z_l, x_l)
+        x_hl, x_lh = m["G_l"].decode(z_h, x_h), m["G_h"].decode(z_l, x_l)
         mu_hl, mu_lh = m["E_l"](x_hl), m["E_h"](x_lh)
-        x_hlh = m["G_h"](mu_hl + torch.randn_like(mu_hl))
-        x_lhl = m["G_l"](mu_lh + torch.randn_like(mu_lh))
+        x_hlh = m["G_h"].decode(mu_hl + torch.randn_like(mu_hl), x_hl)
+        x_lhl = m["G_l"].decode(mu_lh + torch.randn_like(mu_lh), x_lh)
         parts = {
             "gan": _lsgan(m["D_l"](x_hl), 1.0) + _lsgan(m["D_h"](x_lh), 1.0),
             "recon": F.l1_loss(x_hh, x_h) + F.l1_loss(x_ll, x_l),
@@ -352,7 +364,7 @@ class UnitTranslator:
             with torch.inference_mode():
                 for i in range(0, len(arr), self.chunk):
                     x = torch.from_numpy(arr[i:i + self.chunk, None]) * 2.0 - 1.0
-                    y = self.generator(self.encoder(x))
+                    y = self.generator.decode(self.encoder(x), x)
                     out[i:i + self.chunk] = ((y[:, 0].numpy() + 1.0) / 2.0)
         finally:
             self.encoder.train(modes[0])

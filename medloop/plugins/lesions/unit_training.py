@@ -24,7 +24,7 @@ ARCHITECTURE = "medloop.plugins.lesions.unit:build_translator_modules"
 #: Translated centres darker than the input by more than this count as "darkened".
 DARKEN = 0.05
 DATA_DEFAULTS: dict[str, Any] = {"seed": 0, "lesion": 30, "healthy": 300, "s": [1, 2], "n": 5, "shape": [64, 128], "crops": 1,
-                                 "lesions": {}}
+                                 "lesions": {}, "placement": "random"}
 EVAL_DEFAULTS: dict[str, Any] = {"lesion": 20, "healthy": 100, "n": 3}
 
 
@@ -96,12 +96,13 @@ def evaluate_unit(model: Any, lesion_test: list[Any], healthy_test: list[Any], c
     from medloop.plugins.lesions.unit import UnitTranslator
 
     seed = int(data["seed"]) + 7919
-    healthy, _ = translator_patches(lesion_test, healthy_test, data["s"], int(evaluation["n"]), config.size, seed)
+    healthy, _ = translator_patches(lesion_test, healthy_test, data["s"], int(evaluation["n"]), config.size, seed,
+                                    placement=data["placement"])
     translated = UnitTranslator(model, config.size).translate(healthy)
     with torch.inference_mode():
         x = torch.from_numpy(healthy[:, None]) * 2.0 - 1.0
-        recon = np.clip((model["G_h"](model["E_h"](x))[:, 0].numpy() + 1.0) / 2.0, 0.0, 1.0)
-    crops = lesion_crops(lesion_test, data["s"], np.random.default_rng(seed))
+        recon = np.clip((model["G_h"].decode(model["E_h"](x), x)[:, 0].numpy() + 1.0) / 2.0, 0.0, 1.0)
+    crops = lesion_crops(lesion_test, data["s"], np.random.default_rng(seed), placement=data["placement"])
     real = np.stack([cut(lesion_test[i].image, c, config.size) for i, c in crops])
     twin = np.stack([cut(lesion_test[i].healthy, c, config.size) for i, c in crops])
     metrics = {"test_healthy_patches": int(len(healthy)), "test_lesion_patches": int(len(real)),
@@ -127,7 +128,7 @@ def train_translator_recipe(raw: dict[str, Any], out: Path, progress: Callable[.
     out.mkdir(parents=True, exist_ok=True)
     lesion_train, healthy_train, lesion_test, healthy_test = _phantom_sets(data, evaluation)
     healthy, lesion = translator_patches(lesion_train, healthy_train, data["s"], int(data["n"]), config.size,
-                                         int(data["seed"]), int(data["crops"]))
+                                         int(data["seed"]), int(data["crops"]), data["placement"])
     result = train_unit(healthy, lesion, config, progress, should_stop, str(out / "checkpoint.pt"))
     if result.stopped:
         raise JobCancelled(f"training stopped after {result.steps_done} steps; no model written")
@@ -140,4 +141,5 @@ def train_translator_recipe(raw: dict[str, Any], out: Path, progress: Callable[.
     np.savez_compressed(test_data, input=test_in[:8].astype(np.float32), output=test_out[:8].astype(np.float32))
     return {"config": config.as_dict(), "steps": result.steps_done, "files": {"weights": weights, "test_data": test_data},
             "metrics": metrics, "architecture": {"name": ARCHITECTURE, "kwargs": config.architecture()},
-            "data": data, "evaluation": evaluation, "prefix": "", "input_shape": [config.size, config.size]}
+            "data": data, "evaluation": evaluation, "prefix": "", "input_shape": [config.size, config.size],
+            "inference": {"placement": data["placement"]}}

@@ -34,6 +34,8 @@ SLIDER_MAX_T = 0.25
 SLIDER_STEPS = 1000
 LESION_COLOUR = "#d55e00"
 LESION_CLASSES = {0: "background", 1: "lesion"}
+READY_BOXES = "Ready: make a box layer and draw a rectangle on the healthy image."
+READY_MAP = "Ready: choose an image in [0, 1] and press Compute map."
 PER_SLICE, OVER_SLICES = "5 × 5 within each slice", "5 × 5 × 5 over the volume"
 
 
@@ -65,6 +67,25 @@ class _LesionPanel(MethodPanel):
         self.make_scrollable()
         self.refresh_layers()
 
+    def preload(self, names: list[tuple[str, str]], ready: str) -> None:
+        """Load the models ``(name, kind)`` in a worker now, when the panel opens (importing torch
+        and reading weights holds the interpreter lock in long chunks): the first request then
+        runs like every later one. Afterwards the collector's heap is frozen (see
+        :mod:`medloop.app.gui.warmup`), so a later full collection does not stall the window."""
+        wanted = [(n, k) for n, k in names if n and n not in self.models]
+        if not wanted or self.job is not None:
+            return
+
+        def compute(progress, should_stop):
+            import gc
+
+            for name, kind in wanted:
+                self.model(name, kind)
+            gc.freeze()
+
+        self.status.setText("Loading the model ...")
+        self.start(compute, lambda _: self.status.setText(ready))
+
     def model(self, name: str, kind: str) -> Any:
         """The loaded model ``name`` (call from a worker: the first load reads and checks weights)."""
         from medloop.plugins.lesions.zoo import load_lesion_model
@@ -90,10 +111,16 @@ class _LesionPanel(MethodPanel):
 
 
 def _grid(image_layer) -> dict[str, Any]:
-    kwargs = layer_image(image_layer).layer_kwargs()
-    kwargs.pop("rgb", None)
-    kwargs.pop("multiscale", None)
-    return kwargs
+    """The source layer's own placement (scale, translate, units and any affine), so results
+    overlay it exactly whatever its units."""
+    grid: dict[str, Any] = {"scale": tuple(image_layer.scale), "translate": tuple(image_layer.translate)}
+    units = getattr(image_layer, "units", None)
+    if units is not None:
+        grid["units"] = tuple(str(u) for u in units)
+    affine = np.asarray(image_layer.affine.affine_matrix)
+    if not np.allclose(affine, np.eye(len(affine))):
+        grid["affine"] = affine
+    return grid
 
 
 def boxes_in_pixels(shapes_layer, image_layer) -> list[tuple[int, int, int, int]]:
@@ -162,6 +189,8 @@ class SynthesizeLesionPanel(_LesionPanel):
             "(the source is not changed). The crop is s × the box's longer side, placed at random (seed) around it; "
             "the filter scores the result and keeps it if score ≥ t.",
             [self.run_button, self.reroll_button, self.batch_button])
+        self.preload([(self.translator_combo.currentText(), "translator")], READY_BOXES)
+        self.translator_combo.currentTextChanged.connect(lambda name: self.preload([(name, "translator")], READY_BOXES))
 
     # -- layers -------------------------------------------------------------------------------
     def refresh_layers(self, *_: Any) -> None:
@@ -220,7 +249,8 @@ class SynthesizeLesionPanel(_LesionPanel):
             self.run()
 
     def prepare(self):
-        from medloop.plugins.lesions.checks import LesionInputError, check_image_2d
+        from medloop.plugins.lesions.blend import crop_side
+        from medloop.plugins.lesions.checks import LesionInputError, check_box, check_image_2d
         from medloop.plugins.lesions.synthesize import SynthesisParams, synthesize_lesions
 
         image_layer, shapes = self.image_layer(), self.layer_named(self.boxes_combo)
@@ -229,7 +259,9 @@ class SynthesizeLesionPanel(_LesionPanel):
         if shapes is None:
             raise LesionInputError("make a box layer ('New box layer') and draw a rectangle")
         source = check_image_2d(np.asarray(image_layer.data), image_layer.name)
-        boxes = boxes_in_pixels(shapes, image_layer)
+        boxes = [check_box(b, source.shape, f"box {i + 1}") for i, b in enumerate(boxes_in_pixels(shapes, image_layer))]
+        if not boxes:
+            raise LesionInputError(f"no rectangle in {shapes.name}; draw one around where the lesion should appear")
         translator_name = self.translator_combo.currentText()
         if not translator_name:
             raise LesionInputError("no translator loaded; choose a lesion translator model first")
@@ -237,6 +269,11 @@ class SynthesizeLesionPanel(_LesionPanel):
         params = SynthesisParams(s=int(self.scale_combo.currentText()), n=self.n_spin.value(), seed=self.seed_spin.value(),
                                  threshold=self.t_spin.value() if scorer_name != NO_FILTER else None,
                                  allow_no_bone=self.no_bone_check.isChecked()).checked()
+        for i, box in enumerate(boxes):  # the crop must fit the image: say so before any work starts
+            if crop_side(box, params.s) > min(source.shape):
+                raise LesionInputError(
+                    f"the crop for box {i + 1} {box} at s={params.s} needs {crop_side(box, params.s)} px but the image is "
+                    f"{source.shape[0]}x{source.shape[1]}; draw a smaller box or use s=1")
         raw = np.asarray(image_layer.data)
         grid, name, with_mask = _grid(image_layer), image_layer.name, self.mask_check.isChecked()
 
@@ -248,24 +285,26 @@ class SynthesizeLesionPanel(_LesionPanel):
         def done(result) -> None:
             self._show(result, image_layer, grid, name, with_mask)
 
-        del source  # checked above so that a bad image is refused before any work starts
         return compute, done
 
     def _show(self, result, image_layer, grid: dict[str, Any], name: str, with_mask: bool) -> None:
         style = {"colormap": image_layer.colormap.name, "contrast_limits": tuple(image_layer.contrast_limits)}
         layer = self.put_layer(f"{name}_lesion", result.image, "image", grid, **style)
         layer.metadata["medloop_provenance"] = result.provenance
-        if with_mask:
-            mask = self.put_layer(f"{name}_lesion_mask", result.pseudo_mask, "labels", grid, opacity=0.5,
-                                  **class_layer_kwargs(LESION_CLASSES))
-            mask.metadata["derived"] = True
-            mask.metadata["medloop_provenance"] = result.provenance
+        if with_mask:  # in the next turn of the event loop: adding a layer costs napari ~70 ms
+            QTimer.singleShot(0, lambda: self._show_mask(result, grid, name))
         score = ""
         if result.score is not None:
             verdict = "" if result.kept is None else (" — kept" if result.kept else " — below t, not kept")
             score = f"; filter score {result.score:.3f}{verdict}"
         self.status.setText(f"{len(result.boxes)} lesion(s) in {name}_lesion (seed {result.provenance['params']['seed']}, "
                             f"{result.provenance['seconds']:.2f} s){score}.")
+
+    def _show_mask(self, result, grid: dict[str, Any], name: str) -> None:
+        mask = self.put_layer(f"{name}_lesion_mask", result.pseudo_mask, "labels", grid, opacity=0.5,
+                              **class_layer_kwargs(LESION_CLASSES))
+        mask.metadata["derived"] = True
+        mask.metadata["medloop_provenance"] = result.provenance
 
     # -- batch --------------------------------------------------------------------------------
     def choose_batch(self) -> None:
@@ -343,6 +382,7 @@ class AnomalyMapPanel(_LesionPanel):
             "An autoencoder trained on healthy images only reconstructs a healthy version; what it cannot explain "
             "(brighter than the reconstruction) is the residual r. Labels are r ≥ t: move t without re-running the model.",
             [self.run_button, self.calibrate_button, self.send_button, self.batch_button])
+        self.preload([(self.model_combo.currentText(), "anomaly")], READY_MAP)
 
     def refresh_layers(self, *_: Any) -> None:
         super().refresh_layers()
@@ -408,7 +448,7 @@ class AnomalyMapPanel(_LesionPanel):
                                      blending="additive", opacity=0.6,
                                      contrast_limits=(low, max(float(residual.max()), low + 1e-6)))
             overlay.metadata["medloop_provenance"] = {"method": "baur-ae-residual", "model": name}
-            self.update_labels()
+            QTimer.singleShot(0, self.update_labels)  # a second new layer: in the next turn of the event loop
             self.status.setText(f"Residual map of {image_name}: max {residual.max():.3f}; labels at t = {self.t_spin.value():.4f}.")
 
         return compute, done

@@ -77,6 +77,8 @@ class LesionModel:
         self._need("translator")
         translator = UnitTranslator(self.network, int(self.input_shape[-1]))
         translator.name, translator.sha256 = self.card.name, self.sha256
+        # Crops are placed around a box the way the translator's training lesions were.
+        translator.placement = str(self.card.raw["inference"].get("placement", "random"))
         return translator
 
     def scorer(self) -> Any:

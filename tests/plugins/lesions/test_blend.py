@@ -87,3 +87,13 @@ def test_no_bone_patches_are_refused_unless_allowed():
     with pytest.raises(LesionInputError, match=r"^no bone in patch: its mean intensity is 0.100 < 0.15"):
         check_has_bone(dark)
     assert check_has_bone(dark, allow=True) == pytest.approx(0.1)
+
+
+def test_a_centred_crop_is_centred_on_the_box_unless_the_border_shifts_it():
+    # box rows 30..39, columns 60..69 (10 px): side 20, centred -> rows 25..44, columns 55..74
+    assert crop_for_box((30, 60, 40, 70), (64, 128), 2, 0, "centred") == (25, 55, 45, 75)
+    assert crop_for_box((30, 60, 40, 70), (64, 128), 2, 99, "centred") == (25, 55, 45, 75)  # no randomness
+    # near the top-left corner the crop shifts inside the image and still holds the box
+    assert crop_for_box((2, 3, 12, 13), (64, 128), 2, 0, "centred") == (0, 0, 20, 20)
+    with pytest.raises(LesionInputError, match="crop placement 'middle'; choose random or centred"):
+        crop_for_box((30, 60, 40, 70), (64, 128), 2, 0, "middle")
