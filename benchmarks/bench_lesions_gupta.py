@@ -6,7 +6,7 @@ unfiltered), kept counts per t. Acceptance: mean ΔAUC over the seeds >= +0.02 a
 the control's.
 
     PYTHONPATH=. python benchmarks/bench_lesions_gupta.py --seeds 0 1 2 --translator oracle
-    --translator identity | oracle | unit:PATH   (unit: the lead wires the UNIT loader; raises until then)
+    --translator unit | unit:MODEL | oracle | identity   (unit: a UNIT trained per seed on its training split)
     --small: train 30:150, val 15:75, test 50:250 (quicker)
 """
 
@@ -27,13 +27,13 @@ def make_translator(spec: str):
         return OracleTranslator(32, 2)
     if spec == "identity":
         return IdentityTranslator(32)
+    if spec == "unit":
+        return None  # trained per seed on that seed's training split (train_experiment_translator)
     if spec.startswith("unit:"):
-        try:
-            from medloop.plugins.lesions.unit import load_translator  # type: ignore[attr-defined]
-        except ImportError as exc:
-            raise SystemExit(f"--translator unit: the UNIT translator is not available yet ({exc}); use oracle or identity")
-        return load_translator(spec[5:])
-    raise SystemExit(f"--translator {spec!r}; choose oracle, identity or unit:PATH")
+        from medloop.plugins.lesions.zoo import load_lesion_model
+
+        return load_lesion_model(spec[5:], "translator").translator()
+    raise SystemExit(f"--translator {spec!r}; choose unit (trained per seed), unit:MODEL, oracle or identity")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,10 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {"train": (30, 150), "val": (15, 75), "test": (50, 250)} if args.small else None
     results = []
     for seed in args.seeds:
-        r = run_gupta_experiment(seed, translator, synthetic_per_lesion=args.per_lesion, sizes=sizes)
+        own = translator
+        if own is None:
+            from medloop.plugins.lesions.gupta_experiment import bone_data, train_experiment_translator
+
+            own = train_experiment_translator(bone_data(seed, sizes), seed)
+        r = run_gupta_experiment(seed, own, synthetic_per_lesion=args.per_lesion, sizes=sizes)
         results.append(r)
         a, c, u = r["augmented"], r["control"], r["control_unfiltered"]
-        print(f"seed {seed}: baseline AUC {r['baseline']['test_auc']:.3f} | {translator.name} t={a['t']} "
+        print(f"seed {seed}: baseline AUC {r['baseline']['test_auc']:.3f} | {own.name} t={a['t']} "
               f"AUC {a['auc']:.3f} dAUC {a['delta']:+.3f} [{a['low']:+.3f}, {a['high']:+.3f}] | identity control "
               f"t={c['t']} dAUC {c['delta']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] | unfiltered identity dAUC "
               f"{u['delta']:+.3f} | kept {r['kept']} of {r['candidates']} (control {r['control_kept']}) | "

@@ -80,10 +80,12 @@ def synthesize_file(
 
 def anomaly_file(
     source: str | Path, output: str | Path, model: str = "lesion-anomaly-brain", threshold: float | None = None,
-    labels_out: str | Path | None = None, mask: str | Path | None = None,
+    labels_out: str | Path | None = None, mask: str | Path | None = None, annotation_out: str | Path | None = None,
 ) -> dict[str, Any]:
     """The residual map r of the image (2-D or a stack of axial slices) → ``output``; with
-    ``labels_out`` the labels r >= t (t: the model's calibrated threshold unless given)."""
+    ``labels_out`` the labels r >= t (t: the model's calibrated threshold unless given); with
+    ``annotation_out`` the same labels in Correction's stroke convention (lesion, with a background
+    ring), to correct and give to ``medloop train --weak strokes --annotation``."""
     from medloop.app.io.read import read_image
     from medloop.plugins.lesions.checks import check_threshold
     from medloop.plugins.lesions.zoo import load_lesion_model
@@ -99,7 +101,16 @@ def anomaly_file(
     labels = (residual >= t).astype(np.uint8)
     if labels_out is not None:
         write_like(image, labels, labels_out)
+    if annotation_out is not None:
+        from medloop.plugins.lesions.handoff import pseudo_label_annotation
+
+        write_like(image, pseudo_label_annotation(labels, within=residual_brain(image, brain)), annotation_out)
     return {"threshold": t, "voxels": int(labels.sum()), "max": float(residual.max())}
+
+
+def residual_brain(image: Any, brain: np.ndarray | None) -> np.ndarray:
+    """The brain mask the residual map used: the given one, else image > 0."""
+    return brain if brain is not None else np.asarray(image.array) > 0
 
 
 def write_phantoms(

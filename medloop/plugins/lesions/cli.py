@@ -64,6 +64,9 @@ def _add_anomaly(actions: argparse._SubParsersAction) -> None:
     p.add_argument("input", type=Path, metavar="IMAGE", help="2-D image or stack of axial slices in [0, 1]; or a folder (cohort)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="MAP", help="residual map r (a folder for a cohort)")
     p.add_argument("--labels-out", type=Path, default=None, metavar="L", help="labels r >= t (uint8)")
+    p.add_argument("--annotation-out", type=Path, default=None, metavar="A",
+                   help="the labels as a Correction annotation (lesion 2, background ring 1, 0 unannotated): correct it, "
+                        "then medloop train --weak strokes --annotation A --model lesion-student-brain")
     p.add_argument("--model", default="lesion-anomaly-brain", help="anomaly model name or folder")
     p.add_argument("--threshold", type=float, default=None, metavar="T", help="residual threshold t (default: the model's calibrated t)")
     p.add_argument("--mask", type=Path, default=None, help="brain mask (default: image > 0)")
@@ -130,7 +133,7 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
                                         **cohort_options(args))
         print(report.summary())
         return 2 if report.failed else 0
-    done = anomaly_file(args.input, args.output, args.model, args.threshold, args.labels_out, args.mask)
+    done = anomaly_file(args.input, args.output, args.model, args.threshold, args.labels_out, args.mask, args.annotation_out)
     labels = f"; {done['voxels']} voxels >= t = {done['threshold']:.4f} in {args.labels_out}" if args.labels_out else ""
     print(f"wrote {args.output} (residual map, max {done['max']:.3f}{labels})")
     return 0

@@ -24,6 +24,7 @@ TRAINERS = {
     "translator": "medloop.plugins.lesions.unit_training:train_translator_recipe",
     "classifier": "medloop.plugins.lesions.classifier:train_classifier_recipe",
     "anomaly": "medloop.plugins.lesions.anomaly_training:train_anomaly_recipe",
+    "segmenter": "medloop.plugins.lesions.student:train_student_recipe",
 }
 
 

@@ -203,6 +203,7 @@ class SynthesizeLesionPanel(_LesionPanel):
         if layer is None:
             self.status.setText("Open a healthy 2-D image first.")
             return None
+        self._make_outputs(layer)
         name = f"{layer.name} lesion boxes"
         if name not in self.viewer.layers:
             self.viewer.add_shapes(name=name, shape_type="rectangle", edge_color=LESION_COLOUR, face_color="transparent",
@@ -213,6 +214,18 @@ class SynthesizeLesionPanel(_LesionPanel):
         shapes.mode = "add_rectangle"
         self.status.setText("Draw a rectangle around where the lesion should appear.")
         return shapes
+
+    def _make_outputs(self, image_layer) -> None:
+        """The result layers, hidden until the first lesion, made with the box layer (below it):
+        adding a layer costs napari 100-300 ms on the GUI thread, which must not land while a
+        lesion is on its way (the drawn box's result then only swaps their data)."""
+        grid, name = _grid(image_layer), image_layer.name
+        style = {"colormap": image_layer.colormap.name, "contrast_limits": tuple(image_layer.contrast_limits)}
+        if f"{name}_lesion" not in self.viewer.layers:
+            self.viewer.add_image(np.array(image_layer.data, copy=True), name=f"{name}_lesion", visible=False, **grid, **style)
+        if self.mask_check.isChecked() and f"{name}_lesion_mask" not in self.viewer.layers:
+            self.viewer.add_labels(np.zeros(np.shape(image_layer.data), np.uint8), name=f"{name}_lesion_mask", visible=False,
+                                   opacity=0.5, **grid, **class_layer_kwargs(LESION_CLASSES))
 
     def _watch_boxes(self, *_: Any) -> None:
         if self._watched is not None:
@@ -291,6 +304,7 @@ class SynthesizeLesionPanel(_LesionPanel):
         style = {"colormap": image_layer.colormap.name, "contrast_limits": tuple(image_layer.contrast_limits)}
         layer = self.put_layer(f"{name}_lesion", result.image, "image", grid, **style)
         layer.metadata["medloop_provenance"] = result.provenance
+        layer.visible = True
         if with_mask:  # in the next turn of the event loop: adding a layer costs napari ~70 ms
             QTimer.singleShot(0, lambda: self._show_mask(result, grid, name))
         score = ""
@@ -305,6 +319,7 @@ class SynthesizeLesionPanel(_LesionPanel):
                               **class_layer_kwargs(LESION_CLASSES))
         mask.metadata["derived"] = True
         mask.metadata["medloop_provenance"] = result.provenance
+        mask.visible = True
 
     # -- batch --------------------------------------------------------------------------------
     def choose_batch(self) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 
 from medloop.plugins.lesions.classifier import ClassifierConfig
 from medloop.plugins.lesions.gupta_experiment import OracleTranslator, bone_data, kept_counts, run_gupta_experiment
-from medloop.plugins.lesions.phantoms import make_phantom
+from medloop.plugins.lesions.phantoms import make_phantom, with_spec
 
 TINY = {"train": (6, 30), "val": (4, 20), "test": (6, 30)}
 
@@ -31,7 +31,7 @@ def test_bone_data_sizes_and_disjoint_sets():
 
 def test_oracle_paints_a_dark_centre_and_is_seeded():
     patch = make_phantom("bone", 2, with_lesion=False).image[16:48, 40:72][None]
-    oracle = OracleTranslator(32, 2)
+    oracle = OracleTranslator(32, 2, spec=with_spec("bone", amplitude=(0.10, 0.20), rim=0.06, radius=(2.5, 5.0)))
     out = oracle.translate(patch, seed=4)
     change = out[0] - patch[0]
     assert out.shape == patch.shape and out.dtype == np.float32

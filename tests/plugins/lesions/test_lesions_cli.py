@@ -96,3 +96,39 @@ def test_train_with_augmentation_needs_a_classifier_recipe(cli, tmp_path):
     line = refused(cli, "train", "--recipe", "lesion-anomaly-brain", "--augment-lesions", "lesion-unit-bone", "--out", str(tmp_path))
     assert line == ("medloop: error: --augment-lesions trains a lesion classifier recipe (e.g. lesion-classifier-bone); "
                     "lesion-anomaly-brain is an anomaly recipe")
+
+
+def _predict(folder, image):
+    import json
+
+    import torch
+
+    from medloop.models.nets import build_network
+
+    card = json.loads((folder / "card.json").read_text())
+    net = build_network(card["architecture"]["name"], **card["architecture"]["kwargs"])
+    net.load_state_dict(torch.load(folder / card["weights"]["source"], weights_only=True))
+    net.eval()
+    with torch.inference_mode():
+        return net(torch.from_numpy(image[None, None].astype(np.float32))).argmax(1)[0].numpy()
+
+
+def test_the_loop_anomaly_annotation_then_fine_tune_of_the_student(cli, brains, tmp_path):
+    """Anomaly pseudo-labels -> Correction annotation -> the packaged student fine-tuned on it."""
+    from medloop.models.registry import get_model
+
+    d, phantoms = brains
+    result = cli("lesions", "anomaly", str(d / "case1.nii.gz"), "-o", str(tmp_path / "r.nii.gz"),
+                 "--annotation-out", str(tmp_path / "a.nii.gz"))
+    assert result.returncode == 0, result.stderr
+    annotation = np.asarray(read_image(tmp_path / "a.nii.gz").array)
+    assert set(np.unique(annotation)) == {0, 1, 2} and dice(annotation == 2, phantoms[1].lesion) > 0.6
+    tuned = cli("train", "--weak", "strokes", "--image", str(d / "case1.nii.gz"), "--annotation", str(tmp_path / "a.nii.gz"),
+                "--model", "lesion-student-brain", "--out", str(tmp_path / "versions"))
+    assert tuned.returncode == 0, tuned.stderr
+    folder = tmp_path / "versions" / "lesion-student-brain" / "v1"
+    after = _predict(folder, phantoms[1].image)
+    before = _predict(get_model("lesion-student-brain").folder, phantoms[1].image)
+    # the fine-tuned student follows its annotation: lesion where marked, background on the ring
+    assert (after[annotation == 2] == 1).mean() >= max(0.8, (before[annotation == 2] == 1).mean() - 0.05)
+    assert (after[annotation == 1] == 0).mean() >= 0.95

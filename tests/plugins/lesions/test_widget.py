@@ -43,7 +43,8 @@ def test_a_drawn_box_becomes_a_lesion_layer_changed_only_inside_the_crop(make_na
     meter = StallMeter()
     # rows 26..35, columns 60..71 in pixels of the image: drawn in the box layer's data coordinates
     boxes.add_rectangles(np.array([[25.6, 59.7], [35.4, 71.2]]))
-    qtbot.waitUntil(lambda: "bone_lesion_mask" in viewer.layers and panel.job is None, timeout=60_000)
+    # the result layers exist (hidden) since the box layer was made: the result only swaps their data
+    qtbot.waitUntil(lambda: viewer.layers["bone_lesion_mask"].visible and panel.job is None, timeout=60_000)
     meter.timer.stop()
     lesion = viewer.layers["bone_lesion"]
     assert tuple(lesion.scale) == (0.5, 0.5) and tuple(lesion.translate) == (10.0, -4.0)
@@ -76,10 +77,14 @@ def test_a_bad_box_shows_one_line_and_adds_nothing(make_napari_viewer, qtbot, tr
     qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
     boxes = panel.new_box_layer()
     boxes.add_rectangles(np.array([[1.0, 1.0], [3.0, 9.0]]))
+    before = [layer.name for layer in viewer.layers]
     panel.run()
     assert panel.job is None
     assert panel.status.text() == "Cannot run: box 1 (1, 1, 4, 10) is 3x9 px; sides must be at least 4 px, draw a larger box"
-    assert [layer.name for layer in viewer.layers] == ["bone", "bone lesion boxes"]
+    assert [layer.name for layer in viewer.layers] == before == ["bone", "bone_lesion", "bone_lesion_mask", "bone lesion boxes"]
+    result, mask = viewer.layers["bone_lesion"], viewer.layers["bone_lesion_mask"]
+    assert not result.visible and not mask.visible  # made with the box layer, shown only with a result
+    assert np.array_equal(result.data, viewer.layers["bone"].data) and not mask.data.any()
 
 
 def test_threshold_relabels_without_the_model_and_calibrate_and_send(make_napari_viewer, qtbot, monkeypatch):
