@@ -120,7 +120,8 @@ class OracleTranslator:
 
 
 #: The experiment's translator: the packaged recipe's UNIT (image skip, centred crops, s = 2).
-EXPERIMENT_UNIT = {"size": 32, "batch": 8, "steps": 2000, "steps_per_epoch": 100, "image_skip": True}
+EXPERIMENT_UNIT = {"size": 32, "batch": 8, "steps": 4000, "steps_per_epoch": 100, "lr": 2e-4, "private_blocks": 1,
+                   "image_skip": True}
 
 
 def train_experiment_translator(data: BoneData, seed: int, settings: dict[str, Any] | None = None,

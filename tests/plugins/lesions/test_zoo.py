@@ -113,4 +113,4 @@ def test_a_recipe_with_an_unknown_kind_is_refused(tmp_path):
     bad.write_text(json.dumps({**TINY_TRANSLATOR, "kind": "teleporter"}))
     with pytest.raises(LesionRecipeError) as err:
         load_lesion_recipe(bad)
-    assert str(err.value) == f"lesion recipe {bad} has kind 'teleporter'; choose one of translator, classifier, anomaly"
+    assert str(err.value) == f"lesion recipe {bad} has kind 'teleporter'; choose one of translator, classifier, anomaly, segmenter"
