@@ -158,7 +158,9 @@ class SynthesizeLesionPanel(_LesionPanel):
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
         self.t_spin = _double(0.0, 1.0, 0.9, 0.05, 2)
-        self.mask_check = QCheckBox("Derived pseudo-mask layer (|out − in| > 5 % inside the box)")
+        self.mask_check = QCheckBox("Derived pseudo-mask layer")
+        self.mask_check.setToolTip("|out − in| > 5 % of the image's range inside each box (a derived label: "
+                                   "the box is the synthetic lesion's only ground truth)")
         self.mask_check.setChecked(True)
         self.no_bone_check = QCheckBox("Allow patches without bone (mean < 0.15)")
         self.auto_check = QCheckBox("Synthesise on each new box")
@@ -186,8 +188,9 @@ class SynthesizeLesionPanel(_LesionPanel):
             self.form.addRow(label, widget)
         self._finish_layout(
             "Draw rectangles on a healthy 2-D image: each makes a lesion in a new layer '<image>_lesion' "
-            "(the source is not changed). The crop is s × the box's longer side, placed at random (seed) around it; "
-            "the filter scores the result and keeps it if score ≥ t.",
+            "(the source is not changed). The crop is s × the box's longer side, placed around the box as the translator "
+            "was trained (centred for lesion-unit-bone; at random, by the seed, for the paper's rule); the filter scores "
+            "the result and keeps it if score ≥ t.",
             [self.run_button, self.reroll_button, self.batch_button])
         self.preload([(self.translator_combo.currentText(), "translator")], READY_BOXES)
         self.translator_combo.currentTextChanged.connect(lambda name: self.preload([(name, "translator")], READY_BOXES))
@@ -224,8 +227,9 @@ class SynthesizeLesionPanel(_LesionPanel):
         if f"{name}_lesion" not in self.viewer.layers:
             self.viewer.add_image(np.array(image_layer.data, copy=True), name=f"{name}_lesion", visible=False, **grid, **style)
         if self.mask_check.isChecked() and f"{name}_lesion_mask" not in self.viewer.layers:
-            self.viewer.add_labels(np.zeros(np.shape(image_layer.data), np.uint8), name=f"{name}_lesion_mask", visible=False,
-                                   opacity=0.5, **grid, **class_layer_kwargs(LESION_CLASSES))
+            mask = self.viewer.add_labels(np.zeros(np.shape(image_layer.data), np.uint8), name=f"{name}_lesion_mask",
+                                          visible=False, opacity=0.8, **grid, **class_layer_kwargs(LESION_CLASSES))
+            mask.contour = 1  # an outline: the synthetic lesion stays visible inside it
 
     def _watch_boxes(self, *_: Any) -> None:
         if self._watched is not None:
