@@ -49,13 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     translator = make_translator(args.translator)
     sizes = {"train": (30, 150), "val": (15, 75), "test": (50, 250)} if args.small else None
     results = []
-    for seed in args.seeds:
-        own = translator
-        if own is None:
-            from medloop.plugins.lesions.gupta_experiment import bone_data, train_experiment_translator
+    from medloop.plugins.lesions.gupta_experiment import bone_data, train_experiment_translator
 
-            own = train_experiment_translator(bone_data(seed, sizes), seed)
-        r = run_gupta_experiment(seed, own, synthetic_per_lesion=args.per_lesion, sizes=sizes)
+    for seed in args.seeds:
+        data = bone_data(seed, sizes)
+        own = translator if translator is not None else train_experiment_translator(data, seed)
+        r = run_gupta_experiment(seed, own, synthetic_per_lesion=args.per_lesion, data=data)
         results.append(r)
         a, c, u = r["augmented"], r["control"], r["control_unfiltered"]
         print(f"seed {seed}: baseline AUC {r['baseline']['test_auc']:.3f} | {own.name} t={a['t']} "

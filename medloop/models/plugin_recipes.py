@@ -84,27 +84,38 @@ def check_bounds(acceptance: dict[str, Any], metrics: dict[str, float]) -> list[
     return missed
 
 
+@dataclass(frozen=True)
+class RecipeKit:
+    """How a plugin turns a recipe into a model: ``trainer(recipe, out, progress, should_stop)``
+    returns what the card records, ``write_card(raw, trained, out, command)`` writes it,
+    ``command`` reproduces it, ``extra_checks`` add acceptance rules, ``error`` is raised for misses."""
+
+    trainer: Callable[..., dict[str, Any]]
+    write_card: Callable[[dict[str, Any], dict[str, Any], Path, str], Path]
+    command: str
+    extra_checks: Sequence[Callable[[dict[str, Any], dict[str, float]], list[str]]] = ()
+    error: type[MedloopError] = MedloopError
+
+
 def run_plugin_recipe(
-    recipe: PluginRecipe, out_dir: str | Path, trainer: Callable[..., dict[str, Any]],
-    write_card: Callable[[dict[str, Any], dict[str, Any], Path, str], Path], command: str,
+    recipe: PluginRecipe, out_dir: str | Path, kit: RecipeKit,
     progress: Callable[..., None] | None = None, should_stop: Callable[[], bool] | None = None,
-    extra_checks: Sequence[Callable[[dict[str, Any], dict[str, float]], list[str]]] = (),
-    error: type[MedloopError] = MedloopError,
 ) -> Path:
-    """Train ``recipe`` with ``trainer(recipe, out, progress, should_stop)`` into ``out_dir``, write
-    its card, drop the checkpoint, then raise ``error`` naming every acceptance number missed (the
-    model stays written, so it can be inspected)."""
+    """Train ``recipe`` with ``kit.trainer`` into ``out_dir``, write its card, drop the checkpoint,
+    then raise ``kit.error`` naming every acceptance number missed (the model stays written, so
+    it can be inspected)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    trained = trainer(recipe, out, progress, should_stop)
+    trained = kit.trainer(recipe, out, progress, should_stop)
     trained["seconds"] = round(time.perf_counter() - started, 1)
-    write_card(recipe.raw, trained, out, command)
+    kit.write_card(recipe.raw, trained, out, kit.command)
     (out / "checkpoint.pt").unlink(missing_ok=True)
     acceptance = recipe.raw.get("acceptance", {})
-    missed = check_bounds(acceptance, trained["metrics"]) + [m for check in extra_checks for m in check(acceptance, trained["metrics"])]
+    missed = check_bounds(acceptance, trained["metrics"]) + [
+        m for check in kit.extra_checks for m in check(acceptance, trained["metrics"])]
     if missed:
-        raise error(f"model {recipe.name} in {out} misses its acceptance numbers: {'; '.join(missed)}")
+        raise kit.error(f"model {recipe.name} in {out} misses its acceptance numbers: {'; '.join(missed)}")
     return out
 
 

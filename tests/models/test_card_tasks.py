@@ -162,8 +162,9 @@ def plugin_with_a_model(tmp_path, monkeypatch):
 def test_models_in_a_plugins_resources_are_listed_and_load_checked(plugin_with_a_model, tmp_path):
     root, weights = plugin_with_a_model
     segmentation_models = discovery.package_dirs("medloop.plugins.segmentation")[0] / "resources" / "models"
-    assert discovery.plugin_resource_dirs("models") == [segmentation_models, root]
-    assert packaged_model_roots()[1:] == [segmentation_models, root]
+    lesion_models = discovery.package_dirs("medloop.plugins.lesions")[0] / "resources" / "models"  # the student
+    assert discovery.plugin_resource_dirs("models") == [segmentation_models, lesion_models, root]
+    assert packaged_model_roots()[1:] == [segmentation_models, lesion_models, root]
     entries = {e.name: e for e in list_models(tmp_path / "zoo")}
     assert "brain-tissue-t1" in entries and entries["plugin-tiny"].packaged
     entry = get_model("plugin-tiny", tmp_path / "zoo")

@@ -154,7 +154,7 @@ def augment_folder(
     """Lesions into the images of ``folder`` named in ``boxes_csv`` (``source,y0,x0,y1,x1``; relative
     names in the folder or beside the CSV) → ``out_dir`` with ``manifest.csv``; returns its rows."""
     from medloop.plugins.lesions.augment import augment_images, read_boxes_csv
-    from medloop.plugins.lesions.synthesize import SynthesisParams
+    from medloop.plugins.lesions.synthesize import SynthesisParams, SynthesisSetup
     from medloop.plugins.lesions.zoo import load_lesion_model
 
     root = Path(folder)
@@ -166,4 +166,5 @@ def augment_folder(
     params = SynthesisParams(s=settings.s, n=settings.n, seed=settings.seed, threshold=settings.threshold,
                              allow_no_bone=settings.allow_no_bone)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return augment_images(sorted(boxes), boxes, translator, params, scorer, out_dir, progress, should_stop, write_masks)
+    return augment_images(sorted(boxes), boxes, SynthesisSetup(translator, params, scorer), out_dir, progress, should_stop,
+                          write_masks)

@@ -32,7 +32,7 @@ import numpy as np
 
 from medloop.plugins.lesions.blend import Box, crop_for_box
 from medloop.plugins.lesions.checks import LesionInputError, check_box, check_count, check_threshold
-from medloop.plugins.lesions.synthesize import Scorer, SynthesisParams, synthesize_lesions
+from medloop.plugins.lesions.synthesize import Scorer, SynthesisParams, SynthesisSetup, synthesize_lesions
 from medloop.plugins.lesions.translators import Translator
 
 BOX_COLUMNS = ("source", "y0", "x0", "y1", "x1")
@@ -175,16 +175,17 @@ def _augment_one(path: Path, boxes: list[Box], translator: Translator, params: S
 
 
 def augment_images(
-    sources: Sequence[str | os.PathLike[str]], boxes_by_source: dict[Any, list[Box]], translator: Translator,
-    params: SynthesisParams, scorer: Scorer | None, out_dir: str | os.PathLike[str],
-    progress: Callable[[int, int], None] | None = None, should_stop: Callable[[], bool] | None = None,
-    write_masks: bool = True, write_discarded: bool = False,
+    sources: Sequence[str | os.PathLike[str]], boxes_by_source: dict[Any, list[Box]], setup: SynthesisSetup,
+    out_dir: str | os.PathLike[str], progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None, write_masks: bool = True, write_discarded: bool = False,
 ) -> list[ManifestRow]:
-    """Lesions in every source image at its boxes (see the module docstring for what is written);
-    returns the manifest's rows. Source i uses seed ``params.seed + 1000 i`` (+ box index)."""
+    """Lesions in every source image at its boxes with ``setup`` (translator, parameters, filter;
+    see the module docstring for what is written); returns the manifest's rows. Source i uses
+    seed ``params.seed + 1000 i`` (+ box index)."""
     from medloop.app.engine.jobs import JobCancelled
 
-    params = params.checked()
+    translator, scorer = setup.translator, setup.scorer
+    params = setup.params.checked()
     if translator is None:
         raise LesionInputError("no translator loaded; choose a lesion translator model first")
     out = Path(out_dir)

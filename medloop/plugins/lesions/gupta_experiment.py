@@ -244,8 +244,7 @@ def augment_classifier(
 def run_gupta_experiment(
     seed: int, translator: Translator, thresholds: Sequence[float] = THRESHOLDS, synthetic_per_lesion: int = 10,
     config: ClassifierConfig = EXPERIMENT_CONFIG, progress: Callable[[int, int], None] | None = None,
-    params: SynthesisParams | None = None, sizes: dict[str, tuple[int, int]] | None = None,
-    lesions: LesionSpec = EXPERIMENT_LESIONS,
+    params: SynthesisParams | None = None, data: BoneData | None = None,
 ) -> dict[str, Any]:
     """Baseline vs translator augmentation vs identity-paste control on bone phantoms (module
     docstring); returns AUCs, paired-bootstrap ΔAUCs with 95 % CIs, kept counts per t, the chosen t."""
@@ -265,7 +264,7 @@ def run_gupta_experiment(
         if progress is not None:
             progress(done[0], total)
 
-    data = bone_data(seed, sizes, lesions)
+    data = data if data is not None else bone_data(seed)
     baseline, base_val, base_test = _train_auc(data.train.images, data.train.labels, data, config)
     tick()
     scorer = ClassifierScorer(baseline, data.train.images.shape[1:])

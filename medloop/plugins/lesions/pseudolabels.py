@@ -105,12 +105,12 @@ def run_pseudolabels(
     should_stop: ShouldStop | None = None,
     workers: int | None = None,
     write_anomaly: bool = True,
-    median: int = 5,
 ) -> CohortReport:
-    """Pseudo-label every image of ``paths`` (a folder, a list file or paths) into ``out_dir``;
-    ``workers``: None runs serially in this process, N on a local dask cluster. Finished cases
-    with the same weights and settings are skipped; per-case failures are in the report."""
-    task = task_for(model, t, median=median, write_anomaly=write_anomaly)
+    """Pseudo-label every image of ``paths`` (a folder, a list file or paths) into ``out_dir``
+    (5 x 5 median per slice, 5 x 5 x 5 over a stack); ``workers``: None runs serially in this
+    process, N on a local dask cluster. Finished cases with the same weights and settings are
+    skipped; per-case failures are in the report."""
+    task = task_for(model, t, write_anomaly=write_anomaly)
     return run_cohort(cases_from(paths), task, out_dir, scheduler=None if workers is None else "local",
                       workers=workers, progress=progress, should_stop=should_stop)
 

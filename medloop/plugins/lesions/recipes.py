@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medloop.app.errors import MedloopError
-from medloop.models.plugin_recipes import PluginRecipe, load_plugin_recipe, run_plugin_recipe
+from medloop.models.plugin_recipes import PluginRecipe, RecipeKit, load_plugin_recipe, run_plugin_recipe
 from medloop.plugins.lesions.zoo import PACKAGE
 
 RECIPE_KIND = "lesion_recipes"
@@ -22,7 +22,7 @@ COMMAND = "medloop lesions train --recipe {name} --out DIR"
 #: recipe kind -> "module:function(raw, out_dir, progress, should_stop) -> what the card records"
 TRAINERS = {
     "translator": "medloop.plugins.lesions.unit_training:train_translator_recipe",
-    "classifier": "medloop.plugins.lesions.classifier:train_classifier_recipe",
+    "classifier": "medloop.plugins.lesions.classifier_training:train_classifier_recipe",
     "anomaly": "medloop.plugins.lesions.anomaly_training:train_anomaly_recipe",
     "segmenter": "medloop.plugins.lesions.student:train_student_recipe",
 }
@@ -64,5 +64,5 @@ def train_lesion_recipe(
     recipe = load_lesion_recipe(name_or_path)
     if augment is not None:
         recipe = with_augmentation(recipe, augment, kinds)
-    return run_plugin_recipe(recipe, out_dir, _trainer, write_lesion_card, command or COMMAND.format(name=recipe.name),
-                             progress, should_stop, error=LesionRecipeError)
+    kit = RecipeKit(_trainer, write_lesion_card, command or COMMAND.format(name=recipe.name), error=LesionRecipeError)
+    return run_plugin_recipe(recipe, out_dir, kit, progress, should_stop)

@@ -139,3 +139,13 @@ def synthesize_lesions(
         "seconds": round(time.perf_counter() - started, 4),
     }
     return SynthesisResult(out, boxes, crops, mask, score, kept, provenance)
+
+
+@dataclass(frozen=True)
+class SynthesisSetup:
+    """What makes lesions, bundled for the batch paths: the translator, the parameters and the
+    optional filter classifier."""
+
+    translator: Translator | None
+    params: SynthesisParams = SynthesisParams()
+    scorer: Scorer | None = None

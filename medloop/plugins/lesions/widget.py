@@ -47,6 +47,13 @@ class _LesionPanel(MethodPanel):
         super().__init__(napari_viewer)
         self.form = QFormLayout()
         self.models: dict[str, Any] = {}
+        self._pending_preload: tuple[list[tuple[str, str]], str] | None = None
+
+    def job_finished(self) -> None:
+        if self._pending_preload is not None:
+            names, ready = self._pending_preload
+            self._pending_preload = None
+            self.preload(names, ready)
 
     def _finish_layout(self, intro_text: str, buttons: list[QPushButton]) -> None:
         layout = QVBoxLayout(self)
@@ -73,7 +80,10 @@ class _LesionPanel(MethodPanel):
         runs like every later one. Afterwards the collector's heap is frozen (see
         :mod:`medloop.app.gui.warmup`), so a later full collection does not stall the window."""
         wanted = [(n, k) for n, k in names if n and n not in self.models]
-        if not wanted or self.job is not None:
+        if not wanted:
+            return
+        if self.job is not None:  # after the running job (e.g. the previous model's preload)
+            self._pending_preload = (names, ready)
             return
 
         def compute(progress, should_stop):
@@ -261,7 +271,8 @@ class SynthesizeLesionPanel(_LesionPanel):
         self.start(compute, done)
 
     def job_finished(self) -> None:
-        if self._pending:
+        super().job_finished()
+        if self._pending and self.job is None:
             self._pending = False
             self.run()
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from medloop.app.errors import MedloopError
 from medloop.models.plugin_recipes import (
-    PluginRecipe, check_bounds, load_plugin_recipe, recipe_dirs, run_plugin_recipe, settings, stopped,
+    PluginRecipe, RecipeKit, check_bounds, load_plugin_recipe, recipe_dirs, run_plugin_recipe, settings, stopped,
 )
 from medloop.plugins.staining.zoo import PACKAGE
 
@@ -57,9 +57,9 @@ def train_stain_recipe(
     from medloop.plugins.staining.cards import write_stain_card
 
     recipe = load_stain_recipe(name_or_path)
-    return run_plugin_recipe(
-        recipe, out_dir, lambda r, out, p, s: TRAINERS[r.kind](r, out, p, s), write_stain_card,
-        command or COMMAND.format(name=recipe.name), progress, should_stop, (_check_beats,), StainRecipeError)
+    kit = RecipeKit(lambda r, out, p, s: TRAINERS[r.kind](r, out, p, s), write_stain_card,
+                    command or COMMAND.format(name=recipe.name), (_check_beats,), StainRecipeError)
+    return run_plugin_recipe(recipe, out_dir, kit, progress, should_stop)
 
 
 def _settings(cls: Any, values: dict[str, Any], recipe: StainRecipe, section: str) -> Any:

@@ -76,6 +76,9 @@ def test_boxes_and_points_explain_an_unsuitable_model(qtbot, tmp_path, monkeypat
     from tests.models.tiny import make_tiny_model
 
     monkeypatch.setattr(registry, "user_models_dir", lambda: tmp_path / "zoo")
+    shipped = registry.packaged_model_roots()
+    # only the segmentation plugin's models (the lesion plugin ships a 2-class student: see the end)
+    monkeypatch.setattr(registry, "packaged_model_roots", lambda: [r for r in shipped if "lesions" not in r.parts])
     panel = CorrectionPanel(ViewerModel())
     qtbot.addWidget(panel)
     panel.model_combo.setCurrentText("brain-tissue-t1")
@@ -96,3 +99,9 @@ def test_boxes_and_points_explain_an_unsuitable_model(qtbot, tmp_path, monkeypat
     assert panel.status.text().endswith("brain-tissue-t1 is 2-D with 3 classes. Pick tiny-2d.")
     panel.model_combo.setCurrentText("tiny-2d")
     assert panel.finetune_button.isEnabled()
+    monkeypatch.setattr(registry, "packaged_model_roots", lambda: shipped)
+    panel = CorrectionPanel(ViewerModel())
+    qtbot.addWidget(panel)
+    panel.model_combo.setCurrentText("brain-tissue-t1")
+    panel.set_kind("boxes")
+    assert panel.status.text().endswith("brain-tissue-t1 is 2-D with 3 classes. Pick lesion-student-brain, tiny-2d.")

@@ -17,7 +17,7 @@ from medloop.plugins.lesions.augment import (
 from medloop.plugins.lesions.checks import LesionInputError
 from medloop.plugins.lesions.gupta_experiment import OracleTranslator
 from medloop.plugins.lesions.phantoms import make_phantom, phantom_set
-from medloop.plugins.lesions.synthesize import SynthesisParams
+from medloop.plugins.lesions.synthesize import SynthesisParams, SynthesisSetup
 
 DIRECTION = np.array([[0.0, -1.0], [1.0, 0.0]])
 
@@ -49,7 +49,7 @@ def test_batch_keeps_geometry_and_changes_only_the_crops(tmp_path):
     out.mkdir()
     boxes = read_boxes_csv(csv_path)
     assert [len(v) for v in boxes.values()] == [2, 1]
-    rows = augment_images(paths, boxes, OracleTranslator(32, 2), SynthesisParams(s=2, seed=5), None, out)
+    rows = augment_images(paths, boxes, SynthesisSetup(OracleTranslator(32, 2), SynthesisParams(s=2, seed=5), None), out)
     assert len(rows) == 3 and all(r.kept is None and r.score is None for r in rows)
     for src in paths:
         source = read_image(src)
@@ -83,10 +83,10 @@ def test_batch_filter_lists_discarded_images_without_writing_them(tmp_path):
     scorer = FixedScorer()
     free = tmp_path / "free"
     free.mkdir()
-    scored = augment_images(paths, read_boxes_csv(csv_path), OracleTranslator(), SynthesisParams(), scorer, free)
+    scored = augment_images(paths, read_boxes_csv(csv_path), SynthesisSetup(OracleTranslator(), SynthesisParams(), scorer), free)
     assert all(r.kept is None for r in scored)
     t = float(np.mean(sorted({r.score for r in scored})))  # between the two images' scores
-    rows = augment_images(paths, read_boxes_csv(csv_path), OracleTranslator(), SynthesisParams(threshold=t), scorer, out)
+    rows = augment_images(paths, read_boxes_csv(csv_path), SynthesisSetup(OracleTranslator(), SynthesisParams(threshold=t), scorer), out)
     assert [r.score for r in rows] == [r.score for r in scored]
     kept = {r.source: r.kept for r in rows}
     assert sorted(kept.values()) == [False, True]
@@ -120,7 +120,7 @@ def test_box_outside_image_is_refused_before_writing(tmp_path):
     out.mkdir()
     boxes = {paths[0]: [(26, 30, 36, 40)], paths[1]: [(50, 120, 70, 132)]}
     with pytest.raises(LesionInputError) as exc:
-        augment_images(paths, boxes, OracleTranslator(), SynthesisParams(), None, out)
+        augment_images(paths, boxes, SynthesisSetup(OracleTranslator(), SynthesisParams(), None), out)
     assert str(exc.value) == ("healthy1.nii.gz box 1 (50, 120, 70, 132) is not fully inside the image "
                               "(0, 0, 64, 128); draw it inside the image")
     assert list(out.iterdir()) == []

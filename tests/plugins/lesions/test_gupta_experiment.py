@@ -43,7 +43,7 @@ def test_oracle_paints_a_dark_centre_and_is_seeded():
 
 def test_tiny_experiment_runs_with_monotone_kept_counts():
     config = ClassifierConfig(width=4, epochs=1, steps_per_epoch=3, batch=8)
-    r = run_gupta_experiment(0, OracleTranslator(), synthetic_per_lesion=2, config=config, sizes=TINY)
+    r = run_gupta_experiment(0, OracleTranslator(), synthetic_per_lesion=2, config=config, data=bone_data(0, TINY))
     for kept in (r["kept"], r["control_kept"]):
         values = [kept[t] for t in (0.5, 0.7, 0.9)]
         assert values == sorted(values, reverse=True) and values[0] <= r["candidates"]
