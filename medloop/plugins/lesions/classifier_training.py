@@ -69,6 +69,7 @@ def _augmented(augment: dict[str, Any], data: Any, baseline: LesionClassifier, c
     thresholds = THRESHOLDS if t is None else (float(t),)
     done = augment_classifier(data, baseline, translator, thresholds, config,
                               int(augment.get("synthetic_per_lesion", 10)))
-    return done.model, {"augment_translator": translator.name, "augment_t": done.t,
+    # augment_t None: no t beat the baseline on validation AUC, which is kept (the paper's inverted U)
+    return done.model, {"augment_translator": translator.name, "augment_t": done.t if done.t >= 0 else None,
                         "augment_kept": done.kept.get(done.t, 0) if done.t >= 0 else 0,
                         "augment_kept_per_t": {str(k): v for k, v in done.kept.items()}}

@@ -80,3 +80,20 @@ def test_bad_training_input_messages():
         train_classifier(x, y[:5], QUICK)
     with pytest.raises(LesionInputError, match="classifier setting epochs = 0"):
         train_classifier(x, y, ClassifierConfig(epochs=0))
+
+
+def test_the_classifier_recipe_with_augmentation_records_the_filter(tmp_path):
+    """``medloop train --recipe lesion-classifier-bone --augment-lesions lesion-unit-bone`` in
+    miniature: the packaged translator's lesions are scored by the baseline, kept at each t and the
+    validation-chosen t is recorded with the kept counts (never increasing with t)."""
+    from medloop.plugins.lesions.classifier_training import train_classifier_recipe
+
+    raw = {"name": "tiny-filter", "kind": "classifier", "data": {"seed": 3},
+           "train": {"width": 4, "epochs": 1, "steps_per_epoch": 4, "batch": 8},
+           "augment": {"translator": "lesion-unit-bone", "threshold": None, "synthetic_per_lesion": 2}}
+    trained = train_classifier_recipe(raw, tmp_path)
+    metrics = trained["metrics"]
+    kept = [metrics["augment_kept_per_t"][str(t)] for t in (0.5, 0.7, 0.9)]
+    assert kept == sorted(kept, reverse=True) and kept[0] <= 2 * 30
+    assert metrics["augment_translator"] == "lesion-unit-bone" and metrics["augment_t"] in (None, 0.5, 0.7, 0.9)
+    assert 0.0 <= metrics["auc_test"] <= 1.0 and trained["input_shape"] == [64, 128]
