@@ -73,6 +73,15 @@ def settings(cls: Any, values: dict[str, Any], recipe: PluginRecipe, section: st
     return cls(**values)
 
 
+def recipe_section(raw: dict[str, Any], key: str, defaults: dict[str, Any], error: type[MedloopError], what: str) -> dict[str, Any]:
+    """``raw[key]`` over ``defaults``; keys the defaults do not know raise ``error`` naming them."""
+    given = dict(raw.get(key) or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise error(f"{what} has unknown {key} settings: {', '.join(unknown)}")
+    return {**defaults, **given}
+
+
 def check_bounds(acceptance: dict[str, Any], metrics: dict[str, float]) -> list[str]:
     """The ``<metric>_min`` / ``<metric>_max`` bounds that ``metrics`` misses (other keys ignored)."""
     missed = []
@@ -117,6 +126,34 @@ def run_plugin_recipe(
     if missed:
         raise kit.error(f"model {recipe.name} in {out} misses its acceptance numbers: {'; '.join(missed)}")
     return out
+
+
+def plugin_card(recipe: dict[str, Any], trained: dict[str, Any], command: str, task: str,
+                io: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> dict[str, Any]:
+    """The fields every plugin model's card shares, from its recipe and what its trainer returned
+    (``architecture``, ``files`` with ``weights``/``test_data``, ``config``, ``steps``,
+    ``seconds``, ``metrics``): name, version, task, kind, authors, licence, weights and test data
+    with their sha256, inputs/outputs (``io``), the recipe's ``inference``, the medical fields of
+    its ``card`` section, the training record and the measured numbers. Plugins add their own."""
+    from medloop.app.io.hashing import sha256_file
+    from medloop.models.card import NOT_FOR_DIAGNOSIS
+
+    meta, files = recipe.get("card", {}), trained["files"]
+    return {
+        "format_version": "medloop-card-1", "name": recipe["name"], "version": str(recipe.get("version", "1")),
+        "task": task, "kind": recipe["kind"], "description": recipe["description"],
+        "authors": meta.get("authors", ["medloop developers"]), "license": meta.get("license", "BSD-3-Clause"),
+        "architecture": trained["architecture"],
+        "weights": {"format": "pytorch_state_dict", "source": files["weights"].name, "sha256": sha256_file(files["weights"])},
+        "inputs": io[0], "outputs": io[1],
+        "test_data": {"source": files["test_data"].name, "sha256": sha256_file(files["test_data"]), "tolerance": 1e-4},
+        "inference": dict(recipe.get("inference", {})),
+        "medical": {"modality": meta.get("modality", ""), "intended_use": meta.get("intended_use", ""),
+                    "limitations": meta.get("limitations", ""), "not_for_diagnosis": NOT_FOR_DIAGNOSIS},
+        "training": {"recipe": recipe, "command": command, "config": trained["config"],
+                     "steps": trained["steps"], "seconds": trained["seconds"]},
+        "metrics": trained["metrics"],
+    }
 
 
 def stopped(result: Any) -> None:

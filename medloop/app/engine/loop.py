@@ -46,6 +46,7 @@ __all__ = [
     "LoopConfig",
     "LoopResult",
     "Step",
+    "SeededSource",
     "StepAt",
     "TrainStep",
     "load_checkpoint",
@@ -73,6 +74,19 @@ class Step(Protocol):
     when a step has them (``state_dict``/``load_state_dict`` are needed for checkpoints)."""
 
     def __call__(self, batch: Any, at: StepAt) -> dict[str, float]: ...
+
+
+class SeededSource:
+    """Mixin of a data source that draws from ``self.rng`` (a numpy Generator): the loop's
+    checkpoints save and restore the generator's state, so a resumed run draws the same batches."""
+
+    rng: np.random.Generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
 
 
 class TrainStep:

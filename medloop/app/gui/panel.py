@@ -111,6 +111,27 @@ class MethodPanel(QWidget):
             on_info=on_info,
         )
 
+    def refuse(self, exc: BaseException) -> None:
+        """A bad input: one line in the status line, nothing started."""
+        self.status.setText(f"Cannot run: {exc}")
+
+    def start_prepared(self, prepare: Callable[[], tuple[Callable, Callable[[Any], None]]], running: str) -> bool:
+        """``prepare()`` checks the inputs on the GUI thread and returns ``(compute, on_done)``;
+        a medloop or value error is shown by :meth:`refuse` and nothing starts. Returns whether
+        a job started (never a second one while one runs)."""
+        from medloop.app.errors import MedloopError
+
+        if self.job is not None:
+            return False
+        try:
+            compute, done = prepare()
+        except (MedloopError, ValueError) as exc:
+            self.refuse(exc)
+            return False
+        self.status.setText(running)
+        self.start(compute, done)
+        return True
+
     def cancel(self) -> None:
         if self.job is not None:
             self.job.cancel()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medloop.app.engine.loop import LoopConfig, LoopResult, StepAt, TrainStep, train
+from medloop.app.engine.loop import LoopConfig, LoopResult, SeededSource, StepAt, TrainStep, train
 from medloop.plugins.lesions.checks import LesionInputError, check_count, check_normalised
 
 DIVISOR = 8  # three stride-2 convolutions
@@ -98,7 +98,7 @@ def gradient_difference(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return gy.abs().mean() + gx.abs().mean()
 
 
-class HealthySampler:
+class HealthySampler(SeededSource):
     """Random batches (N, 1, H, W) of the healthy training images; its random state is
     checkpointed with the run."""
 
@@ -114,11 +114,6 @@ class HealthySampler:
             picked[flips] = picked[flips, :, ::-1]
         return torch.from_numpy(picked[:, None])
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["rng"]
 
 
 class AEStep(TrainStep):

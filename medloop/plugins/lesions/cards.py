@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medloop.models.card import CARD_FILE, NOT_FOR_DIAGNOSIS, write_card
+from medloop.models.card import CARD_FILE, write_card
 
 TASK_OF_KIND = {"translator": "synthesis", "classifier": "classification", "anomaly": "image-to-image",
                 "segmenter": "segmentation"}
@@ -48,39 +48,16 @@ def _io(kind: str, trained: dict[str, Any]) -> tuple[list[dict[str, Any]], list[
 def write_lesion_card(recipe: dict[str, Any], trained: dict[str, Any], out: Path, command: str) -> Path:
     """Write ``out/card.json`` for a model trained from ``recipe`` (``trained``: the trainer's
     config, steps, files, metrics, architecture and seconds; ``threshold`` for an anomaly model)."""
-    from medloop.app.io.hashing import sha256_file
+    from medloop.models.plugin_recipes import plugin_card
 
     kind = recipe["kind"]
-    meta = recipe.get("card", {})
-    files = trained["files"]
-    inputs, outputs = _io(kind, trained)
-    card: dict[str, Any] = {
-        "format_version": "medloop-card-1",
-        "name": recipe["name"],
-        "version": str(recipe.get("version", "1")),
-        "task": TASK_OF_KIND[kind],
-        "kind": kind,
-        "description": recipe["description"],
-        "authors": meta.get("authors", ["medloop developers"]),
-        "license": meta.get("license", "BSD-3-Clause"),
-        "architecture": trained["architecture"],
-        "weights": {"format": "pytorch_state_dict", "source": files["weights"].name,
-                    "sha256": sha256_file(files["weights"]),
-                    **({} if PREFIX_OF_KIND[kind] is None else {"prefix": trained.get("prefix", PREFIX_OF_KIND[kind])})},
-        "inputs": inputs,
-        "outputs": outputs,
-        "test_data": {"source": files["test_data"].name, "sha256": sha256_file(files["test_data"]), "tolerance": 1e-4},
-        "inference": {**recipe.get("inference", {}), **trained.get("inference", {}),
-                      **({"threshold": trained["threshold"]} if "threshold" in trained else {})},
-        "medical": {
-            **({"classes": SEGMENTER_CLASSES, "slice_axis": 0, "sequence": meta.get("sequence", "")} if kind == "segmenter" else {}),
-            "modality": meta.get("modality", ""),
-            "intended_use": meta.get("intended_use", ""),
-            "limitations": meta.get("limitations", ""),
-            "not_for_diagnosis": NOT_FOR_DIAGNOSIS,
-        },
-        "training": {"recipe": recipe, "command": command, "config": trained["config"],
-                     "steps": trained["steps"], "seconds": trained["seconds"]},
-        "metrics": trained["metrics"],
-    }
+    card = plugin_card(recipe, trained, command, TASK_OF_KIND[kind], _io(kind, trained))
+    if PREFIX_OF_KIND[kind] is not None:
+        card["weights"]["prefix"] = trained.get("prefix", PREFIX_OF_KIND[kind])
+    card["inference"].update(trained.get("inference", {}))
+    if "threshold" in trained:
+        card["inference"]["threshold"] = trained["threshold"]
+    if kind == "segmenter":
+        meta = recipe.get("card", {})
+        card["medical"] = {"classes": SEGMENTER_CLASSES, "slice_axis": 0, "sequence": meta.get("sequence", ""), **card["medical"]}
     return write_card(card, Path(out) / CARD_FILE)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medloop.app.engine.loop import LoopConfig, LoopResult, StepAt, TrainStep, train
+from medloop.app.engine.loop import LoopConfig, LoopResult, SeededSource, StepAt, TrainStep, train
 from medloop.plugins.lesions.checks import LesionInputError
 
 ARCHITECTURE = "medloop.plugins.lesions.classifier:LesionClassifier"
@@ -93,7 +93,7 @@ def _stack(images: Sequence[np.ndarray] | np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-class ClassifierSampler:
+class ClassifierSampler(SeededSource):
     """``sampler() -> (x (B, 1, H, W), y (B,))``: seeded, balanced and augmented batches."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, config: ClassifierConfig) -> None:
@@ -126,11 +126,6 @@ class ClassifierSampler:
         x = torch.from_numpy(np.ascontiguousarray(np.stack(batch)[:, None], dtype=np.float32))
         return x, torch.from_numpy(self.labels[idx].astype(np.float32))
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["rng"]
 
 
 class ClassifierStep(TrainStep):

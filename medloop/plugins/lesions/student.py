@@ -26,11 +26,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {"features": [8, 16, 32, 64], "epochs": 12, "st
 
 
 def _settings(raw: dict[str, Any], key: str, defaults: dict[str, Any]) -> dict[str, Any]:
-    given = dict(raw.get(key) or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise LesionInputError(f"student recipe has unknown {key} settings: {', '.join(unknown)}")
-    return {**defaults, **given}
+    from medloop.models.plugin_recipes import recipe_section
+
+    return recipe_section(raw, key, defaults, LesionInputError, "student recipe")
 
 
 def pseudo_labelled(teacher: Any, phantoms: list[Any]) -> list[np.ndarray]:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from medloop.app.engine.loop import LoopConfig, LoopResult, StepAt, TrainStep, train
+from medloop.app.engine.loop import LoopConfig, LoopResult, SeededSource, StepAt, TrainStep, train
 from medloop.plugins.lesions.checks import LesionInputError
 
 
@@ -283,7 +283,7 @@ def check_patches(patches: Any, size: int, name: str = "patches") -> np.ndarray:
     return arr
 
 
-class PatchPairSampler:
+class PatchPairSampler(SeededSource):
     """Random batches ``(healthy, lesion)`` of (batch, 1, S, S) tensors in [-1, 1], drawn with
     replacement from the two patch sets (optionally flipped); seeded and checkpointable."""
 
@@ -303,11 +303,6 @@ class PatchPairSampler:
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self._draw(self.sets[0]), self._draw(self.sets[1])
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["rng"]
 
 
 def train_unit(

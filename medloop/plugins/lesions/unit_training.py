@@ -42,11 +42,9 @@ def unit_config(train: dict[str, Any]) -> Any:
 
 
 def _section(raw: dict[str, Any], key: str, defaults: dict[str, Any]) -> dict[str, Any]:
-    given = dict(raw.get(key) or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise LesionInputError(f"translator recipe has unknown {key} settings: {', '.join(unknown)}")
-    return {**defaults, **given}
+    from medloop.models.plugin_recipes import recipe_section
+
+    return recipe_section(raw, key, defaults, LesionInputError, "translator recipe")
 
 
 def _phantom_sets(data: dict[str, Any], evaluation: dict[str, Any]) -> list[list[Any]]:

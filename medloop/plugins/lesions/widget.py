@@ -104,9 +104,6 @@ class _LesionPanel(MethodPanel):
             self.models[name] = load_lesion_model(name, kind)
         return self.models[name]
 
-    def refuse(self, exc: BaseException) -> None:
-        self.status.setText(f"Cannot run: {exc}")
-
     def layer_named(self, combo: QComboBox):
         name = combo.currentText()
         return self.viewer.layers[name] if name in self.viewer.layers else None
@@ -262,13 +259,7 @@ class SynthesizeLesionPanel(_LesionPanel):
         if self.job is not None:
             self._pending = True  # the newest boxes run when this job ends
             return
-        try:
-            compute, done = self.prepare()
-        except (MedloopError, ValueError) as exc:
-            self.refuse(exc)
-            return
-        self.status.setText("Making the lesion ...")
-        self.start(compute, done)
+        self.start_prepared(self.prepare, "Making the lesion ...")
 
     def job_finished(self) -> None:
         super().job_finished()
@@ -439,15 +430,7 @@ class AnomalyMapPanel(_LesionPanel):
         self.update_labels()
 
     def run(self) -> None:
-        if self.job is not None:
-            return
-        try:
-            compute, done = self.prepare()
-        except (MedloopError, ValueError) as exc:
-            self.refuse(exc)
-            return
-        self.status.setText("Reconstructing ...")
-        self.start(compute, done)
+        self.start_prepared(self.prepare, "Reconstructing ...")
 
     def prepare(self):
         from medloop.plugins.lesions.checks import LesionInputError, check_mask, check_normalised

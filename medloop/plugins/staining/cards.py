@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medloop.models.card import CARD_FILE, NOT_FOR_DIAGNOSIS, write_card
+from medloop.models.card import CARD_FILE, write_card
 
 DESPECKLER = "medloop.plugins.staining.despeckle:Despeckler"
 GENERATORS = {"unet": "medloop.plugins.staining.cyclegan:ResUNetGenerator",
@@ -42,37 +42,11 @@ def _io(recipe: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, An
 def write_stain_card(recipe: dict[str, Any], trained: dict[str, Any], out: Path, command: str) -> Path:
     """Write ``out/card.json`` for a model trained from ``recipe`` (``trained``: the trainer's
     config, steps, files, metrics and seconds)."""
-    from medloop.app.io.hashing import sha256_file
+    from medloop.models.plugin_recipes import plugin_card
 
-    meta = recipe.get("card", {})
-    files = trained["files"]
-    inputs, outputs = _io(recipe)
-    card = {
-        "format_version": "medloop-card-1",
-        "name": recipe["name"],
-        "version": str(recipe.get("version", "1")),
-        "task": "image-to-image",
-        "kind": recipe["kind"],
-        "description": recipe["description"],
-        "authors": meta.get("authors", ["medloop developers"]),
-        "license": meta.get("license", "BSD-3-Clause"),
-        "architecture": _architecture(recipe, trained["config"]),
-        "weights": {"format": "pytorch_state_dict", "source": files["weights"].name,
-                    "sha256": sha256_file(files["weights"]), "networks": meta.get("networks", [])},
-        "inputs": inputs,
-        "outputs": outputs,
-        "domains": recipe.get("domains", {}),
-        "um_per_px": meta.get("um_per_px"),
-        "test_data": {"source": files["test_data"].name, "sha256": sha256_file(files["test_data"]), "tolerance": 1e-4},
-        "inference": recipe.get("inference", {}),
-        "medical": {
-            "modality": meta.get("modality", ""),
-            "intended_use": meta.get("intended_use", ""),
-            "limitations": meta.get("limitations", ""),
-            "not_for_diagnosis": NOT_FOR_DIAGNOSIS,
-        },
-        "training": {"recipe": recipe, "command": command, "config": trained["config"],
-                     "steps": trained["steps"], "seconds": trained["seconds"]},
-        "metrics": trained["metrics"],
-    }
+    trained = {**trained, "architecture": _architecture(recipe, trained["config"])}
+    card = plugin_card(recipe, trained, command, "image-to-image", _io(recipe))
+    card["weights"]["networks"] = recipe.get("card", {}).get("networks", [])
+    card["domains"] = recipe.get("domains", {})
+    card["um_per_px"] = recipe.get("card", {}).get("um_per_px")
     return write_card(card, Path(out) / CARD_FILE)

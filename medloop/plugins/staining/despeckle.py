@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medloop.app.engine.loop import LoopConfig, LoopResult, StepAt, TrainStep, train
+from medloop.app.engine.loop import LoopConfig, LoopResult, SeededSource, StepAt, TrainStep, train
 from medloop.plugins.staining.checks import StainInputError, check_positive, to_unit
 
 RESIDUALS = ("multiplicative", "literal")
@@ -75,7 +75,7 @@ class DespeckleConfig:
         return asdict(self)
 
 
-class SpeckleSampler:
+class SpeckleSampler(SeededSource):
     """Batches of (noisy, clean) random crops of clean images, flipped at random, with fresh
     speckle every time; its random state is checkpointed with the run."""
 
@@ -103,11 +103,6 @@ class SpeckleSampler:
         noisy = np.clip(speckle(clean, c.sd, rng), 0.0, 1.0).astype(np.float32)
         return torch.from_numpy(noisy), torch.from_numpy(clean)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["rng"]
 
 
 class DespeckleStep(TrainStep):

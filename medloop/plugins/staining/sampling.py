@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from medloop.app.engine.loop import SeededSource
+
 from medloop.plugins.staining.checks import StainInputError, check_positive, check_rgb
 
 MASKS = ("adaptive", "otsu", "none")
@@ -63,7 +65,7 @@ def patch_centres(images: Sequence[np.ndarray], mask: str, patch: int, domain: s
     return centres
 
 
-class PatchSampler:
+class PatchSampler(SeededSource):
     """``sampler() -> (a, b)``: ``batch`` random patches of each domain as (N, 3, p, p) float32
     tensors in [-1, 1], centres uniform over the tissue masks, flipped at random; the random state
     is checkpointed with the run (``state_dict``)."""
@@ -106,8 +108,3 @@ class PatchSampler:
 
         return to_tensor(self._draw(0)), to_tensor(self._draw(1))
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["rng"]

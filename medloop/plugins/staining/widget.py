@@ -75,20 +75,8 @@ class _StainPanel(MethodPanel):
     def _add_extra(self, layout: QVBoxLayout) -> None:
         """Widgets below the status line (subclasses)."""
 
-    def refuse(self, exc: BaseException) -> None:
-        """A bad input: one line in the status line, nothing started."""
-        self.status.setText(f"Cannot run: {exc}")
-
     def run(self) -> None:
-        if self.job is not None:
-            return
-        try:
-            compute, done = self.prepare()
-        except (MedloopError, ValueError) as exc:
-            self.refuse(exc)
-            return
-        self.status.setText("Running ...")
-        self.start(compute, done)
+        self.start_prepared(self.prepare, "Running ...")
 
     def prepare(self):  # -> (compute(progress, should_stop), on_done(result))
         raise NotImplementedError

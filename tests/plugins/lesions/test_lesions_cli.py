@@ -13,16 +13,9 @@ from medloop.app.io.read import read_image
 from medloop.app.io.write import write_image
 from medloop.plugins.lesions.metrics import dice
 from medloop.plugins.lesions.phantoms import phantom_set
+from tests.cli_helpers import refused
 
 GEOMETRY = {"spacing": (0.8, 0.7), "origin": (-12.5, 30.25), "direction": np.array([[0.0, 1.0], [1.0, 0.0]])}
-
-
-def refused(cli, *argv: str) -> str:
-    result = cli(*argv)
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,9 @@ from slide_synth import write_synthetic_slide  # noqa: E402
 
 from medloop.app.io.image import MedImage  # noqa: E402
 from medloop.app.io.write import write_image  # noqa: E402
+from tests.cli_helpers import refused  # noqa: E402
 
 TILE = ("--tile", "64", "32", "16")  # small tiles keep the tests quick; still a kept-centre grid
-
-
-def refused(cli, *argv: str) -> str:
-    result = cli(*argv)
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
