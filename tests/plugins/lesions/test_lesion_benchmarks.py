@@ -12,6 +12,18 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The packaged models and the benchmark ran on one thread; torch's results (and a small
+    classifier's all-or-nothing learning) depend on the thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_the_anomaly_recipe_reproduces_the_packaged_model(tmp_path):
     from medloop.plugins.lesions.recipes import train_lesion_recipe
     from medloop.plugins.lesions.zoo import find_lesion_model
