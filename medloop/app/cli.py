@@ -78,6 +78,8 @@ def build_parser(plugins: list[Plugin] | None = None) -> argparse.ArgumentParser
     register = models_sub.add_parser("register", help="copy weights + card into the models folder")
     register.add_argument("weights", type=Path, metavar="WEIGHTS", help="state-dict file (.pt) or .safetensors")
     register.add_argument("--card", type=Path, required=True, help="the model card (card.json)")
+    # also after 'register' (SUPPRESS: when absent here, the value given before 'register' stays)
+    register.add_argument("--models-dir", type=Path, default=argparse.SUPPRESS, help="folder of registered models")
     models.set_defaults(handler=cmd_models)
 
     _add_train_parser(sub, plugins)

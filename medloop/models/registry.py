@@ -134,16 +134,56 @@ def build_model(entry: ModelEntry, device: Any = "cpu"):
     return network.to(device).eval()
 
 
+def _checked_state(weights: Path, parsed: ModelCard) -> None:
+    """Load ``weights`` as a plain state dict (nothing unpickled) and into the card's architecture,
+    before anything is copied: a file that would fail at first use is refused now, in one line."""
+    import torch
+
+    from medloop.models.nets import build_network
+
+    try:
+        if weights.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(weights))
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickled object, a foreign or damaged file: torch's message is long
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ResourceError(
+            f"cannot register {weights}: it is not a plain tensor state dict ({first}); "
+            "save the weights with torch.save(model.state_dict(), path)") from None
+    state = state["state_dict"] if isinstance(state, dict) and "state_dict" in state else state
+    arch, kwargs = parsed.architecture
+    try:
+        build_network(arch, **kwargs).load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise ResourceError(
+            f"cannot register {weights}: the weights do not fit the card's architecture {arch} "
+            f"({str(exc).strip().splitlines()[0]}); check the card or the weights") from None
+
+
 def register_model(weights: Path, card: Path, models_dir: Path | None = None) -> ModelEntry:
-    """Copy ``weights`` and ``card`` into the models folder, recording the weights' sha256."""
+    """Check ``weights`` against ``card`` (plain state dict, fits the architecture), then copy both
+    into the models folder, recording the weights' sha256. The card's test data is copied (with its
+    sha256) when it lies beside the card, and dropped from the card otherwise: a registered card
+    names only files its folder has."""
     parsed = read_card(card)
     weights = Path(weights)
     if not weights.is_file():
         raise ResourceError(f"cannot register {weights}: no such file; check the path")
+    _checked_state(weights, parsed)
     target = (models_dir or user_models_dir()) / parsed.name
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, target / weights.name)
     raw = dict(parsed.raw)
     raw["weights"] = {**raw["weights"], "source": weights.name, "sha256": sha256_of(target / weights.name)}
+    test_data = Path(card).parent / str(raw.get("test_data", {}).get("source", ""))
+    if raw.get("test_data") and test_data.is_file():
+        if test_data.resolve() != (target / test_data.name).resolve():
+            shutil.copyfile(test_data, target / test_data.name)
+        raw["test_data"] = {**raw["test_data"], "source": test_data.name, "sha256": sha256_of(target / test_data.name)}
+    else:
+        raw.pop("test_data", None)
     write_card(raw, target / CARD_FILE)
     return ModelEntry(parsed.name, target, read_card(target / CARD_FILE), packaged=False)

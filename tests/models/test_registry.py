@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -61,12 +62,46 @@ def test_pickled_objects_are_never_loaded(tmp_path):
 
     weights, card = make_tiny_model(tmp_path / "src")
     torch.save({"state_dict": Evil()}, weights)
-    raw = json.loads(card.read_text(encoding="utf-8"))
-    entry = register_model(weights, card, tmp_path / "zoo")
-    assert entry.card.weights_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    # registration checks the file before copying anything: one line, nothing registered (issue 18 §5)
+    with pytest.raises(ResourceError) as err:
+        register_model(weights, card, tmp_path / "zoo")
+    assert str(err.value).startswith(f"cannot register {weights}: it is not a plain tensor state dict (Weights only load failed")
+    assert str(err.value).endswith("save the weights with torch.save(model.state_dict(), path)")
+    assert "\n" not in str(err.value) and not (tmp_path / "zoo").exists()
+    # a registered model whose file is later swapped for such a payload (sha256 too) is still never unpickled
+    good, good_card = make_tiny_model(tmp_path / "ok")
+    entry = register_model(good, good_card, tmp_path / "zoo")
+    torch.save({"state_dict": Evil()}, entry.weights_path)
+    raw = json.loads((entry.folder / "card.json").read_text(encoding="utf-8"))
+    raw["weights"]["sha256"] = hashlib.sha256(entry.weights_path.read_bytes()).hexdigest()
+    (entry.folder / "card.json").write_text(json.dumps(raw), encoding="utf-8")
     with pytest.raises(ResourceError, match=r"cannot be loaded \(.*Weights only load failed"):
-        build_model(entry)
-    assert raw["name"] == "tiny-threshold"
+        build_model(get_model("tiny-threshold", tmp_path / "zoo"))
+
+
+def test_register_refuses_weights_that_do_not_fit_and_keeps_only_files_it_has(tmp_path, cli):
+    weights, card = make_tiny_model(tmp_path / "src")
+    state = torch.load(weights, weights_only=True)
+    torch.save({k: v[:1] if v.ndim else v for k, v in state.items()}, tmp_path / "wrong.pt")
+    line = cli("models", "register", str(tmp_path / "wrong.pt"), "--card", str(card), "--models-dir", str(tmp_path / "zoo"))
+    assert line.returncode == 2 and len(line.stderr.strip().splitlines()) == 1
+    assert line.stderr.startswith(f"medloop: error: cannot register {tmp_path / 'wrong.pt'}: the weights do not fit the card's architecture")
+    assert not (tmp_path / "zoo").exists()
+    # --models-dir after 'register' (as above) and before it both work; the card names only what the folder has
+    raw = json.loads(card.read_text(encoding="utf-8"))
+    raw["test_data"] = {"source": "test_data.npz", "sha256": "0" * 64, "tolerance": 1e-3}  # a file that is not there
+    card.write_text(json.dumps(raw), encoding="utf-8")
+    ok = cli("models", "register", str(weights), "--card", str(card), "--models-dir", str(tmp_path / "zoo"))
+    assert ok.returncode == 0, ok.stderr
+    saved = json.loads((tmp_path / "zoo" / "tiny-threshold" / "card.json").read_text(encoding="utf-8"))
+    assert "test_data" not in saved and sorted(p.name for p in (tmp_path / "zoo" / "tiny-threshold").iterdir()) == [
+        "card.json", weights.name]
+    np.savez(card.parent / "test_data.npz", input=np.zeros(3))
+    again = cli("models", "--models-dir", str(tmp_path / "zoo2"), "register", str(weights), "--card", str(card))
+    assert again.returncode == 0, again.stderr
+    saved = json.loads((tmp_path / "zoo2" / "tiny-threshold" / "card.json").read_text(encoding="utf-8"))
+    assert saved["test_data"]["sha256"] == hashlib.sha256((card.parent / "test_data.npz").read_bytes()).hexdigest()
+    assert (tmp_path / "zoo2" / "tiny-threshold" / "test_data.npz").is_file()
 
 
 def test_unknown_model_lists_known(models_dir):
