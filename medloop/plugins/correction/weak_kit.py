@@ -48,8 +48,15 @@ def model_input(image: MedImage, card: Any) -> np.ndarray:
     return network_input(image, card)
 
 
-def predict_labels(network: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    """Class indices 0..K-1 (``x``'s spatial shape) of one whole-image forward pass."""
+def predict_labels(
+    network: torch.nn.Module, x: np.ndarray, floor: Any = None, signal_gate: bool = True
+) -> np.ndarray:
+    """Class indices 0..K-1 (``x``'s spatial shape) of one whole-image forward pass.
+
+    With ``signal_gate``, an image without signal (near-constant or noise only, judged by
+    ``floor``, a :class:`~medloop.app.engine.signal.SignalFloor`; None: measured on ``x``
+    itself) is background by construction, whatever the network says (issue #18 §3)."""
+    from medloop.app.engine.signal import background_where_no_signal, signal_floor
     from medloop.app.engine.train import predict_whole
 
     was_training = network.training
@@ -59,15 +66,21 @@ def predict_labels(network: torch.nn.Module, x: np.ndarray) -> np.ndarray:
             labels, _ = predict_whole(network, x, int(getattr(network, "divisible_by", 1) or 1))
     finally:
         network.train(was_training)
-    return labels
+    if not signal_gate:
+        return labels
+    return background_where_no_signal(labels, x, floor if floor is not None else signal_floor(x))
 
 
-def predict_on_grid(network: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+def predict_on_grid(network: torch.nn.Module, x: np.ndarray, signal_gate: bool = True) -> np.ndarray:
     """Class indices of ``x`` (``(C, *spatial)``) on its own grid; a volume given to a 2-D
-    network is predicted slice by slice along axis 0."""
+    network is predicted slice by slice along axis 0. With ``signal_gate``, slices (or a whole
+    image) without signal are background; the floor is measured once on the whole ``x``."""
+    from medloop.app.engine.signal import signal_floor
+
+    floor = signal_floor(x) if signal_gate else None
     if is_slice_input(network, x):
-        return np.stack([predict_labels(network, x[:, z]) for z in range(x.shape[1])])
-    return predict_labels(network, x)
+        return np.stack([predict_labels(network, x[:, z], floor, signal_gate) for z in range(x.shape[1])])
+    return predict_labels(network, x, floor, signal_gate)
 
 
 def num_classes(network: torch.nn.Module) -> int:

@@ -98,6 +98,7 @@ def _segment(image, params, progress, should_stop, network, fine_network) -> Seg
     slices = image.ndim == 3 and card.spatial_dims == 2
     grid = to_model_grid(_scalar(image), _model_spacing(card, image, slices), card.orientation)
     inputs = network_input(grid, card)
+    floor = _signal_floor(card, inputs)  # measured once on the whole input (one copy), before tiling
     grid_factors = upscale.model_axis_factors(image, grid, factors)
     offsets = upscale.shift_offsets(grid_factors, params.upscale_align, params.upscale_overlap)
     copies = upscale.shifted_copies(inputs, offsets, params.upscale_order)  # (S, C, *spatial); S = 1 without upscaling
@@ -110,6 +111,8 @@ def _segment(image, params, progress, should_stop, network, fine_network) -> Seg
         roi_2d = tuple(-(-r // divisor) * divisor for r in roi[-2:])
         inputs, predictor, roi = _slice_by_slice(inputs, network, roi_2d, card.slice_axis)
         divisor = 1  # the 2-D tile is already divisible; the slice axis stays 1 thick
+    gate = None if floor is None else _gated(predictor, floor, card)
+    predictor = gate or predictor
     tile = tile_grid(inputs.shape[1:], roi, overlap, divisor).roi  # the tile sliding_window_inference will use
     per_call = upscale.tiles_per_call(device, params.batch_size, int(np.prod(tile)))
     with channels_last_on_cpu(network):
@@ -126,6 +129,7 @@ def _segment(image, params, progress, should_stop, network, fine_network) -> Seg
     probs = probabilities_to_grid(probs, upscale.fine_grid(grid, grid_factors, params.upscale_align), target)
     labels = predict_labels(probs)
     provenance = model_provenance(card, device, started, roi_size=list(roi), overlap=overlap)
+    provenance["signal_gate"] = gate.provenance() if gate is not None else {"on": False}
     if any(k > 1 for k in factors):
         provenance["upscale"] = {
             "factors": list(factors), "align": params.upscale_align, "overlap": params.upscale_overlap,
@@ -199,11 +203,15 @@ def _segment_resized(image, params, card, entry, progress, should_stop, network)
     if network is None:
         network = build_model(entry, device)
     check_stop(should_stop)
+    x = network_input(_scalar(image), card)
+    floor = _signal_floor(card, x)
+    gate = None if floor is None else _gated(network, floor, card)  # a whole image without signal: background
     with channels_last_on_cpu(network):
-        probs = predict_resized(network_input(_scalar(image), card), network, size, device=device, amp=params.amp)
+        probs = predict_resized(x, gate or network, size, device=device, amp=params.amp)
     if progress is not None:
         progress(1, 1)
     provenance = model_provenance(card, device, started, input_size=list(size))
+    provenance["signal_gate"] = gate.provenance() if gate is not None else {"on": False}
     return _result(image, probs, params, provenance, card.classes)
 
 
@@ -339,6 +347,25 @@ def _model_spacing(card, image: MedImage, slices: bool) -> tuple[float | None, .
         del out[2 - card.slice_axis]  # the slice plane's two axes
         return tuple(out)
     return spacing
+
+
+def _signal_floor(card, inputs: np.ndarray):
+    """The signal floor of ``inputs`` (the whole normalised network input, ``(C, *spatial)``),
+    so that tiles without signal get background without a forward pass (issue #18 §3); None
+    when the card switches the gate off (``inference.signal_gate: false``)."""
+    from medloop.app.engine.signal import signal_floor
+
+    if not bool(card.inference.get("signal_gate", True)):
+        return None
+    return signal_floor(inputs)
+
+
+def _gated(predictor, floor, card):
+    from medloop.app.engine.signal import gated_predictor
+
+    # The network's output channels (1 for a binary logit), not the card's class count.
+    out_channels = card.raw.get("architecture", {}).get("kwargs", {}).get("out_channels")
+    return gated_predictor(predictor, floor, num_classes_hint=out_channels)
 
 
 def _slice_by_slice(inputs: np.ndarray, network, roi_2d: tuple[int, ...], axis: int):
