@@ -50,16 +50,33 @@ def _subsample(values: np.ndarray) -> np.ndarray:
     return np.random.default_rng(0).choice(flat, SAMPLE_SIZE, replace=False)
 
 
+def otsu_threshold(sample: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold, taken in the middle of the plateau of maximal between-class variance.
+
+    When dark and bright classes are separated by empty bins every threshold in the gap splits
+    them alike; scikit-image's ``threshold_otsu`` then returns the gap's first bin, right on the
+    dark class's noise tail, which would put half of that tail above a ceiling derived from it.
+    """
+    hist, edges = np.histogram(sample, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist, dtype=np.float64)[:-1]  # split after bin i: bins 0..i are dark
+    w1 = float(hist.sum()) - w0
+    s0 = np.cumsum(hist * centres)[:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = w0 * w1 * (s0 / w0 - (float((hist * centres).sum()) - s0) / w1) ** 2
+    between = np.nan_to_num(between, nan=-1.0)
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    return float((edges[best[0] + 1] + edges[best[-1] + 1]) / 2)
+
+
 def _noise_ceiling(sample: np.ndarray, lo: float) -> float | None:
     """Half-way from the background level ``lo`` to the Otsu threshold, but only when the
     histogram has a real dark class: at least 10 % of the values, and its mean far (4 of its own
     standard deviations) below the bright class's. Half the threshold, not all of it, so that
     faint structures (CSF, partial volumes) still count as signal."""
-    from skimage.filters import threshold_otsu
-
     if not np.isfinite(sample).all() or float(sample.max()) <= float(sample.min()):
         return None
-    t = float(threshold_otsu(sample))
+    t = otsu_threshold(sample)
     dark, bright = sample[sample <= t], sample[sample > t]
     if dark.size < 0.1 * sample.size or bright.size == 0:
         return None
