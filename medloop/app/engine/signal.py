@@ -88,7 +88,8 @@ def _noise_ceiling(sample: np.ndarray, lo: float) -> float | None:
 def signal_floor(x: np.ndarray) -> SignalFloor:
     """The :class:`SignalFloor` of a whole normalised network input ``(C, *spatial)``.
 
-    ``min_range`` is 1 % of the input's robust range (p99.5 - p0.5), at least 1e-6. The noise
+    ``min_range`` is 1 % of the input's robust range (p99.5 - p0.5), at least 1e-4 of its
+    magnitude and 1e-6. The noise
     rule is for single-channel inputs only: in RGB a dark tile may well be stained tissue.
     """
     x = np.asarray(x, dtype=np.float32)
@@ -97,7 +98,9 @@ def signal_floor(x: np.ndarray) -> SignalFloor:
     if sample.size == 0:
         return SignalFloor(min_range=1e-6)
     lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
-    min_range = max(0.01 * (hi - lo), 1e-6)
+    # 1e-4 of the values' magnitude is rounding-level, whatever the input's own spread: this is
+    # what lets an image judged on its own (no volume around it) be near-constant at all.
+    min_range = max(0.01 * (hi - lo), 1e-4 * max(abs(lo), abs(hi)), 1e-6)
     ceiling = _noise_ceiling(sample, lo) if x.shape[0] == 1 else None
     return SignalFloor(min_range=min_range, noise_ceiling=ceiling)
 
