@@ -406,6 +406,9 @@ class SegmentationOptions:
     # volumes that refreshes itself, :class:`medloop.app.engine.synth.RefreshingSliceBank`);
     # ``train_pairs`` then only fix the dimensionality and channels.
     sampler: Any = None
+    # ``validate(model) -> {"val_mean_dice": score, ...}`` instead of the Dice on ``val_pairs``
+    # (e.g. held-out strokes plus a signal on the unannotated pixels); its keys go to the history.
+    validate: Callable[[Any], dict[str, Any]] | None = None
 
 
 # ------------------------------------------------------------------------------------- train
@@ -451,9 +454,10 @@ def train_segmentation(
     try:
         # Channels-last on the CPU: 3-D steps 1.3x faster, 2-D 0.98-1.2x (benchmarks/bench_cpu_layout.py).
         with channels_last_on_cpu(model):
-            step = (opts.make_step or SegmentationStep)(model, loss, config, device, bool(val))
+            has_val = bool(val) or opts.validate is not None
+            step = (opts.make_step or SegmentationStep)(model, loss, config, device, has_val)
             divisible_by = int(getattr(model, "divisible_by", 1) or 1)
-            validate = segmentation_validator(val, config, divisible_by, opts.predict_val) if val else None
+            validate = opts.validate or (segmentation_validator(val, config, divisible_by, opts.predict_val) if val else None)
             result = train(
                 model, opts.sampler or PatchSampler(train_set, patch, config), step, _loop_config(config, opts),
                 progress=opts.progress, should_stop=opts.should_stop, validate=validate, on_epoch=opts.on_epoch,

@@ -35,9 +35,10 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from medloop.app.engine.train import SegmentationStep
+from medloop.app.engine.train import SegmentationStep, predict_whole
 from medloop.app.errors import MedloopError
 from medloop.plugins.correction.sparse import BALANCING, sparse_loss, validate_strokes
+from medloop.plugins.correction.unannotated import DEFAULT_PSEUDO_WEIGHT, UNANNOTATED, with_pseudo
 from medloop.plugins.correction.weaklabels import AnnotationError, as_rng
 
 __all__ = [
@@ -527,6 +528,11 @@ class FineTuneParams:
     label_values: int | None = None
     # Weight of the pull towards the starting model on the unannotated pixels (AnchoredStep; 0 = off).
     anchor: float = DEFAULT_ANCHOR
+    # The pixels nobody painted (module ``unannotated``): "select" scores each epoch by the mean
+    # of the held-out stroke Dice and the agreement with a stroke-trained pixel classifier where
+    # it is confident; "pseudo" also trains on those confident labels; "off": strokes only.
+    unannotated: str = "select"
+    pseudo_weight: float = DEFAULT_PSEUDO_WEIGHT
 
 
 def fine_tune(
@@ -563,6 +569,8 @@ def fine_tune(
     p = replace(params or FineTuneParams(), **changes)
     if p.mode not in BALANCING:
         raise ValueError(f"mode must be one of {', '.join(BALANCING)}; got {p.mode!r}")
+    if p.unannotated not in UNANNOTATED:
+        raise ValueError(f"unannotated must be one of {', '.join(UNANNOTATED)}; got {p.unannotated!r}")
     network = build_model(entry_or_network) if isinstance(entry_or_network, ModelEntry) else entry_or_network
     if not isinstance(network, nn.Module):
         raise MedloopError(f"fine_tune needs a ModelEntry or a torch network, got {type(entry_or_network).__name__}")
@@ -577,15 +585,19 @@ def fine_tune(
     else:  # an encoded map: check its value range; no validation split
         k, fraction = int(label_values) - 1, 0.0
     data = _stroke_pairs(pairs, k, fraction, np.random.default_rng(p.seed))
+    loss_fn, validate = p.loss_fn, None
+    if label_values is None and p.unannotated != "off" and (data.val or p.unannotated == "pseudo"):
+        # Only beside held-out strokes: a run asked to train without validation keeps training.
+        loss_fn, validate = _unannotated_setup(network, data, config, p)
     make_step = None
     if p.anchor > 0:
         parent = copy.deepcopy(network).eval().requires_grad_(False)
         make_step = functools.partial(AnchoredStep, parent=parent, anchor=p.anchor)
     t0 = time.perf_counter()
     result = train_segmentation(
-        network, data.train, data.val or None, config, p.loss_fn if p.loss_fn is not None else _stroke_loss(p.mode),
+        network, data.train, data.val or None, config, loss_fn if loss_fn is not None else _stroke_loss(p.mode),
         progress=progress, should_stop=should_stop, copy_model=True, raise_on_stop=p.raise_on_stop,
-        make_step=make_step,
+        make_step=make_step, validate=validate,
     )
     return _fine_tune_result(result, data, len(pairs), p, time.perf_counter() - t0)
 
@@ -596,6 +608,34 @@ class _StrokeData:
     val: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     counts: dict[int, int]
     val_pixels: int
+    held_out: list[np.ndarray | None] = field(default_factory=list)  # per pair: its validation strokes
+    pseudo_pixels: int = 0
+
+
+def _unannotated_setup(network: nn.Module, data: _StrokeData, config: Any, p: FineTuneParams) -> tuple[Any, Any]:
+    """The loss and the loop's ``validate`` for ``p.unannotated``: a pixel classifier fitted on
+    the training strokes labels the unpainted pixels where it is confident; those labels score
+    each epoch (with the held-out strokes) and, for "pseudo", are trained on as well."""
+    from medloop.app.engine.train import segmentation_validator
+    from medloop.plugins.correction.unannotated import UnannotatedCheck, stroke_and_pseudo_loss, teacher_labels
+
+    k = int(config.num_classes or 2)
+    pairs = [(image, label) for image, label, _ in data.train]
+    checks = teacher_labels(pairs, k, seed=p.seed, exclude=data.held_out)
+    divisible_by = int(getattr(network, "divisible_by", 1) or 1)
+    strokes = segmentation_validator(data.val, config, divisible_by) if data.val else None
+    free = [(label == 0) & (held is None or held == 0) for (_, label, _), held in zip(data.train, data.held_out)]
+    validate = None if not data.val else UnannotatedCheck(
+        [image for image, _, _ in data.train], checks, free,
+        lambda model, x: predict_whole(model, x, divisible_by)[0], strokes,
+    )
+    loss_fn = p.loss_fn
+    if p.unannotated == "pseudo" and loss_fn is None:
+        merged = [with_pseudo(label, check) for (_, label, _), check in zip(data.train, checks)]
+        data.train = [(image, label, weight) for (image, _, _), (label, weight) in zip(data.train, merged)]
+        data.pseudo_pixels = int(sum(int((c > 0).sum()) for c in checks))
+        loss_fn = stroke_and_pseudo_loss(p.mode, p.pseudo_weight)
+    return loss_fn, validate
 
 
 def _stroke_pairs(
@@ -616,6 +656,7 @@ def _stroke_pairs(
             data.counts[c] = data.counts.get(c, 0) + v
         tr, va = split_strokes(s, validation_fraction, gen) if validation_fraction > 0 else (s.astype(np.int64), None)
         data.train.append((image, tr.astype(np.int64), (tr > 0).astype(np.float32)))
+        data.held_out.append(va if va is not None and va.any() else None)
         if va is not None and va.any():
             data.val.append((image, np.maximum(va - 1, 0).astype(np.int64), (va > 0).astype(np.float32)))
             data.val_pixels += int((va > 0).sum())
@@ -639,9 +680,16 @@ def _fine_tune_result(result: Any, data: _StrokeData, images: int, p: FineTunePa
         "final_train_loss": float(result.history[-1]["train_loss"]) if result.history else None,
         "mode": p.mode,
         "anchor": float(p.anchor),
+        "unannotated": p.unannotated,
+        "pseudo_pixels": data.pseudo_pixels,
         "seed": int(p.seed),
         "seconds": round(seconds, 3),
     }
+    curve = _curve(result.history)
+    if curve:
+        metrics["curve"] = curve
+        best = next((c for c in curve if c["epoch"] == result.best_epoch), {})
+        metrics.update({key: best.get(key) for key in ("val_stroke_dice", "unannotated_agreement")})
     return FineTuneResult(
         network=result.model.eval(),
         train=result,
@@ -652,6 +700,20 @@ def _fine_tune_result(result: Any, data: _StrokeData, images: int, p: FineTunePa
         metrics=metrics,
         seconds=seconds,
     )
+
+
+def _rounded(value: Any) -> float | None:
+    return None if value is None or not np.isfinite(value) else round(float(value), 4)
+
+
+def _curve(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per validated epoch: the selection score and, with ``unannotated`` on, the held-out
+    stroke Dice, the agreement on unannotated pixels and their prediction change."""
+    keys = ("val_mean_dice", "val_stroke_dice", "unannotated_agreement", "unannotated_change")
+    return [
+        {"epoch": int(r["epoch"]), **{k: _rounded(r.get(k)) for k in keys if k in r}}
+        for r in history if "val_mean_dice" in r
+    ]
 
 
 def _has_output_conv(network: nn.Module) -> bool:
