@@ -39,6 +39,7 @@ __all__ = [
     "predict_probabilities",
     "rank_regions",
     "suggest",
+    "suggest_with_teacher",
     "uncertainty_map",
     "write_suggestions",
 ]
@@ -201,6 +202,23 @@ def suggest(
     labels = probs.argmax(0)
     u = uncertainty_map(probs, flipped, teacher_probs)
     return rank_regions(u, strokes, labels, x, n=n, region=region), u, labels
+
+
+def suggest_with_teacher(
+    network: torch.nn.Module, x: np.ndarray, strokes: np.ndarray, num_classes: int, n: int = 5,
+    should_stop: Callable[[], bool] | None = None, seed: int = 0,
+) -> tuple[list[Suggestion], np.ndarray, np.ndarray]:
+    """:func:`suggest` with a pixel teacher fitted on the strokes: on the image, or for a volume
+    on each painted slice ``(x[:, z], strokes[z])``. Without two painted classes there is no
+    teacher (a one-class forest is sure of that class everywhere)."""
+    from medloop.plugins.correction.pixel_teacher import fit_pixel_teacher
+
+    s = np.asarray(strokes)
+    teacher = None
+    if len(np.unique(s[s > 0])) >= 2:
+        pairs = [(x, s)] if x.ndim == 3 else [(x[:, z], s[z]) for z in range(s.shape[0]) if s[z].any()]
+        teacher = fit_pixel_teacher(pairs, num_classes, seed=seed)
+    return suggest(network, x, s, n=n, teacher=teacher, should_stop=should_stop)
 
 
 def write_suggestions(suggestions: Sequence[Suggestion], path: Path) -> Path:
