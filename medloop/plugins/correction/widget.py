@@ -9,6 +9,7 @@ path of ``medloop train --weak``, so a session can be replayed headlessly.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from medloop.app.io.autosave import ANNOTATION_LAYER_SUFFIX, annotation_layer_na
 from medloop.app.gui.mask_tools import MaskToolsBox
 from medloop.app.io.classes import ANNOTATION_OFFSET
 from medloop.app.gui.panel import MethodPanel
+from medloop.plugins.correction.guidance_view import GuidanceBox
 
 if TYPE_CHECKING:
     import napari
@@ -85,6 +87,7 @@ class CorrectionPanel(MethodPanel):
         self.rollback_button = QPushButton("Use this version")
         self.tools = MaskToolsBox(napari_viewer, on_edit=self._layer_edited)
         self.class_list = ClassList(napari_viewer)
+        self.guidance = GuidanceBox(napari_viewer, on_layers_added=self._guidance_layers_added)
 
         self._build_layout()
 
@@ -136,6 +139,7 @@ class CorrectionPanel(MethodPanel):
         layout.addWidget(self.new_layer_button)
         layout.addWidget(self.class_list)
         layout.addWidget(self.live_check)
+        layout.addWidget(self.guidance)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.curve)
@@ -161,6 +165,7 @@ class CorrectionPanel(MethodPanel):
         self.crf_check.setEnabled(self.kind == "points")
         for group, kind in ((self.stroke_options, "strokes"), (self.box_options, "boxes"), (self.point_options, "points")):
             group.setVisible(self.kind == kind)
+        self.guidance.setVisible(strokes)
         self._model_changed()
 
     def _model_changed(self, *_: Any) -> None:
@@ -255,6 +260,8 @@ class CorrectionPanel(MethodPanel):
             # strokes stay visible), not on the first stroke: adding a layer costs napari a few
             # hundred ms on the GUI thread, which must not land while the user paints.
             self._prediction_layer(image, self._names("strokes")[1], self.current_entry())
+            if self.guidance.enabled:  # likewise the guidance layers
+                self.guidance.ensure_layers(layer, image)
         if kind == "strokes":
             saved = store.load(image, ann_name)
             data = saved.astype(np.uint8) if saved is not None else np.zeros(image.shape[: image.ndim], np.uint8)
@@ -297,12 +304,22 @@ class CorrectionPanel(MethodPanel):
         updated."""
         layers = self.viewer.layers
         _, pred_name = self._names()
-        if pred_name not in layers:
+        below = [n for n in (pred_name, *self.guidance.layer_names(self.image_combo.currentText())) if n in layers]
+        if not below:
             return
         for kind in LAYER_SUFFIX:
             ann_name, _ = self._names(kind)
-            if ann_name in layers and layers.index(ann_name) < layers.index(pred_name):
-                layers.move(layers.index(ann_name), layers.index(pred_name) + 1)
+            top = max(layers.index(n) for n in below)
+            if ann_name in layers and layers.index(ann_name) < top:
+                layers.move(layers.index(ann_name), top + 1)
+
+    def _guidance_layers_added(self) -> None:
+        """The guidance layers were just added (on top, selected): the annotations go back
+        above them and stay the layer the user paints on."""
+        self.keep_annotations_on_top()
+        ann_name, _ = self._names()
+        if ann_name in self.viewer.layers:
+            self.viewer.layers.selection.active = self.viewer.layers[ann_name]
 
     def _bind_undo(self, layer) -> None:
         """Ctrl+Z / Ctrl+Shift+Z on the annotation layer also tell autosave and live mode."""
@@ -360,6 +377,7 @@ class CorrectionPanel(MethodPanel):
         key = (layer.name, entry.name, z)
         session = self.session if self.session_key == key else None
         mode = self.balancing_combo.currentText()
+        guiding = self.guidance.enabled and card.spatial_dims == 2
 
         def compute(progress, should_stop):
             from medloop.models.inputs import network_input
@@ -370,12 +388,15 @@ class CorrectionPanel(MethodPanel):
                 x = network_input(image, entry.card)
                 live = LiveSession(self._network(entry), x if z is None else x[:, z])
             live.mode = "mini-batch" if mode == "auto" else mode
-            return live, live.update(strokes_now, should_stop=should_stop)
+            labels = live.update(strokes_now, should_stop=should_stop)
+            guide = _guide(live.network_with_head(), live.image, strokes_now, len(card.classes), 5, should_stop) if guiding else None
+            return live, labels, guide
 
         def done(result) -> None:
-            self.session, labels = result
+            self.session, labels, guide = result
             self.session_key = key
             self._show_live(labels, z, image, pred_name, entry)
+            self._show_guidance(guide, layer, image, z, card)
 
         self.start(compute, done)
 
@@ -404,6 +425,16 @@ class CorrectionPanel(MethodPanel):
             pred.refresh()
         seconds = self.session.timings[-1] if self.session and self.session.timings else 0.0
         self.status.setText(f"Live update {self.session.updates}: {seconds:.2f} s.")
+
+    def _show_guidance(self, guide: dict | None, layer, image, z: int | None, card) -> None:
+        """Put a worker's guidance (:func:`_guide`) on screen, or its error in the status line."""
+        if guide is None:
+            return
+        if "error" in guide:
+            self.status.setText(f"{self.status.text()} Where to paint next failed: {guide['error']}")
+            return
+        self.guidance.show(layer, image, guide["suggestions"], guide["u"], z, card.classes)
+        self.status.setText(f"{self.status.text()} Where to paint next: {guide['seconds']:.2f} s.")
 
     # -- fine-tune ----------------------------------------------------------------------------
     def _checked_annotation(self, image, entry) -> tuple[Any, dict[str, Any]]:
@@ -467,6 +498,7 @@ class CorrectionPanel(MethodPanel):
             show_error(str(exc))
             return
         kind, mode = self.kind, self.balancing_combo.currentText()
+        guiding = kind == "strokes" and self.guidance.enabled and entry.card.spatial_dims == 2
         rounds, crf, boundary = self.rounds_spin.value(), self.crf_check.isChecked(), self.boundary_check.isChecked()
         config = replace(default_fine_tune_config(), epochs=self.epochs_spin.value())
         unlabeled = self._unlabeled_images(layer) if kind == "boxes" and self.stage2_check.isChecked() else []
@@ -482,13 +514,18 @@ class CorrectionPanel(MethodPanel):
             )
             from medloop.plugins.correction.headless import model_input
 
-            return run, predict_on_grid(run.network, model_input(image, entry.card))
+            x = model_input(image, entry.card)
+            labels = predict_on_grid(run.network, x)
+            # not cancellable: a cancel now would throw the finished fine-tune away
+            guide = _guide(run.network, x, annotation, len(entry.card.classes), 10) if guiding else None
+            return run, labels, guide
 
         def done(result) -> None:
-            run, labels = result
+            run, labels, guide = result
             self._save_version(run)
             pred = self._prediction_layer(image, pred_name, entry)
             pred.data = labels.astype(np.uint8)
+            self._show_guidance(guide, layer, image, None, entry.card)
 
         self.start(compute, done, on_info=self.curve.add_epoch)
 
@@ -594,6 +631,23 @@ class CorrectionPanel(MethodPanel):
         if self.pending_live:  # strokes came in while a job ran: catch up now
             self.pending_live = False
             self.live_update()
+
+
+def _guide(network, x, strokes, num_classes: int, n: int, should_stop=None) -> dict[str, Any]:
+    """Where to paint next (in the worker): ``suggestions``, the uncertainty ``u`` and the
+    ``seconds`` it took, or the ``error`` that stopped it (guidance is advice: its failure must
+    not cost the prediction it comes with). Cancelling still cancels."""
+    from medloop.app.engine.jobs import JobCancelled
+    from medloop.plugins.correction.guidance import suggest_with_teacher
+
+    t0 = time.perf_counter()
+    try:
+        suggestions, u, _ = suggest_with_teacher(network, np.asarray(x), np.asarray(strokes), num_classes, n=n, should_stop=should_stop)
+    except JobCancelled:
+        raise
+    except Exception as exc:  # noqa: BLE001 - shown in the status line
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"suggestions": suggestions, "u": u, "seconds": time.perf_counter() - t0}
 
 
 def _option_group(title: str, rows: list[tuple[str, Any]]) -> QGroupBox:
