@@ -116,7 +116,9 @@ def test_use_this_version_repredicts_and_strokes_stay_above_the_prediction(setup
     ann.data = painted
     wait_idle(qtbot, panel)  # the live update adds the prediction layer
     names = [layer.name for layer in viewer.layers]
-    assert names.index("cells annotations") == names.index("cells prediction") + 1
+    # just above the prediction and the "where to paint next" layers drawn over it
+    assert names.index("cells annotations") == names.index("cells prediction") + 3
+    assert names[names.index("cells prediction") + 1 :] == ["cells uncertainty", "cells suggestions", "cells annotations"]
     panel.live_check.setChecked(False)
     panel.epochs_spin.setValue(3)
     panel.fine_tune()
