@@ -96,7 +96,7 @@ class GuidanceBox(QGroupBox):
             self.viewer.add_shapes(
                 ndim=image.ndim, name=s_name, edge_color=EDGE_COLOR, face_color="transparent", edge_width=0.5,
                 features={"rank": np.zeros(0, int)},
-                text={"string": "{rank}", "color": EDGE_COLOR, "size": 14, "anchor": "center"},
+                text={"string": "{rank}", "color": EDGE_COLOR, "size": 16, "anchor": "center"},
                 visible=self.enabled, **kwargs,
             )
             added = True
