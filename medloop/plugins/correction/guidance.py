@@ -13,10 +13,13 @@ Per pixel, the uncertainty ``u`` in [0, 1] is the largest of
   classifier is confident (what the network cannot know from the strokes: the never-painted far
   background a scratch model calls tissue is confidently background to the classifier).
 
-The image is cut into square regions, slice by slice for a volume; a region's score is its mean
+Square regions slide over the image at half-region steps, slice by slice for a volume (the
+chosen ones do not overlap); a region's score is its mean
 ``u`` plus ``distance_weight`` x its distance from the nearest painted pixel (as a share of
 ``far_px``, capped at 1): uncertain regions come first, and among sure ones those nobody has
-looked at. Featureless regions predicted as background are never suggested (nothing to paint).
+looked at. Featureless regions the model surely calls background are never suggested (nothing to paint),
+nor slices without signal (background by construction, ``medloop.app.engine.signal``); a slice
+gives at most two of the suggestions.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ __all__ = [
 DEFAULT_REGION = 24  # px: about what one short stroke covers
 DISTANCE_WEIGHT = 0.25
 FAR_PX = 48.0
+PER_SLICE = 2
 
 
 @dataclass(frozen=True)
@@ -157,10 +161,14 @@ def _distance_to_strokes(strokes: np.ndarray) -> np.ndarray:
 def rank_regions(
     uncertainty: np.ndarray, strokes: np.ndarray, labels: np.ndarray, image: np.ndarray | None = None,
     n: int = 5, region: int = DEFAULT_REGION, distance_weight: float = DISTANCE_WEIGHT, far_px: float = FAR_PX,
+    per_slice: int = PER_SLICE, featureless: float = 1e-6, skip: Sequence[int] = (),
 ) -> list[Suggestion]:
     """The ``n`` best regions (module docstring) of a 2-D ``(h, w)`` or volume ``(z, h, w)``
     ``uncertainty`` map, given the painted ``strokes`` (paint convention), the model's class map
-    ``labels`` and, to skip featureless background, the ``(C, *spatial)`` input ``image``."""
+    ``labels`` and, to skip featureless background (value range below ``featureless``), the
+    ``(C, *spatial)`` input ``image``. At most ``per_slice`` regions of one slice of a volume,
+    so that the list spans the volume instead of piling up where one slice is hard. ``skip``:
+    slices (for a 2-D image: [0], the image) never suggested."""
     u = np.asarray(uncertainty, np.float32)
     volume = u.ndim == 3
     u3, s3, l3 = (a if volume else a[None] for a in (u, np.asarray(strokes), np.asarray(labels)))
@@ -168,22 +176,65 @@ def rank_regions(
     distance = _distance_to_strokes(s3)
     candidates = []
     for z in range(u3.shape[0]):
-        for y0 in range(0, u3.shape[1], region):
-            for x0 in range(0, u3.shape[2], region):
-                box = (slice(y0, min(y0 + region, u3.shape[1])), slice(x0, min(x0 + region, u3.shape[2])))
-                cls = np.bincount(l3[z][box].ravel()).argmax()
-                if x4 is not None and cls == 0 and np.ptp(x4[:, z][(slice(None), *box)]) < 1e-6:
-                    continue  # featureless and predicted background: nothing to paint
-                mean_u = float(u3[z][box].mean())
-                cy, cx = (box[0].start + box[0].stop - 1) // 2, (box[1].start + box[1].stop - 1) // 2
-                d = float(distance[z, cy, cx])
-                score = mean_u + distance_weight * min(1.0, d / far_px)
-                candidates.append((score, z, (box[0].start, box[1].start, box[0].stop, box[1].stop), mean_u, d, int(cls)))
+        if z in skip:
+            continue
+        for y0, x0 in _windows(u3.shape[1:], region):
+            box = (slice(y0, min(y0 + region, u3.shape[1])), slice(x0, min(x0 + region, u3.shape[2])))
+            cls = np.bincount(l3[z][box].ravel()).argmax()
+            mean_u = float(u3[z][box].mean())
+            if x4 is not None and cls == 0 and mean_u < 0.1 and np.ptp(x4[:, z][(slice(None), *box)]) < featureless:
+                continue  # featureless, predicted background, and sure of it: nothing to paint
+            cy, cx = (box[0].start + box[0].stop - 1) // 2, (box[1].start + box[1].stop - 1) // 2
+            d = float(distance[z, cy, cx])
+            score = mean_u + distance_weight * min(1.0, d / far_px)
+            candidates.append((score, z, (box[0].start, box[1].start, box[0].stop, box[1].stop), mean_u, d, int(cls)))
     candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
+    chosen: list[tuple] = []
+    for c in candidates:  # best first; no two regions overlap; at most per_slice per slice
+        same = [o for o in chosen if o[1] == c[1]]
+        if (volume and len(same) >= per_slice) or any(_overlaps(c[2], o[2]) for o in same):
+            continue
+        chosen.append(c)
+        if len(chosen) == n:
+            break
     return [
         Suggestion(rank + 1, z if volume else None, box, round(score, 4), round(mean_u, 4), d, cls)
-        for rank, (score, z, box, mean_u, d, cls) in enumerate(candidates[:n])
+        for rank, (score, z, box, mean_u, d, cls) in enumerate(chosen)
     ]
+
+
+def _windows(shape: tuple[int, int], region: int) -> list[tuple[int, int]]:
+    """Top-left corners of ``region``-square windows at half-region steps, the last ones
+    flush with the far edges, so that an object is whole in at least one window."""
+    step = max(1, region // 2)
+
+    def starts(n: int) -> list[int]:
+        last = max(0, n - region)
+        return sorted(set(range(0, last + 1, step)) | {last})
+
+    return [(y, x) for y in starts(shape[0]) for x in starts(shape[1])]
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _without_signal_free(probs: np.ndarray, flipped: np.ndarray | None, x: np.ndarray) -> list[int]:
+    """Signal-free planes (``engine.signal``: near-constant or noise-only, background by
+    construction) become sure background in ``probs``/``flipped`` (in place); their indices."""
+    from medloop.app.engine.signal import signal_floor, signal_free
+
+    floor = signal_floor(x)
+    planes = _planes(np.asarray(x, np.float32))
+    free = signal_free(torch.from_numpy(np.stack(planes)), floor).numpy()
+    idx = [int(i) for i in np.flatnonzero(free)]
+    for i in idx:
+        view = probs if x.ndim == 4 else probs[:, None]
+        view[:, i] = 0.0
+        view[0, i] = 1.0
+        if flipped is not None:
+            (flipped if x.ndim == 4 else flipped[:, None])[:, i] = 0
+    return idx
 
 
 def suggest(
@@ -194,6 +245,7 @@ def suggest(
     ``x`` ((C, h, w) or (C, z, h, w)) painted with ``strokes``. ``teacher``: a fitted
     :class:`~medloop.plugins.correction.pixel_teacher.PixelTeacher` (None: entropy and flips only)."""
     probs, flipped = predict_probabilities(network, x)
+    free = _without_signal_free(probs, flipped, x)
     if should_stop is not None and should_stop():
         from medloop.app.engine.jobs import JobCancelled
 
@@ -201,7 +253,9 @@ def suggest(
     teacher_probs = None if teacher is None else teacher.probabilities(x)
     labels = probs.argmax(0)
     u = uncertainty_map(probs, flipped, teacher_probs)
-    return rank_regions(u, strokes, labels, x, n=n, region=region), u, labels
+    for i in free:
+        (u if x.ndim == 4 else u[None])[i] = 0.0
+    return rank_regions(u, strokes, labels, x, n=n, region=region, skip=free), u, labels
 
 
 def suggest_with_teacher(
