@@ -1,4 +1,5 @@
-"""A small live plot of training curves (loss and validation Dice per epoch) for method panels.
+"""A small live plot of training curves (loss and validation Dice per epoch; for stroke fine-tunes
+that check the unpainted pixels also its two parts) for method panels.
 
 Drawn with QPainter rather than matplotlib: it repaints in well under a millisecond for a few
 hundred points and adds no dependency or second event loop to the panel. It has an epoch axis
@@ -16,7 +17,16 @@ from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
 #: Series drawn by :meth:`CurvePlot.add_epoch`, with their colours.
-SERIES = {"train loss": "#e69f00", "validation Dice": "#56b4e9"}
+SERIES = {
+    "train loss": "#e69f00",
+    "validation Dice": "#56b4e9",
+    # Stroke fine-tunes that check the unpainted pixels: "validation Dice" is then the mean of these two.
+    "held-out strokes": "#009e73",
+    "agrees on unpainted": "#cc79a7",
+}
+#: Series shown (and in the legend) only once a run reports them.
+OPTIONAL = ("held-out strokes", "agrees on unpainted")
+KEYS = {"train loss": "train_loss", "validation Dice": "val_mean_dice", "held-out strokes": "val_stroke_dice", "agrees on unpainted": "unannotated_agreement"}
 NO_VALIDATION = "no validation curve: nothing was held out (too few strokes or objects)"
 
 
@@ -43,7 +53,7 @@ class CurvePlot(QWidget):
             return
         self.epochs_seen += 1
         epoch = float(info.get("epoch", len(self.series["train loss"])))
-        for name, key in (("train loss", "train_loss"), ("validation Dice", "val_mean_dice")):
+        for name, key in KEYS.items():
             value = info.get(key)
             if value is not None and math.isfinite(float(value)):
                 self.series[name].append((epoch, float(value)))
@@ -65,10 +75,15 @@ class CurvePlot(QWidget):
             return NO_VALIDATION
         return ""
 
+    def shown(self) -> list[str]:
+        """The series drawn: the two base ones, and optional ones a run has reported."""
+        return [name for name in SERIES if name not in OPTIONAL or self.series[name]]
+
     def legend(self) -> list[str]:
         """Legend entries with the latest value (loss: also its largest, the top of the axis)."""
         out = []
-        for name, points in self.series.items():
+        for name in self.shown():
+            points = self.series[name]
             if not points:
                 out.append(name)
             elif name == "train loss":
@@ -77,6 +92,17 @@ class CurvePlot(QWidget):
             else:
                 out.append(f"{name} {points[-1][1]:.3f}")
         return out
+
+    def _legend_places(self, fm, left: float) -> list[tuple[str, float, int]]:
+        """``(text, x, row)`` of each legend entry, flowing onto further rows when too wide."""
+        places, x, row = [], left, 0
+        for text in self.legend():
+            width = fm.horizontalAdvance(text)
+            if x > left and x + width > self.width() - 6:
+                x, row = left, row + 1
+            places.append((text, x, row))
+            x += width + 12
+        return places
 
     def x_range(self) -> tuple[float, float]:
         xs = [x for points in self.series.values() for x, _ in points]
@@ -90,7 +116,10 @@ class CurvePlot(QWidget):
         note = self.note()
         flags = int(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop) | int(Qt.TextFlag.TextWordWrap)
         note_h = fm.boundingRect(QRect(0, 0, max(self.width() - 12, 40), 400), flags, note).height() if note and self.epochs_seen else 0
-        box = QRectF(self.rect()).adjusted(fm.horizontalAdvance("1.0") + 8, line + 4, -6, -(line + 4 + note_h))
+        left = fm.horizontalAdvance("1.0") + 8
+        places = self._legend_places(fm, left)
+        rows = 1 + max((row for _, _, row in places), default=0)
+        box = QRectF(self.rect()).adjusted(left, rows * line + 4, -6, -(line + 4 + note_h))
         grey = QPen(QColor("#888888"))
         painter.setPen(grey)
         painter.drawRect(box)
@@ -106,11 +135,9 @@ class CurvePlot(QWidget):
             painter.drawText(below, Qt.AlignmentFlag.AlignLeft, f"{x0:g}")
             painter.drawText(below, Qt.AlignmentFlag.AlignRight, f"{x1:g}")
         painter.drawText(below, Qt.AlignmentFlag.AlignHCenter, "epoch")
-        legend_x = box.left()
-        for (name, colour), text in zip(SERIES.items(), self.legend()):
-            painter.setPen(QPen(QColor(colour), 2))
-            painter.drawText(QPointF(legend_x, line), text)
-            legend_x += fm.horizontalAdvance(text) + 12
+        for name, (text, x, row) in zip(self.shown(), places):
+            painter.setPen(QPen(QColor(SERIES[name]), 2))
+            painter.drawText(QPointF(x, (row + 1) * line), text)
             points = self.scaled(name)
             if not points:
                 continue

@@ -191,6 +191,8 @@ class WeakParams:
     # boxes: unlabeled images for Gupta et al.'s stage 2 (Cues 2)
     unlabeled: Sequence[MedImage | np.ndarray] = ()
     boundary: bool = False  # strokes: generalised Dice + boundary loss (Kervadec et al.)
+    # strokes: the pixels nobody painted (retrain.FineTuneParams.unannotated): select, pseudo, off
+    unannotated: str = "select"
     note: str = ""  # train_weak: the saved version's note (default: says what was trained)
     # ``on_round(round, labels)`` sees each round's training labels (round 0 first); for boxes a
     # last call ``on_round(rounds_done, final pseudo-labels)`` follows.
@@ -264,7 +266,7 @@ class _FineTune:
 
     def __call__(
         self, net: torch.nn.Module, labels: np.ndarray | None, round_seed: int, loss_fn: Any = None, pairs: Any = (),
-        anchor: float = 0.0,
+        anchor: float = 0.0, unannotated: str = "off",
     ) -> Any:
         from medloop.plugins.correction import retrain
 
@@ -272,7 +274,7 @@ class _FineTune:
         todo = ([(self.x, labels)] if labels is not None else []) + list(pairs)
         return retrain.fine_tune(
             net, todo, self.config, mode=p.mode, progress=p.progress, should_stop=p.should_stop,
-            seed=round_seed, raise_on_stop=True, loss_fn=loss_fn, anchor=anchor,
+            seed=round_seed, raise_on_stop=True, loss_fn=loss_fn, anchor=anchor, unannotated=unannotated,
         )
 
 
@@ -297,9 +299,9 @@ def _run_strokes(network: torch.nn.Module, x: np.ndarray, annotation: Any, train
         pairs = [(x[:, z], s[z]) for z in range(s.shape[0]) if s[z].any()]
         if not pairs:
             raise AnnotationError("the annotation layer is empty; paint strokes of at least two classes")
-        result = train(network, None, p.seed, loss_fn=loss_fn, pairs=pairs, anchor=DEFAULT_ANCHOR)
+        result = train(network, None, p.seed, loss_fn=loss_fn, pairs=pairs, anchor=DEFAULT_ANCHOR, unannotated=p.unannotated)
     else:
-        result = train(network, s, p.seed, loss_fn=loss_fn, anchor=DEFAULT_ANCHOR)
+        result = train(network, s, p.seed, loss_fn=loss_fn, anchor=DEFAULT_ANCHOR, unannotated=p.unannotated)
     info = {"round": 0, **result.metrics}
     return WeakRun(
         result.network, "strokes", s,

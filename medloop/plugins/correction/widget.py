@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import napari
 
 BALANCING = ["auto", "mini-batch", "instance", "none"]
+UNPAINTED = {"Check them": "select", "Learn them (from scratch)": "pseudo", "Ignore them": "off"}
 KINDS = {"Strokes (paint labels)": "strokes", "Boxes (rectangles)": "boxes", "Points (one click per object)": "points"}
 LAYER_SUFFIX = ANNOTATION_LAYER_SUFFIX
 
@@ -65,6 +66,13 @@ class CorrectionPanel(MethodPanel):
         self.kind_combo.addItems(list(KINDS))
         self.balancing_combo = QComboBox()
         self.balancing_combo.addItems(BALANCING)
+        self.unannotated_combo = QComboBox()
+        self.unannotated_combo.addItems(list(UNPAINTED))
+        self.unannotated_combo.setToolTip(
+            "What fine-tuning does with the pixels nobody painted: a pixel classifier trained on your strokes "
+            "checks them (the epoch kept must agree with it where it is sure), or also teaches them (best from "
+            "scratch), or they are ignored"
+        )
         self.boundary_check = QCheckBox("Boundary loss")
         self.boundary_check.setToolTip("For small structures; needs fully painted tiles")
         self.rounds_spin = QSpinBox()
@@ -118,7 +126,7 @@ class CorrectionPanel(MethodPanel):
         form.addRow("", self.legend)
         form.addRow("Annotate with", self.kind_combo)
         # Each mode's options only in that mode (folded away in the others).
-        self.stroke_options = _option_group("Stroke options", [("Balancing", self.balancing_combo), ("", self.boundary_check)])
+        self.stroke_options = _option_group("Stroke options", [("Balancing", self.balancing_combo), ("Unpainted pixels", self.unannotated_combo), ("", self.boundary_check)])
         self.box_options = _option_group("Box options", [("Box rounds", self.rounds_spin), ("", self.stage2_check)])
         self.point_options = _option_group("Point options", [("", self.crf_check)])
         form.addRow(self.stroke_options)
@@ -502,6 +510,7 @@ class CorrectionPanel(MethodPanel):
         rounds, crf, boundary = self.rounds_spin.value(), self.crf_check.isChecked(), self.boundary_check.isChecked()
         config = replace(default_fine_tune_config(), epochs=self.epochs_spin.value())
         unlabeled = self._unlabeled_images(layer) if kind == "boxes" and self.stage2_check.isChecked() else []
+        unannotated = UNPAINTED[self.unannotated_combo.currentText()]
         _, pred_name = self._names()
         self.curve.clear()
         self.status.setText(f"Fine-tuning {entry.name} on {kind} ...")
@@ -510,7 +519,7 @@ class CorrectionPanel(MethodPanel):
             run = run_weak(
                 kind, image, annotation, entry, mode=mode, rounds=rounds,
                 progress=progress, should_stop=should_stop, config=config, crf=crf, boundary=boundary,
-                unlabeled=unlabeled,
+                unlabeled=unlabeled, unannotated=unannotated,
             )
             from medloop.plugins.correction.headless import model_input
 

@@ -215,3 +215,44 @@ def test_cli_replays_strokes_to_identical_weights(cli, tmp_path):
     bad = cli("train", "--weak", "strokes", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2
     assert bad.stderr == "medloop: error: train --weak needs --image, --annotation, --model\n"
+
+
+def test_cli_suggests_where_to_paint_next_and_records_both_signals(cli, tmp_path):
+    """`--suggest 3 --suggest-out F --unannotated pseudo`: three ranked regions printed and
+    written (the same ones, best first, inside the image); the version's card keeps the
+    per-epoch curve of held-out stroke Dice and agreement on the unannotated pixels."""
+    import csv
+    import json
+
+    from medloop.plugins.correction.synth import texture_mosaic
+    from tests.cli_helpers import refused
+
+    weights, card = make_tiny_model(tmp_path / "src", spatial_dims=2, in_channels=1, name="tiny2d")
+    register_model(weights, card, tmp_path / "zoo")
+    sample = texture_mosaic(np.random.default_rng(3), num_classes=2, channels=1)
+    image = write_image(MedImage.from_array(sample.image[0]), tmp_path / "img.nii.gz")
+    # Five strokes a class, so that a fifth of them is held out to validate.
+    painted, _ = weaklabels.strokes(sample.semantic, coverage=0.05, per_class_counts=[5, 5], rng=np.random.default_rng(0))
+    ann = write_image(MedImage.from_array(painted.astype(np.uint8)), tmp_path / "strokes.nii.gz")
+    common = ["--image", str(image), "--annotation", str(ann), "--model", "tiny2d", "--models-dir", str(tmp_path / "zoo"), "--epochs", "3"]
+    result = cli("train", "--weak", "strokes", *common, "--out", str(tmp_path / "v"), "--unannotated", "pseudo",
+                 "--suggest", "3", "--suggest-out", str(tmp_path / "next.csv"))
+    assert result.returncode == 0, result.stderr
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("paint next")]
+    assert [ln.split(":")[0] for ln in lines] == ["paint next 1", "paint next 2", "paint next 3"]
+    rows = list(csv.DictReader((tmp_path / "next.csv").read_text().splitlines()))
+    assert [int(r["rank"]) for r in rows] == [1, 2, 3]
+    scores = [float(r["score"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    h, w = sample.image.shape[1:]
+    for line, r in zip(lines, rows):
+        y0, x0, y1, x1 = (int(r[k]) for k in ("y0", "x0", "y1", "x1"))
+        assert 0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w and r["slice"] == ""
+        assert f"rows {y0}-{y1}, cols {x0}-{x1}" in line
+    metrics = json.loads(next((tmp_path / "v").rglob("v1/card.json")).read_text())["training"]["metrics"]
+    assert metrics["unannotated"] == "pseudo" and metrics["pseudo_pixels"] > 0
+    curve = metrics["curve"]
+    assert len(curve) == metrics["epochs_done"] and all("val_stroke_dice" in c and "unannotated_agreement" in c for c in curve)
+    assert refused(cli, "train", "--weak", "boxes", *common, "--out", str(tmp_path / "b"), "--suggest", "2") == (
+        "medloop: error: --suggest works with --weak strokes (it ranks where to paint next)"
+    )
