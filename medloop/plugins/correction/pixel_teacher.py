@@ -17,12 +17,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["PixelTeacher", "confident_labels", "fit_pixel_teacher", "pixel_features"]
+__all__ = ["PixelTeacher", "confident_labels", "featureless_background", "fit_pixel_teacher", "pixel_features"]
 
 #: Feature scales (px): ilastik's default set spans 0.7-10; 0.5-8 in powers of 2 here.
 SIGMA_MIN, SIGMA_MAX = 0.5, 8.0
 #: Stroke pixels the forest is fitted on at most (seeded subsample): more adds time, not accuracy.
 MAX_TRAINING_PIXELS = 40_000
+#: Featureless background: no signal within this many pixels (the largest feature scale).
+BACKGROUND_RADIUS = 8
 
 
 def pixel_features(image: np.ndarray) -> np.ndarray:
@@ -40,12 +42,35 @@ def pixel_features(image: np.ndarray) -> np.ndarray:
     return feats.astype(np.float32, copy=False)
 
 
+def featureless_background(image: np.ndarray, radius: int = BACKGROUND_RADIUS) -> np.ndarray:
+    """Pixels of a single-channel ``(1, *spatial)`` image (a volume: slice by slice) with no
+    signal anywhere within ``radius`` px: every value there at most the image's noise ceiling
+    (:func:`medloop.app.engine.signal.signal_floor`). All False when the image has no dark
+    background class or more than one channel."""
+    from scipy import ndimage
+
+    from medloop.app.engine.signal import signal_floor
+
+    x = np.asarray(image, np.float32)
+    ceiling = signal_floor(x).noise_ceiling
+    if x.shape[0] != 1 or ceiling is None:
+        return np.zeros(x.shape[1:], bool)
+    size = (1,) * (x.ndim - 3) + (2 * radius + 1, 2 * radius + 1)
+    return ndimage.maximum_filter(x[0], size=size, mode="nearest") <= ceiling
+
+
 @dataclass
 class PixelTeacher:
-    """A fitted forest: :meth:`probabilities` of every class (paint ids 1..K -> classes 0..K-1)."""
+    """A fitted forest: :meth:`probabilities` of every class (paint ids 1..K -> classes 0..K-1).
+    ``dark_background``: the background strokes (class 0) lie on signal-free pixels, so
+    featureless background (:func:`featureless_background`) is class 0 by construction, as
+    the segmentation's signal gate treats signal-free slices: trees vote at random on features
+    no stroke had (all zero at every scale), which left the brain sample's far background
+    unsure (47,920 pixels then called tissue by a scratch model, unseen by the agreement)."""
 
     forest: Any
     num_classes: int
+    dark_background: bool = False
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """``(K, *spatial)`` float32 class probabilities of a ``(C, *spatial)`` image."""
@@ -53,7 +78,29 @@ class PixelTeacher:
         flat = feats.reshape(-1, feats.shape[-1])
         p = np.zeros((flat.shape[0], self.num_classes), np.float32)
         p[:, self.forest.classes_] = self.forest.predict_proba(flat)
-        return np.moveaxis(p.reshape(*feats.shape[:-1], self.num_classes), -1, 0)
+        p = np.moveaxis(p.reshape(*feats.shape[:-1], self.num_classes), -1, 0)
+        if self.dark_background:
+            empty = featureless_background(image)
+            p[:, empty] = 0.0
+            p[0, empty] = 1.0
+        return p
+
+
+def _background_is_dark(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> bool:
+    """Do at least half of the background (class 0) stroke pixels lie at or below their image's
+    noise ceiling (the annotator's background is the empty, dark surround)?"""
+    from medloop.app.engine.signal import signal_floor
+
+    dark = total = 0
+    for image, strokes in pairs:
+        x, s = np.asarray(image, np.float32), np.asarray(strokes)
+        if x.shape[0] != 1 or not (s == 1).any():
+            continue
+        ceiling = signal_floor(x).noise_ceiling
+        values = x[0][s == 1]
+        total += values.size
+        dark += int((values <= ceiling).sum()) if ceiling is not None else 0
+    return total > 0 and dark >= 0.5 * total
 
 
 def fit_pixel_teacher(
@@ -85,7 +132,7 @@ def fit_pixel_teacher(
     # shares are the annotator's, not the image's.
     forest = ExtraTreesClassifier(n_estimators=trees, class_weight="balanced", random_state=seed, n_jobs=1)
     forest.fit(x, y)
-    return PixelTeacher(forest, int(num_classes))
+    return PixelTeacher(forest, int(num_classes), _background_is_dark(pairs))
 
 
 def confident_labels(probabilities: np.ndarray, confidence: float = 0.9) -> np.ndarray:

@@ -9,7 +9,7 @@ import torch
 from scipy import ndimage
 
 from medloop.models.nets.unet import UNet
-from medloop.plugins.correction.pixel_teacher import confident_labels, fit_pixel_teacher
+from medloop.plugins.correction.pixel_teacher import confident_labels, fit_pixel_teacher, pixel_features
 from medloop.plugins.correction.retrain import default_fine_tune_config, fine_tune
 from medloop.plugins.correction.unannotated import (
     PSEUDO_MARK,
@@ -142,3 +142,22 @@ def test_pseudo_labels_stop_a_scratch_model_inventing_tissue_far_away():
                 assert r.metrics["pseudo_pixels"] > 1000 and r.metrics["curve"][-1]["unannotated_agreement"] is not None
     assert np.median(wrong["off"]) > 100, wrong
     assert np.median(wrong["pseudo"]) < np.median(wrong["off"]) / 10, wrong
+
+
+def test_featureless_dark_background_is_background_by_construction():
+    """Background strokes on the dark, empty surround: pixels with no signal within 8 px are
+    class 0 for sure (the forest alone votes at random on features no stroke had). Inverted
+    image (bright background): the rule stays off."""
+    from medloop.plugins.correction.pixel_teacher import featureless_background
+
+    x, truth, s = disc_case(0)
+    empty = featureless_background(x)
+    assert empty[:, 70:].all() and not empty[truth > 0].any()
+    assert not empty[np.abs(np.arange(128) - 32)[None, :].repeat(64, 0) < 28].all()  # near the object: not empty
+    teacher = fit_pixel_teacher([(x, s)], 3, seed=0)
+    p = teacher.probabilities(x)
+    assert teacher.dark_background and np.all(p[0][empty] == 1.0)
+    inverted = fit_pixel_teacher([(1.0 - x, s)], 3, seed=0)
+    assert not inverted.dark_background
+    forest_only = inverted.forest.predict_proba(pixel_features(1.0 - x).reshape(-1, pixel_features(x).shape[-1])).T
+    assert np.allclose(inverted.probabilities(1.0 - x).reshape(3, -1), forest_only)
