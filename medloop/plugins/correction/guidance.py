@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "RankParams",
     "Suggestion",
     "flip_disagreement",
     "margin_uncertainty",
@@ -158,17 +159,36 @@ def _distance_to_strokes(strokes: np.ndarray) -> np.ndarray:
     return ndimage.distance_transform_edt(~painted).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class RankParams:
+    """How :func:`rank_regions` ranks: ``n`` regions of ``region`` px, the distance bonus
+    (``distance_weight`` x distance / ``far_px``, capped), at most ``per_slice`` per slice of a
+    volume, and the value range under which a region is ``featureless``."""
+
+    n: int = 5
+    region: int = DEFAULT_REGION
+    distance_weight: float = DISTANCE_WEIGHT
+    far_px: float = FAR_PX
+    per_slice: int = PER_SLICE
+    featureless: float = 1e-6
+
+
 def rank_regions(
     uncertainty: np.ndarray, strokes: np.ndarray, labels: np.ndarray, image: np.ndarray | None = None,
-    n: int = 5, region: int = DEFAULT_REGION, distance_weight: float = DISTANCE_WEIGHT, far_px: float = FAR_PX,
-    per_slice: int = PER_SLICE, featureless: float = 1e-6, skip: Sequence[int] = (),
+    params: RankParams | None = None, skip: Sequence[int] = (), **changes: Any,
 ) -> list[Suggestion]:
-    """The ``n`` best regions (module docstring) of a 2-D ``(h, w)`` or volume ``(z, h, w)``
+    """The best regions (module docstring) of a 2-D ``(h, w)`` or volume ``(z, h, w)``
     ``uncertainty`` map, given the painted ``strokes`` (paint convention), the model's class map
-    ``labels`` and, to skip featureless background (value range below ``featureless``), the
-    ``(C, *spatial)`` input ``image``. At most ``per_slice`` regions of one slice of a volume,
-    so that the list spans the volume instead of piling up where one slice is hard. ``skip``:
-    slices (for a 2-D image: [0], the image) never suggested."""
+    ``labels`` and, to skip featureless background, the ``(C, *spatial)`` input ``image``.
+    ``params`` (:class:`RankParams`; ``changes`` override its fields, e.g. ``n=3``): at most
+    ``per_slice`` regions of one slice of a volume, so that the list spans the volume instead
+    of piling up where one slice is hard. ``skip``: slices never suggested (signal-free)."""
+    from dataclasses import replace
+
+    p = replace(params or RankParams(), **changes)
+    n, region, distance_weight, far_px, per_slice, featureless = (
+        p.n, p.region, p.distance_weight, p.far_px, p.per_slice, p.featureless
+    )
     u = np.asarray(uncertainty, np.float32)
     volume = u.ndim == 3
     u3, s3, l3 = (a if volume else a[None] for a in (u, np.asarray(strokes), np.asarray(labels)))
