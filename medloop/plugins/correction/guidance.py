@@ -15,10 +15,11 @@ Per pixel, the uncertainty ``u`` in [0, 1] is the largest of
 
 Square regions slide over the image at half-region steps, slice by slice for a volume (the
 chosen ones do not overlap); a region's score is its mean
-``u`` plus ``distance_weight`` x its distance from the nearest painted pixel (as a share of
+``u`` (halved for a region centred on a stroke, rising back to full weight ``far_px`` away)
+plus ``distance_weight`` x its distance from the nearest painted pixel (as a share of
 ``far_px``, capped at 1): uncertain regions come first, and among sure ones those nobody has
-looked at. Featureless regions the model surely calls background are never suggested (nothing to paint),
-nor slices without signal (background by construction, ``medloop.app.engine.signal``); a slice
+looked at; a region just painted gives way to the next one. Featureless regions the model
+surely calls background are never suggested (nothing to paint), nor slices without signal (background by construction, ``medloop.app.engine.signal``); a slice
 gives at most two of the suggestions.
 """
 
@@ -52,6 +53,7 @@ DEFAULT_REGION = 24  # px: about what one short stroke covers
 DISTANCE_WEIGHT = 0.25
 FAR_PX = 48.0
 PER_SLICE = 2
+PAINTED_DISCOUNT = 0.5
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,10 @@ def rank_regions(
                 continue  # featureless, predicted background, and sure of it: nothing to paint
             cy, cx = (box[0].start + box[0].stop - 1) // 2, (box[1].start + box[1].stop - 1) // 2
             d = float(distance[z, cy, cx])
-            score = mean_u + distance_weight * min(1.0, d / far_px)
+            far = min(1.0, d / far_px)
+            # A region just painted keeps half its uncertainty's weight: the next suggestion
+            # moves on instead of sending the annotator back where the model is still unsure.
+            score = mean_u * (1.0 - PAINTED_DISCOUNT * (1.0 - far)) + distance_weight * far
             candidates.append((score, z, (box[0].start, box[1].start, box[0].stop, box[1].stop), mean_u, d, int(cls)))
     candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
     chosen: list[tuple] = []

@@ -99,6 +99,7 @@ def _segment(image, params, progress, should_stop, network, fine_network) -> Seg
     grid = to_model_grid(_scalar(image), _model_spacing(card, image, slices), card.orientation)
     inputs = network_input(grid, card)
     floor = _signal_floor(card, inputs)  # measured once on the whole input (one copy), before tiling
+    empty = _empty_slices(inputs, floor, card.slice_axis) if slices and floor is not None else None
     grid_factors = upscale.model_axis_factors(image, grid, factors)
     offsets = upscale.shift_offsets(grid_factors, params.upscale_align, params.upscale_overlap)
     copies = upscale.shifted_copies(inputs, offsets, params.upscale_order)  # (S, C, *spatial); S = 1 without upscaling
@@ -123,7 +124,7 @@ def _segment(image, params, progress, should_stop, network, fine_network) -> Seg
         stacked = upscale.stacked_predictor(predictor, len(offsets), per_call)  # softmax per copy
         probs = tiled_inference(inputs, stacked, tiling, progress=progress, should_stop=should_stop)
     if slices:
-        probs = np.moveaxis(probs, 1, 1 + card.slice_axis)
+        probs = _background_where_empty(np.moveaxis(probs, 1, 1 + card.slice_axis), len(offsets), empty, card.slice_axis)
     probs = upscale.fuse(probs.reshape(len(offsets), -1, *probs.shape[1:]), offsets, grid_factors, params.upscale_fusion)
     target = upscale.fine_grid(image, factors, params.upscale_align)
     probs = probabilities_to_grid(probs, upscale.fine_grid(grid, grid_factors, params.upscale_align), target)
@@ -358,6 +359,30 @@ def _signal_floor(card, inputs: np.ndarray):
     if not bool(card.inference.get("signal_gate", True)):
         return None
     return signal_floor(inputs)
+
+
+def _empty_slices(inputs: np.ndarray, floor, axis: int) -> np.ndarray:
+    """Which slices along ``axis`` of the normalised input carry no signal, judged on the slice
+    itself: a tile also holds its padding, and a constant slice padded with zeros has a step
+    the tile gate sees as signal (and a network as an outline)."""
+    import torch
+
+    from medloop.app.engine.signal import signal_free
+
+    units = np.ascontiguousarray(np.moveaxis(inputs, 1 + axis, 0))  # (slices, C, h, w)
+    return signal_free(torch.from_numpy(units), floor).numpy()
+
+
+def _background_where_empty(probs: np.ndarray, copies: int, empty: np.ndarray | None, axis: int) -> np.ndarray:
+    """``probs`` ``(copies x K, *spatial)`` with sure background in the ``empty`` slices."""
+    if empty is None or not empty.any():
+        return probs
+    probs = np.ascontiguousarray(probs)  # so that the reshape below is a view
+    view = probs.reshape(copies, -1, *probs.shape[1:])
+    where = (slice(None),) * axis + (empty,)
+    view[(slice(None), slice(None), *where)] = 0.0
+    view[(slice(None), 0, *where)] = 1.0
+    return probs
 
 
 def _gated(predictor, floor, card):

@@ -127,3 +127,18 @@ def test_brain_model_noise_only_slices_are_background(brain_runs):
           f"ungated {int((raw[beyond] > 0).sum())}; Dice GM/WM gated {dice_g[GM]:.4f}/{dice_g[WM]:.4f} ungated {dice_r[GM]:.4f}/{dice_r[WM]:.4f}")
     assert len(beyond) >= 10 and int((gated[beyond] > 0).sum()) == 0
     assert dice_g[GM] >= dice_r[GM] - 0.002 and dice_g[WM] >= dice_r[WM] - 0.002
+
+
+def test_constant_slices_padded_by_tiles_are_background_for_a_groupnorm_brain_model():
+    """v1 (``brain-tissue-t1``, GroupNorm) under 12 constant slices (1e-5 .. 0.3 of white
+    matter): a tile pads the brightest with zeros, a step the tile gate alone saw as signal
+    (11,581 tissue voxels, measured); judged on the slice itself it is background."""
+    from medloop.app.samples import load_brain_sample
+    from medloop.models.variants import constant_slices
+
+    t1, tissue = load_brain_sample()
+    image, labels = constant_slices(t1, tissue, np.geomspace(1e-5, 0.3, 12))
+    pred = np.asarray(segment(image, SegmentParams("brain-tissue-t1", device="cpu")).labels.array)
+    assert int((pred[:12] > 0).sum()) == 0
+    dice = dice_per_class(pred, np.asarray(labels.array), 3)
+    assert dice[GM] > 0.85 and dice[WM] > 0.85  # the brain itself is still segmented
