@@ -38,9 +38,12 @@ def test_uncertainty_components_exact():
     assert guidance.normalised_entropy(p)[:2].tolist() == pytest.approx([1.0, 0.0], abs=1e-6)
     flipped = np.array([[0, 0, 1], [0, 1, 1]])
     assert guidance.flip_disagreement(np.array([0, 0, 0]), flipped).tolist() == [0.0, 0.5, 1.0]
+    ties = np.array([[0.5, 0.5, 0.6], [0.5, 0.5, 0.4]])  # the model: class 0 everywhere, two close calls
     teacher = np.array([[0.95, 0.5, 0.05], [0.05, 0.5, 0.95]])
-    u = guidance.uncertainty_map(p, None, teacher)  # labels 0, 0, 0: the teacher is sure of 1 at pixel 2
-    assert u.tolist() == pytest.approx([1.0, 0.0, 1.0])
+    u = guidance.uncertainty_map(ties, None, teacher)
+    # pixel 0: a tie, but the classifier is sure of the model's class -> 0; pixel 1: a tie, the
+    # classifier unsure -> the squared margin 1; pixel 2: the classifier sure of another class -> 1
+    assert u.tolist() == pytest.approx([0.0, 1.0, 1.0])
 
 
 def test_a_region_the_model_cannot_know_ranks_first():
