@@ -563,7 +563,11 @@ class CorrectionPanel(MethodPanel):
         self.session_key = None
         self._fill_versions()
         dice = run.metrics.get("best_val_dice")
-        tail = f" (held-out stroke Dice {dice:.3f})" if isinstance(dice, float) else ""
+        strokes, agree = run.metrics.get("val_stroke_dice"), run.metrics.get("unannotated_agreement")
+        if isinstance(strokes, float) and isinstance(agree, float):  # the score is their mean
+            tail = f" (held-out stroke Dice {strokes:.3f}, agreement on unpainted pixels {agree:.3f})"
+        else:
+            tail = f" (held-out stroke Dice {dice:.3f})" if isinstance(dice, float) else ""
         self.status.setText(f"Saved {new.name}{tail}; the prediction shows it.")
         fell = self.dice_fell(parent_dice, dice, parent_name)
         if fell:
