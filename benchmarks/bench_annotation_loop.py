@@ -2,8 +2,9 @@
 next" beat painting at random, and how close do sparse strokes from scratch get to dense labels?
 
 Data: the MNI152 2 mm T1 and its tissue labels (packaged sample), normalised as the packaged
-``brain-tissue`` card says; 16 axial training slices (z = 14, 16, ..., 44) and 10 held-out test
-slices (z = 52, ..., 70: at least 8 slices from any training slice). Model: the ``brain-tissue``
+``brain-tissue`` card says; 16 axial training slices and 10 held-out test slices: ``--split far``
+(default; z = 14, 16, ..., 44 and 52, ..., 70: at least 8 slices from any training slice, other
+anatomy) or ``--split interleaved`` (z = 14, 18, ..., 74 and 16, 22, ..., 70: 2 slices away). Model: the ``brain-tissue``
 architecture (2-D U-Net 16-128, BatchNorm) from random weights (seeded), trained through
 ``retrain.fine_tune`` (the Correction panel's and ``medloop train --weak strokes``'s code path).
 
@@ -27,6 +28,7 @@ annotated share of the training pixels and the ratio to dense.
 
     python benchmarks/bench_annotation_loop.py                 # 3 seeds, 5 rounds, all arms (~30 min, 2 cores)
     python benchmarks/bench_annotation_loop.py --seeds 0 --rounds 2 --no-effect   # quick look
+    python benchmarks/bench_annotation_loop.py --split interleaved --no-effect    # test slices near training ones
 """
 
 from __future__ import annotations
@@ -44,8 +46,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TRAIN = list(range(14, 46, 2))
-TEST = list(range(52, 72, 2))
+#: (training slices, held-out test slices): "far" tests other anatomy (the upper brain, >= 8
+#: slices from any training slice: extrapolation); "interleaved" spans the brain, each test slice
+#: 2 slices (4 mm) from a training one (the same anatomy, unseen slices).
+SPLITS = {
+    "far": (list(range(14, 46, 2)), list(range(52, 72, 2))),
+    "interleaved": (list(range(14, 78, 4)), list(range(16, 76, 6))),
+}
 NEAR_PX = 6
 START_COVERAGE = 0.037
 STROKE_SHARE = 0.002
@@ -99,12 +106,12 @@ def paint(truth: np.ndarray, pred: np.ndarray, strokes: np.ndarray, box, budget:
     return int(new.sum())
 
 
-def held_out_dice(net, vol, lab) -> float:
+def held_out_dice(net, vol, lab, test: list[int]) -> float:
     from medloop.app.engine.metrics import dice_per_class
     from medloop.plugins.correction.weak_kit import predict_labels
 
-    preds = [predict_labels(net, vol[z][None]) for z in TEST]
-    d = dice_per_class(np.concatenate([p.ravel() for p in preds]), np.concatenate([lab[z].ravel() for z in TEST]), 3, False)
+    preds = [predict_labels(net, vol[z][None]) for z in test]
+    d = dice_per_class(np.concatenate([p.ravel() for p in preds]), np.concatenate([lab[z].ravel() for z in test]), 3, False)
     return float((d[1] + d[2]) / 2)
 
 
@@ -145,7 +152,7 @@ def next_box(arm: str, net, x, strokes, truth, near, rng, tried: int):
     return int(zs[i]), box, predict_on_grid(net, x)
 
 
-def run_arm(arm: str, seed: int, rounds: int, unannotated: str, start_epochs: int = START_EPOCHS) -> dict:
+def run_arm(arm: str, seed: int, rounds: int, unannotated: str, start_epochs: int = START_EPOCHS, split: str = "far") -> dict:
     from scipy import ndimage
 
     warnings.simplefilter("ignore")
@@ -154,16 +161,17 @@ def run_arm(arm: str, seed: int, rounds: int, unannotated: str, start_epochs: in
     torch.set_num_threads(1)
     entry, vol, lab = load()
     rng = np.random.default_rng(seed)
-    x, truth = vol[TRAIN][None], lab[TRAIN]
+    train_z, test_z = SPLITS[split]
+    x, truth = vol[train_z][None], lab[train_z]
     t0 = time.perf_counter()
     if arm == "dense":
         net = train(fresh(entry, seed), x, truth + 1, seed, START_EPOCHS, "off", patience=None)  # the same budget
-        return {"arm": arm, "seed": seed, "dice": [held_out_dice(net, vol, lab)], "annotated": [1.0], "seconds": time.perf_counter() - t0}
+        return {"arm": arm, "seed": seed, "dice": [held_out_dice(net, vol, lab, test_z)], "annotated": [1.0], "seconds": time.perf_counter() - t0}
     s = np.stack([near_strokes(t, rng) for t in truth])
     # The start trains to convergence (no early stop), so that the rounds measure the strokes,
     # not more epochs; the panel's default (20 epochs, early stop) is the --effect table's.
     net = train(fresh(entry, seed), x, s, seed, start_epochs, unannotated, patience=None if start_epochs > 20 else 3)
-    dice, annotated, painted_at = [held_out_dice(net, vol, lab)], [float((s > 0).mean())], []
+    dice, annotated, painted_at = [held_out_dice(net, vol, lab, test_z)], [float((s > 0).mean())], []
     near = np.stack([ndimage.binary_dilation(t > 0, iterations=NEAR_PX) for t in truth])
     budget = int(STROKE_SHARE * s.size)
     for _ in range(rounds):
@@ -174,13 +182,13 @@ def run_arm(arm: str, seed: int, rounds: int, unannotated: str, start_epochs: in
                 painted_at.append([int(z), [int(v) for v in box], n])
                 break
         net = train(net, x, s, seed, 10, unannotated)
-        dice.append(held_out_dice(net, vol, lab))
+        dice.append(held_out_dice(net, vol, lab, test_z))
         annotated.append(float((s > 0).mean()))
     return {"arm": arm, "seed": seed, "dice": dice, "annotated": annotated, "painted": painted_at, "seconds": time.perf_counter() - t0}
 
 
-def run_effect(seed: int, unannotated: str) -> dict:
-    out = run_arm("random", seed, 0, unannotated, start_epochs=20)
+def run_effect(seed: int, unannotated: str, split: str = "far") -> dict:
+    out = run_arm("random", seed, 0, unannotated, start_epochs=20, split=split)
     return {**out, "arm": f"round 0, unannotated={unannotated}"}
 
 
@@ -209,12 +217,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--unannotated", default="pseudo", choices=["off", "select", "pseudo"])
     ap.add_argument("--no-effect", action="store_true", help="skip the round-0 comparison of the unannotated options")
+    ap.add_argument("--split", default="far", choices=sorted(SPLITS), help="far: test slices >= 8 slices from training ones; interleaved: 2")
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    tasks = [("dense", s, 0, "off") for s in args.seeds]
-    tasks += [(arm, s, args.rounds, args.unannotated) for arm in ("guided", "random") for s in args.seeds]
-    effect = [] if args.no_effect else [(s, u) for u in ("off", "select", "pseudo") for s in args.seeds]
+    tasks = [("dense", s, 0, "off", START_EPOCHS, args.split) for s in args.seeds]
+    tasks += [(arm, s, args.rounds, args.unannotated, START_EPOCHS, args.split) for arm in ("guided", "random") for s in args.seeds]
+    effect = [] if args.no_effect else [(s, u, args.split) for u in ("off", "select", "pseudo") for s in args.seeds]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run_arm, *t) for t in tasks] + [pool.submit(run_effect, *e) for e in effect]
