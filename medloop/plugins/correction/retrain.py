@@ -39,7 +39,7 @@ from medloop.app.engine.train import SegmentationStep, predict_whole
 from medloop.app.errors import MedloopError
 from medloop.plugins.correction.sparse import BALANCING, sparse_loss, validate_strokes
 from medloop.plugins.correction.unannotated import DEFAULT_PSEUDO_WEIGHT, UNANNOTATED, with_pseudo
-from medloop.plugins.correction.weaklabels import AnnotationError, as_rng
+from medloop.plugins.correction.weaklabels import AnnotationError
 
 __all__ = [
     "AnchoredLoss",
@@ -349,14 +349,22 @@ class LiveSession:
 
 
 def split_strokes(
-    strokes: np.ndarray, validation_fraction: float = 0.2, rng: int | np.random.Generator | None = 0
+    strokes: np.ndarray, validation_fraction: float = 0.2, rng: int | Sequence[int] | np.random.Generator | None = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(train, validation)`` stroke maps: the connected components of every class are shuffled
-    (seeded) and about ``validation_fraction`` of each class's components go to validation,
-    always leaving at least one component per class for training (a class drawn once stays
-    all-training). The two maps partition the annotated pixels."""
+    """``(train, validation)`` stroke maps: about ``validation_fraction`` of each class's
+    connected components go to validation, always leaving at least one component per class for
+    training (a class drawn once stays all-training). The two maps partition the annotated pixels.
+
+    Which components: those with the smallest keys, a key drawn per component from ``rng`` (a
+    seed, seed sequence or Generator), the class and the component's first pixel. A stroke keeps
+    its key when others are added, so successive fine-tunes of one session validate on nearly
+    the same strokes (a new stroke changes the held-out set by at most one component per class),
+    and versions' held-out Dice stay comparable."""
     s = np.asarray(strokes).astype(np.int64)
-    gen = as_rng(rng)
+    if isinstance(rng, np.random.Generator):
+        entropy = [int(rng.integers(2**31))]
+    else:
+        entropy = [0] if rng is None else [int(v) for v in np.atleast_1d(rng)]
     val = np.zeros_like(s)
     structure = ndimage.generate_binary_structure(s.ndim, s.ndim)  # diagonal steps join a stroke
     for k in np.unique(s[s > 0]):
@@ -364,7 +372,9 @@ def split_strokes(
         n_val = min(round(validation_fraction * n), n - 1)
         if n_val <= 0:
             continue
-        chosen = gen.permutation(n)[:n_val] + 1
+        ids, first = np.unique(comps.ravel(), return_index=True)
+        keys = [np.random.default_rng([*entropy, int(k), int(f)]).random() for c, f in zip(ids, first) if c > 0]
+        chosen = np.argsort(keys, kind="stable")[:n_val] + 1
         val[np.isin(comps, chosen)] = k
     train = np.where(val > 0, 0, s)
     return train, val
@@ -584,7 +594,7 @@ def fine_tune(
         k, fraction = config.num_classes or int(max(np.max(s) for _, s in pairs)), p.validation_fraction
     else:  # an encoded map: check its value range; no validation split
         k, fraction = int(label_values) - 1, 0.0
-    data = _stroke_pairs(pairs, k, fraction, np.random.default_rng(p.seed))
+    data = _stroke_pairs(pairs, k, fraction, int(p.seed))
     loss_fn, validate = p.loss_fn, None
     if label_values is None and p.unannotated != "off" and (data.val or p.unannotated == "pseudo"):
         # Only beside held-out strokes: a run asked to train without validation keeps training.
@@ -639,7 +649,7 @@ def _unannotated_setup(network: nn.Module, data: _StrokeData, config: Any, p: Fi
 
 
 def _stroke_pairs(
-    pairs: Sequence[tuple[np.ndarray, np.ndarray]], k: int, validation_fraction: float, gen: np.random.Generator
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], k: int, validation_fraction: float, seed: int
 ) -> _StrokeData:
     """Checked ``(image, strokes)`` pairs as the trainer's ``(image, label, weight)`` pairs, with
     a share of each image's stroke components held out for validation."""
@@ -654,7 +664,7 @@ def _stroke_pairs(
         info = validate_strokes(s, k, fine_tune=True)
         for c, v in info["counts"].items():  # type: ignore[union-attr]
             data.counts[c] = data.counts.get(c, 0) + v
-        tr, va = split_strokes(s, validation_fraction, gen) if validation_fraction > 0 else (s.astype(np.int64), None)
+        tr, va = split_strokes(s, validation_fraction, (seed, n)) if validation_fraction > 0 else (s.astype(np.int64), None)
         data.train.append((image, tr.astype(np.int64), (tr > 0).astype(np.float32)))
         data.held_out.append(va if va is not None and va.any() else None)
         if va is not None and va.any():

@@ -216,6 +216,28 @@ def test_split_strokes_partitions_by_component():
     assert np.array_equal(tr, single) and not va.any()  # one stroke only: stays for training
 
 
+def test_split_strokes_is_stable_when_a_stroke_is_added():
+    """Successive fine-tunes validate on nearly the same strokes: a new stroke moves at most
+    one component per class between the maps (the others keep their side)."""
+    from scipy import ndimage
+
+    s = synth.texture_mosaic(2, size=64)
+    strokes, _ = weaklabels.strokes(s.semantic, 0.05, per_class_counts=[8, 8, 8, 8], rng=3)
+    _, before = split_strokes(strokes, 0.2, rng=(5, 0))
+    structure = ndimage.generate_binary_structure(2, 2)
+    away = ndimage.distance_transform_edt(strokes == 0) > 6  # a new component, joined to none
+    y, x = np.argwhere(away & (s.semantic == 0))[0]
+    more = strokes.copy()
+    more[y, x : x + 4] = np.where(more[y, x : x + 4] == 0, 1, more[y, x : x + 4])
+    assert ndimage.label(more == 1, structure)[1] == ndimage.label(strokes == 1, structure)[1] + 1
+    _, after = split_strokes(more, 0.2, rng=(5, 0))
+    for k in np.unique(strokes[strokes > 0]):
+        comps, n = ndimage.label(strokes == k, structure)
+        moved = sum(int((before[comps == c] > 0).any() != (after[comps == c] > 0).any()) for c in range(1, n + 1))
+        assert moved <= 1, (k, moved)
+    assert (before > 0).any()
+
+
 def small_pairs(n: int = 2):
     pairs, truths = [], []
     for i, s in enumerate(synth.dataset("mosaic", n, seed=11, size=32)):
