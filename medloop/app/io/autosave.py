@@ -223,6 +223,13 @@ class AnnotationStore:
             return None
         return np.asarray(saved.array)
 
+    def sidecar_path(self, image: MedImage, name: str, suffix: str) -> Path:
+        """``<image key>.<layer name><suffix>``: another file kept beside a layer's annotation
+        (an interactive session's prompt log)."""
+        if not name:
+            raise ValueError("an annotation needs a layer name")
+        return self.folder / f"{self.image_key(image)}.{_quote(name, dots=False)}{suffix}"
+
     def table_path_for(self, image: MedImage, name: str) -> Path:
         if not name:
             raise ValueError("an annotation needs a layer name")

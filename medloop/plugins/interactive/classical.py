@@ -1,0 +1,397 @@
+"""The classical engine: click -> object with no weights (spec §4.3, chosen by measurement).
+
+* First positive click: **local threshold** (Slicer's): the mean and SD in a ``seed_radius_mm``
+  ball give a range mu +- k sd (k = the tolerance); the object is what is connected to the click
+  within it (SimpleITK ``ConnectedThreshold``).
+* Later clicks in 3-D: **range edits**. A positive click widens the range to take in its
+  1.5 mm-ball mean (what floods is cut to twice its distance from the object); a negative click
+  narrows it while every positive click stays inside, and a **marker watershed** inside the
+  object gives it what it reaches first when narrowing cannot.
+* Later clicks in 2-D, boxes and scribbles: **graph cut** (PyMaxflow, Boykov-Jolly) with
+  n-links exp(-dI^2 / 2 sigma^2), t-links from the click-1 histograms (fixed then: re-estimating
+  them drifted), a cost for flipping the previous label, hard click balls and scribbles, and
+  everything outside a box background.
+
+All parameters are in mm or intensity units. The engine keeps its per-object memory (range,
+histograms) in ``request.state`` so the session can restore it on undo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from medloop.plugins.interactive.engine_api import EngineInput, RoiPoint
+
+LT_BUDGET = 2**21
+GC_BUDGET = 2**18
+EDIT_BALL_MM = 1.5
+HIST_BINS = 48
+GC_SMOOTHNESS = 20.0
+GC_FLIP_COST = 0.5
+INF = 1e9
+
+
+class ClassicalEngine:
+    """Local threshold, range edits, marker watershed and graph cuts behind one ``segment``."""
+
+    name = "classical"
+    budget_voxels = LT_BUDGET
+
+    def budget(self, request_kind: str) -> int:
+        """Voxel budget of the method a request of ``request_kind`` uses."""
+        return GC_BUDGET if request_kind == "graph-cut" else LT_BUDGET
+
+    def method(self, ndim: int, prompt_kind: str, first: bool) -> str:
+        """Which method answers a prompt: ``local-threshold``, ``range-edit`` or ``graph-cut``."""
+        if prompt_kind in ("box", "scribble"):
+            return "local-threshold" if (first and prompt_kind == "scribble") else "graph-cut"
+        if first:
+            return "local-threshold"
+        return "range-edit" if ndim == 3 else "graph-cut"
+
+    def segment(self, request: EngineInput, should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+        """The object's mask in the ROI after the last prompt (see the module docstring)."""
+        kind = request.state.get("prompt_kind", "point")
+        first = not request.previous.any()
+        method = self.method(request.image.ndim, kind, first)
+        request.state["method"] = method
+        if method == "local-threshold":
+            mask = first_object(request)
+        elif method == "range-edit":
+            mask = range_edit(request)
+        else:
+            mask = graph_cut(request)
+        return mask & ~request.locked
+
+
+# -- local threshold ------------------------------------------------------------------------
+def ball(shape: tuple[int, ...], centre: tuple[int, ...], radius_mm: float, spacing: tuple[float, ...]) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The window and boolean ellipsoid of a ``radius_mm`` ball around ``centre`` (at least the voxel)."""
+    half = [max(0, int(np.floor(radius_mm / s))) for s in spacing]
+    window = tuple(slice(max(0, c - h), min(n, c + h + 1)) for c, h, n in zip(centre, half, shape))
+    grids = np.ogrid[tuple(slice(w.start - c, w.stop - c) for w, c in zip(window, centre))]
+    d2 = sum((g * s) ** 2 for g, s in zip(grids, spacing))
+    inside = d2 <= radius_mm**2 + 1e-9
+    return window, inside
+
+
+def ball_values(image: np.ndarray, centre: tuple[int, ...], radius_mm: float, spacing: tuple[float, ...]) -> np.ndarray:
+    window, inside = ball(image.shape, centre, radius_mm, spacing)
+    return image[window][inside]
+
+
+def _sd_floor(request: EngineInput) -> float:
+    lo, hi = request.intensity_range
+    return max(1e-6, 0.01 * float(hi - lo))
+
+
+def connected_in_range(image: np.ndarray, seeds: list[tuple[int, ...]], lo: float, hi: float, blocked: np.ndarray) -> np.ndarray:
+    """Voxels within [lo, hi] face-connected to any seed, never through ``blocked`` ones."""
+    import SimpleITK as sitk
+
+    work = np.where(blocked, np.float32(-np.inf), image.astype(np.float32, copy=False))
+    if lo == -np.inf:
+        lo = float(np.finfo(np.float32).min)
+    seeds = [s for s in seeds if lo <= work[s] <= hi]
+    if not seeds:
+        return np.zeros(image.shape, bool)
+    grown = sitk.ConnectedThreshold(sitk.GetImageFromArray(work), seedList=[tuple(int(v) for v in s[::-1]) for s in seeds],
+                                    lower=float(lo), upper=float(hi), replaceValue=1)
+    return sitk.GetArrayViewFromImage(grown).astype(bool)
+
+
+def _open(mask: np.ndarray, radius_mm: float, spacing: tuple[float, ...], keep: list[tuple[int, ...]]) -> np.ndarray:
+    """Opening by a ``radius_mm`` ball (cuts bridges thinner than it); keeps the parts with a seed."""
+    if radius_mm <= 0 or not mask.any():
+        return mask
+    _, footprint = ball(tuple(2 * int(np.ceil(radius_mm / s)) + 1 for s in spacing), tuple(int(np.ceil(radius_mm / s)) for s in spacing), radius_mm, spacing)
+    opened = ndi.binary_opening(mask, structure=footprint)
+    return keep_seeded(opened, keep) if opened.any() else mask
+
+
+def keep_seeded(mask: np.ndarray, seeds: list[tuple[int, ...]]) -> np.ndarray:
+    """The connected components of ``mask`` that hold a seed."""
+    labels, _ = ndi.label(mask)
+    ids = {int(labels[s]) for s in seeds if labels[s]}
+    return np.isin(labels, list(ids)) if ids else np.zeros_like(mask)
+
+
+def first_object(request: EngineInput) -> np.ndarray:
+    """Local threshold from the first click (or a first positive scribble's voxels).
+
+    The seed's mean comes from a ``seed_radius_mm`` ball; the range is the intensity class it
+    falls in, by 3-class Otsu of the first ROI (a 48 mm cube: the object and its neighbours), its
+    bounds moved toward or away from the mean by ``tolerance`` / 2.5. A ball's own SD was too
+    narrow: measured Dice 0.39 / 0.52 on the MNI ventricles / white matter, 0.89 / 0.91 so.
+    """
+    seeds = positive_seeds(request)
+    if request.scribbles is not None and (request.scribbles == 1).any():
+        values = request.image[request.scribbles == 1]
+    else:
+        values = ball_values(request.image, seeds[-1], request.params.seed_radius_mm, request.spacing)
+    mu, sd = float(values.mean()), max(float(values.std()), _sd_floor(request))
+    lo, hi = class_range(request, mu, seeds[-1])
+    request.state.update(mu=mu, sd=sd, lo=lo, hi=hi)
+    mask = connected_in_range(request.image, seeds, lo, hi, request.locked)
+    mask = ndi.binary_fill_holes(mask) & ~request.locked
+    mask = _open(mask, request.params.opening_mm, request.spacing, seeds)
+    _remember_histograms(request, mask)
+    return mask
+
+
+def class_range(request: EngineInput, mu: float, seed: tuple[int, ...]) -> tuple[float, float]:
+    """The intensity class of ``mu`` among 3 Otsu classes of the ``first_roi_mm`` cube around
+    ``seed``, scaled about ``mu`` by the tolerance (2.5 = the class bounds themselves)."""
+    from skimage.filters import threshold_multiotsu
+
+    half = [max(1, int(request.params.first_roi_mm / 2 / s)) for s in request.spacing]
+    window = tuple(slice(max(0, c - h), c + h + 1) for c, h in zip(seed, half))
+    values = request.image[window].ravel()
+    try:
+        thresholds = threshold_multiotsu(values, classes=3, nbins=128)
+    except ValueError:  # fewer than 3 distinct intensities: the click's value is the class
+        return mu - 0.5, mu + 0.5
+    edges = np.concatenate([[-np.inf], thresholds, [np.inf]])
+    i = int(np.clip(np.searchsorted(edges, mu) - 1, 0, len(edges) - 2))
+    scale = request.params.tolerance / 2.5
+    lo = -np.inf if np.isinf(edges[i]) else mu - (mu - edges[i]) * scale
+    hi = np.inf if np.isinf(edges[i + 1]) else mu + (edges[i + 1] - mu) * scale
+    return float(lo), float(hi)
+
+
+def positive_seeds(request: EngineInput) -> list[tuple[int, ...]]:
+    seeds = [p.index for p in request.points if p.positive]
+    if request.scribbles is not None:
+        seeds += [tuple(int(v) for v in i) for i in np.argwhere(request.scribbles == 1)]
+    return seeds
+
+
+# -- range edits and marker watershed (3-D) -------------------------------------------------
+def range_edit(request: EngineInput) -> np.ndarray:
+    """A later 3-D click: widen (positive) or narrow (negative) the range; watershed if needed."""
+    last = request.points[-1]
+    if last.positive:
+        return _widen(request, last)
+    return _narrow(request, last)
+
+
+def _widen(request: EngineInput, click: RoiPoint) -> np.ndarray:
+    state, previous = request.state, request.previous
+    v = float(ball_values(request.image, click.index, EDIT_BALL_MM, request.spacing).mean())
+    margin = 0.5 * state["sd"]
+    state["lo"], state["hi"] = min(state["lo"], v - margin), max(state["hi"], v + margin)
+    grown = connected_in_range(request.image, [click.index], state["lo"], state["hi"], request.locked)
+    added = grown & ~previous
+    distance = _distance_to(previous, click.index, request.spacing)
+    reach = max(2.0 * distance, 2.0 * request.params.seed_radius_mm)
+    window, inside = ball(previous.shape, click.index, reach, request.spacing)
+    near = np.zeros_like(previous)
+    near[window] = inside
+    if added.sum() > max(2 * previous.sum(), near.sum()):  # it floods: take only what lies near the click
+        added = keep_seeded(added & near, [click.index])
+    return previous | added
+
+
+def _distance_to(mask: np.ndarray, index: tuple[int, ...], spacing: tuple[float, ...]) -> float:
+    """Distance (mm) from voxel ``index`` to the nearest voxel of ``mask`` (0 inside)."""
+    if not mask.any():
+        return 0.0
+    points = np.argwhere(mask)
+    d = (points - np.asarray(index)) * np.asarray(spacing)
+    return float(np.sqrt((d**2).sum(axis=1)).min())
+
+
+def _narrow(request: EngineInput, click: RoiPoint) -> np.ndarray:
+    state, previous = request.state, request.previous
+    positives = [p.index for p in request.points if p.positive]
+    v = float(ball_values(request.image, click.index, EDIT_BALL_MM, request.spacing).mean())
+    kept = [float(request.image[p]) for p in positives]
+    lo, hi = state["lo"], state["hi"]
+    if v > state["mu"] and all(k < v for k in kept):
+        hi = max(max(kept), v - 0.25 * state["sd"])
+    elif v < state["mu"] and all(k > v for k in kept):
+        lo = min(min(kept), v + 0.25 * state["sd"])
+    result = connected_in_range(request.image, positives, lo, hi, request.locked | ~previous) & previous
+    if not result[click.index] and result.any():
+        state["lo"], state["hi"] = lo, hi
+        return result
+    return marker_watershed(request.image, previous, request.points, request.spacing)
+
+
+def marker_watershed(image: np.ndarray, region: np.ndarray, points: tuple[RoiPoint, ...], spacing: tuple[float, ...]) -> np.ndarray:
+    """Split ``region`` between its positive and negative clicks: each floods the gradient (plus
+    a pull toward thin necks) and the region keeps what the positive markers reach first."""
+    from skimage.segmentation import watershed
+
+    markers = np.zeros(region.shape, np.int32)
+    for p in points:
+        if region[p.index]:
+            markers[p.index] = 1 if p.positive else 2
+    if not (markers == 2).any() or not (markers == 1).any():
+        return region & ~(markers == 2)
+    lo, hi = np.percentile(image[region], [1, 99]) if region.any() else (0.0, 1.0)
+    gradient = ndi.gaussian_gradient_magnitude(image.astype(np.float32), sigma=[max(0.5, 1.0 / s) for s in spacing])  # 1 mm
+    gradient = gradient / max(float(hi - lo), 1e-6)
+    thickness = ndi.distance_transform_edt(region, sampling=spacing)
+    landscape = gradient - thickness / max(float(thickness.max()), 1e-6)
+    split = watershed(landscape, markers=markers, mask=region)
+    return split == 1
+
+
+# -- graph cut ------------------------------------------------------------------------------
+def _histogram(values: np.ndarray, span: tuple[float, float]) -> np.ndarray:
+    counts, _ = np.histogram(values, bins=HIST_BINS, range=span)
+    counts = counts.astype(np.float64) + 1.0  # Laplace: an unseen intensity is unlikely, not impossible
+    return counts / counts.sum()
+
+
+def _span(request: EngineInput) -> tuple[float, float]:
+    lo, hi = request.intensity_range
+    return (float(lo), float(hi) if hi > lo else float(lo) + 1.0)
+
+
+def _remember_histograms(request: EngineInput, mask: np.ndarray) -> None:
+    """Fix the object/background intensity model of this object (click 1; never re-estimated)."""
+    if not mask.any():
+        return
+    core = ndi.binary_erosion(mask)
+    core = core if core.sum() >= 8 else mask
+    outside = ~ndi.binary_dilation(mask, iterations=2)
+    span = _span(request)
+    request.state["fg_hist"] = _histogram(request.image[core], span)
+    request.state["bg_hist"] = _histogram(request.image[outside] if outside.any() else request.image.ravel(), span)
+
+
+def _box_mask(shape: tuple[int, ...], box: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray | None:
+    if box is None:
+        return None
+    inside = np.zeros(shape, bool)
+    inside[tuple(slice(int(a), int(b)) for a, b in zip(*box))] = True
+    return inside
+
+
+def graph_cut(request: EngineInput) -> np.ndarray:
+    """Boykov-Jolly graph cut of the ROI with hard clicks, scribbles and box (module docstring)."""
+    box = _box_mask(request.image.shape, request.box)
+    if "fg_hist" not in request.state:
+        _histograms_from_box_or_seeds(request, box)
+    image = request.image
+    if box is not None and image.ndim == 3 and request.box is not None:
+        return _box_on_slice(request, box)
+    return _cut(request, image, box)
+
+
+def _histograms_from_box_or_seeds(request: EngineInput, box: np.ndarray | None) -> None:
+    span = _span(request)
+    if box is not None:
+        ring = ndi.binary_dilation(box, iterations=3) & ~box
+        outside = ring if ring.any() else ~box
+        request.state["fg_hist"] = _histogram(request.image[box], span)
+        request.state["bg_hist"] = _histogram(request.image[outside] if outside.any() else request.image.ravel(), span)
+        return
+    pos = positive_seeds(request) or [tuple(s // 2 for s in request.image.shape)]
+    values = np.concatenate([ball_values(request.image, p, request.params.seed_radius_mm, request.spacing) for p in pos])
+    request.state["fg_hist"] = _histogram(values, span)
+    request.state["bg_hist"] = _histogram(request.image.ravel(), span)
+
+
+def _cut(request: EngineInput, image: np.ndarray, box: np.ndarray | None) -> np.ndarray:
+    import maxflow
+
+    span = _span(request)
+    fg, bg = _data_costs(image, request.state, span)
+    previous = request.previous
+    fg = fg + GC_FLIP_COST * ~previous  # labelling a voxel object costs more where it was not
+    bg = bg + GC_FLIP_COST * previous
+    hard_fg, hard_bg = _hard_constraints(request, box)
+    # t-links: capacity to the source (object) is paid when a voxel is cut to background.
+    source_caps = np.where(hard_fg, INF, bg)
+    sink_caps = np.where(hard_bg, INF, fg)
+    source_caps[hard_bg] = 0.0
+    sink_caps[hard_fg] = 0.0
+    graph = maxflow.Graph[float]()
+    nodes = graph.add_grid_nodes(image.shape)
+    _add_n_links(graph, nodes, image, request.spacing)
+    graph.add_grid_tedges(nodes, source_caps, sink_caps)
+    graph.maxflow()
+    mask = ~graph.get_grid_segments(nodes)
+    seeds = positive_seeds(request)
+    if seeds:
+        return keep_seeded(mask, seeds) | hard_fg
+    return _largest(mask)
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    labels, n = ndi.label(mask)
+    if n <= 1:
+        return mask
+    sizes = ndi.sum(mask, labels, range(1, n + 1))
+    return labels == (int(np.argmax(sizes)) + 1)
+
+
+def _data_costs(image: np.ndarray, state: dict[str, Any], span: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """-log P(I | object), -log P(I | background) from the fixed histograms."""
+    edges = np.linspace(span[0], span[1], HIST_BINS + 1)
+    bins = np.clip(np.digitize(image, edges) - 1, 0, HIST_BINS - 1)
+    return -np.log(state["fg_hist"][bins]), -np.log(state["bg_hist"][bins])
+
+
+def _hard_constraints(request: EngineInput, box: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    shape = request.image.shape
+    hard_fg, hard_bg = np.zeros(shape, bool), request.locked.copy()
+    for p in request.points:
+        window, inside = ball(shape, p.index, EDIT_BALL_MM, request.spacing)
+        target = hard_fg if p.positive else hard_bg
+        target[window] |= inside
+    if request.scribbles is not None:
+        hard_fg |= request.scribbles == 1
+        hard_bg |= request.scribbles == 2
+    if box is not None:
+        hard_bg |= ~box
+    hard_fg &= ~hard_bg  # a negative prompt wins where both claim a voxel
+    return hard_fg, hard_bg
+
+
+def _add_n_links(graph: Any, nodes: np.ndarray, image: np.ndarray, spacing: tuple[float, ...]) -> None:
+    """One weight per neighbour pair along each axis: exp(-dI^2 / 2 <dI^2>) / distance (GrabCut's beta)."""
+    diffs = [np.diff(image.astype(np.float64), axis=a) for a in range(image.ndim)]
+    mean_sq = np.mean(np.concatenate([(d**2).ravel() for d in diffs])) if image.size > 1 else 1.0
+    beta = 1.0 / (2.0 * max(float(mean_sq), 1e-12))
+    for axis, d in enumerate(diffs):
+        weights = np.zeros(image.shape)
+        body = tuple(slice(0, -1) if a == axis else slice(None) for a in range(image.ndim))
+        weights[body] = GC_SMOOTHNESS * np.exp(-beta * d**2) / (spacing[axis] / min(spacing))
+        structure = np.zeros((3,) * image.ndim)
+        structure[tuple(2 if a == axis else 1 for a in range(image.ndim))] = 1
+        graph.add_grid_edges(nodes, weights=weights, structure=structure, symmetric=True)
+
+
+def _box_on_slice(request: EngineInput, box: np.ndarray) -> np.ndarray:
+    """A box drawn on one slice of a volume: graph cut on that slice, then local threshold in
+    3-D from the slice's object with its own range (the box says nothing about depth)."""
+    plane = next(a for a in range(3) if int(request.box[1][a] - request.box[0][a]) == 1)
+    k = int(request.box[0][plane])
+    take = [slice(None)] * 3
+    take[plane] = k
+    sub = EngineInput(
+        image=request.image[tuple(take)], spacing=tuple(s for a, s in enumerate(request.spacing) if a != plane),
+        points=tuple(RoiPoint(tuple(v for a, v in enumerate(p.index) if a != plane), p.positive) for p in request.points if p.index[plane] == k),
+        previous=request.previous[tuple(take)], locked=request.locked[tuple(take)], params=request.params,
+        state=request.state, box=(np.delete(request.box[0], plane), np.delete(request.box[1], plane)),
+        scribbles=None if request.scribbles is None else request.scribbles[tuple(take)], intensity_range=request.intensity_range,
+    )
+    on_slice = graph_cut(sub)
+    if not on_slice.any():
+        return request.previous.copy()
+    values = sub.image[ndi.binary_erosion(on_slice) if ndi.binary_erosion(on_slice).sum() >= 8 else on_slice]
+    mu, sd = float(values.mean()), max(float(values.std()), _sd_floor(request))
+    k_tol = request.params.tolerance
+    request.state.update(mu=mu, sd=sd, lo=mu - k_tol * sd, hi=mu + k_tol * sd)
+    seeds3d = [tuple(int(v) for v in np.insert(i, plane, k)) for i in np.argwhere(on_slice)]
+    grown = connected_in_range(request.image, seeds3d, mu - k_tol * sd, mu + k_tol * sd, request.locked)
+    grown[tuple(take)] = on_slice
+    return keep_seeded(grown, seeds3d) | request.previous
