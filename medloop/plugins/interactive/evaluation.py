@@ -168,10 +168,11 @@ def oracle_ceiling(image: np.ndarray, reference: np.ndarray, seed: tuple[int, ..
     """The best Dice any global intensity interval + connectivity from ``seed`` reaches."""
     from medloop.plugins.interactive.classical import connected_in_range
 
-    values = image[reference]
-    qs = np.unique(np.percentile(image, np.linspace(0, 100, levels)).tolist() + [float(values.min()), float(values.max())])
+    near = ndi.binary_dilation(reference, iterations=3)  # the object, its boundary and its neighbours
+    qs = np.unique(np.percentile(image[near], np.linspace(0, 100, levels)))
     v = float(image[seed])
-    lows, highs = qs[qs <= v], qs[qs >= v]
+    lows = np.concatenate([[-np.inf], qs[qs <= v]])
+    highs = np.concatenate([qs[qs >= v], [np.inf]])
     blocked = np.zeros(image.shape, bool)
     best = 0.0
     for lo in lows:
