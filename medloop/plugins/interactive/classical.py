@@ -32,7 +32,6 @@ EDIT_BALL_MM = 1.5
 HIST_BINS = 48
 GC_SMOOTHNESS = 5.0
 GC_FLIP_COST = 0.5
-NARROW_SHARE = 0.2
 INF = 1e9
 
 
@@ -136,8 +135,10 @@ def first_object(request: EngineInput) -> np.ndarray:
         values = request.image[request.scribbles == 1]
     else:
         values = ball_values(request.image, seeds[-1], request.params.seed_radius_mm, request.spacing)
-    mu, sd = float(values.mean()), max(float(values.std()), _sd_floor(request))
+    mu, sd = float(np.median(values)), max(float(values.std()), _sd_floor(request))
     lo, hi = class_range(request, mu, seeds[-1])
+    clicked = float(request.image[seeds[-1]])
+    lo, hi = min(lo, clicked), max(hi, clicked)  # the clicked voxel is always in the object
     request.state.update(mu=mu, sd=sd, lo=lo, hi=hi)
     mask = connected_in_range(request.image, seeds, lo, hi, request.locked)
     mask = fill_holes(mask) & ~request.locked
@@ -217,24 +218,43 @@ def _distance_to(mask: np.ndarray, index: tuple[int, ...], spacing: tuple[float,
 
 
 def _narrow(request: EngineInput, click: RoiPoint) -> np.ndarray:
-    """A negative click: narrow the range when every positive click stays inside and the change
-    stays local (at most ``NARROW_SHARE`` of the object); else a local marker watershed."""
+    """A negative click: narrow the range half-way from the positive clicks' intensity to its own
+    when every positive click stays inside, the click leaves and the new boundary follows
+    stronger edges than the old (a leak's boundary lies in flat tissue; cutting into a true
+    object's partial-volume shell weakens it); else a local marker watershed."""
     state, previous = request.state, request.previous
     positives = [p.index for p in request.points if p.positive]
     v = float(ball_values(request.image, click.index, EDIT_BALL_MM, request.spacing).mean())
     kept = [float(request.image[p]) for p in positives]
     lo, hi = state["lo"], state["hi"]
     inside = lo <= v <= hi  # a voxel the range took (not one a filled hole or a neck brought in)
-    if inside and v > state["mu"] and all(k < v for k in kept):
-        hi = min(hi, max(max(kept), v - 0.25 * state["sd"]))
-    elif inside and v < state["mu"] and all(k > v for k in kept):
-        lo = max(lo, min(min(kept), v + 0.25 * state["sd"]))
+    means = [float(ball_values(request.image, p, EDIT_BALL_MM, request.spacing).mean()) for p in positives]
+    if inside and means and v > max(means) and all(k < v for k in kept):
+        hi = min(hi, max(max(kept), (max(means) + v) / 2))
+    elif inside and means and v < min(means) and all(k > v for k in kept):
+        lo = max(lo, min(min(kept), (min(means) + v) / 2))
     if (lo, hi) != (state["lo"], state["hi"]):
         result = connected_in_range(request.image, positives, lo, hi, request.locked | ~previous) & previous
-        if result.any() and not result[click.index] and (previous & ~result).sum() <= NARROW_SHARE * previous.sum():
+        if (result.any() and not result[click.index] and all(result[p] for p in positives)
+                and edge_strength(request.image, result, request.spacing) > edge_strength(request.image, previous, request.spacing)):
             state["lo"], state["hi"] = lo, hi
             return result
     return local_watershed(request, click)
+
+
+def edge_strength(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """Mean gradient magnitude (intensity per mm, central differences) on ``mask``'s inner boundary."""
+    boundary = mask & ~ndi.binary_erosion(mask)
+    index = np.nonzero(boundary)
+    if not index[0].size:
+        return 0.0
+    squares = np.zeros(index[0].size)
+    for axis, n in enumerate(image.shape):
+        up, down = list(index), list(index)
+        up[axis] = np.minimum(index[axis] + 1, n - 1)
+        down[axis] = np.maximum(index[axis] - 1, 0)
+        squares += ((image[tuple(up)] - image[tuple(down)]) / (2.0 * spacing[axis])) ** 2
+    return float(np.sqrt(squares).mean())
 
 
 def local_watershed(request: EngineInput, click: RoiPoint) -> np.ndarray:
