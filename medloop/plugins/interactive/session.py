@@ -50,6 +50,17 @@ class Update:
         return int(self.before.size)
 
 
+@dataclass(frozen=True)
+class Ring:
+    """A ring written around a committed object: ``mm`` wide; classes from ``prediction`` (class
+    indices, full size) or ``background_index``; ``class_index`` is the object's own class."""
+
+    class_index: int
+    mm: float = 2.0
+    prediction: np.ndarray | None = None
+    background_index: int = 0
+
+
 @dataclass
 class _Object:
     """The object being built; ``mask`` and ``base`` (the labels before it) cover ``roi``."""
@@ -170,16 +181,37 @@ class PromptSession:
         self._log_event("reset", update)
         return update
 
-    def commit(self) -> int:
-        """Finish the current object and start the next; returns the committed object's id."""
+    def commit(self, ring: Ring | None = None) -> int:
+        """Finish the current object and start the next; returns the committed object's id.
+
+        With ``ring``, unlabelled voxels within ``ring.mm`` of the object (inside its ROI) get
+        the ring's classes first (:func:`~medloop.plugins.interactive.annotation.ring_values`)."""
         done = self.object.id
-        if self.object.mask is not None and self.object.mask.any():
+        update = self._empty(f"object {done} committed")
+        obj = self.object
+        if obj.mask is not None and obj.mask.any():
             self.committed.append(done)
+            if ring is not None:
+                update = self._ring(ring)
         self.object = _Object(done + 1)
         self.undo_stack.clear()
         self.redo_stack.clear()
-        self._log_event("commit", self._empty(f"object {done} committed"))
+        self._log_event("commit", update)
         return done
+
+    def _ring(self, ring: Ring) -> Update:
+        from medloop.plugins.interactive.annotation import ring_values
+
+        obj = self.object
+        roi = obj.roi
+        prediction = None if ring.prediction is None else np.asarray(ring.prediction[roi])
+        local, values = ring_values(obj.mask, np.asarray(self.labels[roi]), ring.class_index, tuple(self.image.spacing[::-1]),
+                                    ring.mm, prediction, ring.background_index)
+        index = tuple(ix + sl.start for ix, sl in zip(local, roi))
+        update = Update(index, np.asarray(self.labels[index]).copy(), values.astype(self.labels.dtype), roi,
+                        f"object {obj.id} committed with a {ring.mm:g} mm ring of {values.size} voxels")
+        self.writer(update)
+        return update
 
     @property
     def object_voxels(self) -> int:
