@@ -238,12 +238,14 @@ def _widen(request: EngineInput, click: RoiPoint) -> np.ndarray:
     grown = connected_in_range(request.image, [click.index], state["lo"], state["hi"], request.locked)
     added = grown & ~previous
     distance = _distance_to(previous, click.index, request.spacing)
-    reach = max(2.0 * distance, 2.0 * request.params.seed_radius_mm)
+    reach = max(2.0 * distance, request.params.seed_radius_mm)
     window, inside = ball(previous.shape, click.index, reach, request.spacing)
     near = np.zeros_like(previous)
     near[window] = inside
-    if added.sum() > max(2 * previous.sum(), near.sum()):  # it floods: take only what lies near the click
-        added = keep_seeded(added & near, [click.index])
+    # Only what lies near the click: a click on a missed partial-volume voxel would otherwise add
+    # every voxel of that intensity along the whole boundary (measured: 9 of 13 Dice drops on
+    # the MNI slices came from such global widening).
+    added = keep_seeded(added & near, [click.index])
     return previous | added
 
 
