@@ -19,6 +19,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "medloop.plugins.segmentation",
     "medloop.plugins.correction",
     "medloop.plugins.review",
+    "medloop.plugins.interactive",
     "medloop.plugins.axons",
     "medloop.plugins.staining",
     "medloop.plugins.lesions",

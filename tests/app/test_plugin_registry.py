@@ -109,8 +109,8 @@ def throwaway(tmp_path, monkeypatch):
 
 def test_builtin_plugins_declare_themselves():
     plugins = load_plugins()
-    assert [p.name for p in plugins] == ["segmentation", "correction", "review", "axons", "staining", "lesions"]
-    assert [p.package for p in plugins] == [f"medloop.plugins.{n}" for n in ("segmentation", "correction", "review", "axons", "staining", "lesions")]
+    assert [p.name for p in plugins] == ["segmentation", "correction", "review", "interactive", "axons", "staining", "lesions"]
+    assert [p.package for p in plugins] == [f"medloop.plugins.{n}" for n in ("segmentation", "correction", "review", "interactive", "axons", "staining", "lesions")]
     assert all(isinstance(p, Plugin) for p in plugins)
 
 
