@@ -6,6 +6,7 @@ recovery (the open object's prompts from the prompt log, replayed through a new 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -97,6 +98,7 @@ def resume(session: Any, rows: list[LogRow]) -> int:
     for group in groups.values():
         event = group[0].event
         if event == "prompt":
+            session.params = replace(session.params, label=group[0].label or session.params.label)
             session.add(rows_to_prompt(group, session.ndim))
             prompts += 1
         elif event in ("undo", "redo", "confirm"):

@@ -56,12 +56,26 @@ KEYS = {"polarity": "T", "commit": "Enter", "next": "N", "reset": "Escape", "und
 ALTERNATIVES = {"polarity": "Shift-T", "commit": "Shift-Enter", "reset": "Shift-Escape", "undo": "Alt-Z", "redo": "Alt-Shift-Z"}
 
 
-def layer_keys(layer_class: type) -> dict[str, str]:
-    """The panel's key for each action on ``layer_class``: its usual key unless napari binds
-    that key on this layer type (its class keymap), then the documented alternative."""
-    from napari.utils.key_bindings import coerce_keybinding
+def napari_keys(layer_class: type) -> set[str]:
+    """The keys napari itself binds on ``layer_class`` (as napari spells them, e.g. "Ctrl+Z"):
+    its class keymap and the shortcuts of its layer actions (defaults and user settings)."""
+    from napari.utils.action_manager import action_manager
+    from napari.utils.shortcuts import default_shortcuts
 
     taken = {str(k) for k in layer_class.class_keymap}
+    for name, action in action_manager._actions.items():
+        if action.keymapprovider is layer_class:
+            taken |= {str(k) for k in default_shortcuts.get(name, [])}
+            taken |= {str(k) for k in action_manager._shortcuts.get(name, [])}
+    return taken
+
+
+def layer_keys(layer_class: type) -> dict[str, str]:
+    """The panel's key for each action on ``layer_class``: its usual key unless napari binds
+    that key on this layer type, then the documented alternative (:data:`ALTERNATIVES`)."""
+    from napari.utils.key_bindings import coerce_keybinding
+
+    taken = napari_keys(layer_class)
     return {a: (ALTERNATIVES[a] if str(coerce_keybinding(k)) in taken and a in ALTERNATIVES else k) for a, k in KEYS.items()}
 
 
@@ -239,7 +253,7 @@ class _Runner:
         crop = None if obj.mask is None else (obj.roi, obj.mask.copy(), obj.base.copy())
         return {"points": points, "object": obj.id, "voxels": s.object_voxels, "committed": len(s.committed),
                 "undo": len(s.undo_stack), "redo": len(s.redo_stack), "waiting": obj.pending is not None, "open": crop,
-                "prompts": len({r.seq for r in s.log if r.event == "prompt"}), "runs": self.runs}
+                "prompts": len({r.seq for r in s.log if r.event == "prompt"}), "runs": self.runs, "label": s.params.label}
 
     @property
     def labels(self) -> np.ndarray:
@@ -432,6 +446,14 @@ class InteractivePanel(MethodPanel):
             if data is not None:
                 return int(data)
         return int(self.class_spin.value())
+
+    def _show_label(self, value: int) -> None:
+        """Show ``value`` as the chosen class (a restored open object's class)."""
+        index = self.class_combo.findData(value)
+        if self.class_combo.count() and index >= 0:
+            self.class_combo.setCurrentIndex(index)
+        elif not self.class_combo.count():
+            self.class_spin.setValue(value)
 
     def params(self):
         from medloop.plugins.interactive.params import InteractiveParams
@@ -689,7 +711,13 @@ class InteractivePanel(MethodPanel):
         self.status.setText("Box sent; the object is computed …")
 
     def _scribble_painted(self, event: Any = None) -> None:
-        """A finished stroke in the scribbles layer: its new voxels (1 positive, 2 negative)."""
+        """A finished stroke in the scribbles layer: its new voxels (1 positive, 2 negative),
+        read once napari has written them (its paint event may come before the write)."""
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, self._read_scribbles)
+
+    def _read_scribbles(self) -> None:
         from medloop.plugins.interactive.prompts import Scribble, index_to_physical
 
         b = self.bound
@@ -766,6 +794,8 @@ class InteractivePanel(MethodPanel):
             b.answered = 0
             restored = info.get("restored", 0)
             text = f"Ready ({self._engine_name()}): click an object in {b.setup.image_name}."
+            if restored:
+                self._show_label(int(info["snapshot"]["label"]))
             if b.setup.rows:
                 text = (f"Restored {info['snapshot']['committed']} committed objects (in the autosaved labels) and the open "
                         f"object's {restored} prompts from {b.setup.log_path.name}. " + text)
