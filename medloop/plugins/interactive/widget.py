@@ -191,6 +191,7 @@ class _Runner:
         _warm_engine(engine, s.params)
         session = PromptSession(s.image, self.labels, s.params, engine=engine, writer=self._writer)
         self._restored = loop.resume(session, s.rows) if s.rows else 0
+        self._first_seq = session._seq  # prompts counted for Review are this session's own
         session.log_path = s.log_path
         return session
 
@@ -253,7 +254,7 @@ class _Runner:
         crop = None if obj.mask is None else (obj.roi, obj.mask.copy(), obj.base.copy())
         return {"points": points, "object": obj.id, "voxels": s.object_voxels, "committed": len(s.committed),
                 "undo": len(s.undo_stack), "redo": len(s.redo_stack), "waiting": obj.pending is not None, "open": crop,
-                "prompts": len({r.seq for r in s.log if r.event == "prompt"}), "runs": self.runs, "label": s.params.label}
+                "prompts": len({r.seq for r in s.log if r.event == "prompt" and r.seq > self._first_seq}), "runs": self.runs, "label": s.params.label}
 
     @property
     def labels(self) -> np.ndarray:
@@ -529,6 +530,7 @@ class InteractivePanel(MethodPanel):
         self._connect(b)
         b.runner = _Runner(setup, self._if_alive(self._on_info), self._if_alive(self._worker_failed), self._if_alive(self._worker_ended))
         self._session_buttons(True)
+        self.target_combo.setCurrentText(target.name)  # a new target is now a layer
         self.viewer.layers.selection.active = b.prompts
         self.status.setText(f"Preparing the engine … then click an object in {setup.image_name}.")
 
@@ -564,6 +566,7 @@ class InteractivePanel(MethodPanel):
                                    out_of_slice_display=False, **kwargs)
         prompts, box, scribbles = layers[f"{name} prompts"], layers[f"{name} prompt box"], layers[f"{name} scribbles"]
         prompts.mode, box.mode = "pan_zoom", "add_rectangle"
+        prompts.current_face_color = POSITIVE_COLOUR
         scribbles.selected_label = 1
         return prompts, box, scribbles
 

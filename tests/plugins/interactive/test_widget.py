@@ -284,3 +284,28 @@ def test_restore_after_a_crash_gives_back_committed_objects_and_the_open_objects
     settle(qtbot, panel2)
     assert np.array_equal(b2.target.data, np.where(before_crash == 2, 0, before_crash))
     panel2.stop_session()
+
+
+def test_alt_wheel_sets_the_tolerance_of_the_next_prompt_and_learned_is_explained(qtbot):
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_wheel_callbacks
+
+    viewer, panel = open_panel(qtbot)
+    item = panel.engine_combo.model().item(2)
+    try:
+        from medloop.plugins.interactive.clicknet import learned_status
+
+        enabled = learned_status()[0]
+    except ImportError:
+        enabled = False
+    assert item.isEnabled() == enabled
+    if not enabled:
+        assert item.toolTip().startswith("Learned engine disabled: ") and panel.engine_combo.toolTip() == item.toolTip()
+    b = start(qtbot, panel)
+    for delta in ((0, 1), (0, 1), (0, -1), (0, 1)):
+        mouse_wheel_callbacks(b.prompts, read_only_mouse_event(type="mouse_wheel", delta=delta, modifiers=["Alt"]))
+    mouse_wheel_callbacks(b.prompts, read_only_mouse_event(type="mouse_wheel", delta=(0, 1)))  # no Alt: napari zooms
+    assert panel.tolerance_spin.value() == pytest.approx(2.7)
+    settle(qtbot, panel)
+    assert b.runner.session.params.tolerance == pytest.approx(2.7)
+    panel.stop_session()
