@@ -48,12 +48,16 @@ REFUSED_3D = "Clicks work on a 2-D view only: press Ctrl+Y for 2-D and click on 
 HELP = (
     f"Click an object: <span style='color:{POSITIVE_COLOUR}'>positive</span> click; "
     f"Shift+click: <span style='color:{NEGATIVE_COLOUR}'>negative</span>. T flips the polarity, Enter commits, "
-    "N next object, Esc resets it, Ctrl+Z / Ctrl+Shift+Z undo / redo, Alt+wheel tolerance."
+    "N next object, Esc resets it, Ctrl+Z / Ctrl+Shift+Z undo / redo, Alt+wheel tolerance. "
+    "B: draw a box, Shift+S: scribble (press again to click). On the box and scribble layers, keys napari "
+    "uses take Shift (Enter, Esc, T, B, S) or Alt (Alt+Z, Alt+Shift+Z)."
 )
 #: Panel actions and their keys on the prompts and image layers.
-KEYS = {"polarity": "T", "commit": "Enter", "next": "N", "reset": "Escape", "undo": "Control-Z", "redo": "Control-Shift-Z"}
+KEYS = {"polarity": "T", "commit": "Enter", "next": "N", "reset": "Escape", "undo": "Control-Z", "redo": "Control-Shift-Z",
+        "box": "B", "scribble": "S"}
 #: The key an action takes on a layer where napari already binds its usual key.
-ALTERNATIVES = {"polarity": "Shift-T", "commit": "Shift-Enter", "reset": "Shift-Escape", "undo": "Alt-Z", "redo": "Alt-Shift-Z"}
+ALTERNATIVES = {"polarity": "Shift-T", "commit": "Shift-Enter", "reset": "Shift-Escape", "undo": "Alt-Z", "redo": "Alt-Shift-Z",
+                "box": "Shift-B", "scribble": "Shift-S"}
 
 
 def napari_keys(layer_class: type) -> set[str]:
@@ -579,7 +583,8 @@ class InteractivePanel(MethodPanel):
         b.scribbles.events.paint.connect(self._scribble_painted)
         actions = {"polarity": self.toggle_polarity, "commit": self.commit, "next": self.next_object,
                    "reset": lambda: self.request("reset_object"), "undo": lambda: self.request("undo"),
-                   "redo": lambda: self.request("redo")}
+                   "redo": lambda: self.request("redo"), "box": lambda: self.tool("box"),
+                   "scribble": lambda: self.tool("scribble")}
         for layer in (b.prompts, b.image_layer, b.box, b.scribbles):
             for action, key in layer_keys(type(layer)).items():
                 layer.bind_key(key, _key_action(actions[action]), overwrite=True)
@@ -749,6 +754,24 @@ class InteractivePanel(MethodPanel):
         b = self.bound
         if b is not None and b.runner is not None:
             b.runner.submit(kind)
+
+    def tool(self, kind: str) -> None:
+        """B / S: draw a box or scribble on the displayed slice; the same key again goes back to
+        clicking (the prompts layer)."""
+        b = self.bound
+        if b is None:
+            return
+        layer, mode = (b.box, "add_rectangle") if kind == "box" else (b.scribbles, "paint")
+        if self.viewer.layers.selection.active is layer:
+            self.viewer.layers.selection.active = b.prompts
+            self.status.setText("Click the object (Shift+click: negative).")
+            return
+        self.viewer.layers.selection.active = layer
+        layer.mode = mode
+        if kind == "scribble":
+            layer.selected_label = 2 if self.negative_next else 1
+        what = "Drag a rectangle around the object" if kind == "box" else "Paint over the object (label 1 positive, 2 negative)"
+        self.status.setText(f"{what} on this slice.")
 
     def toggle_polarity(self) -> None:
         self.negative_check.setChecked(not self.negative_check.isChecked())

@@ -82,7 +82,8 @@ def test_panel_keys_leave_napari_defaults_alone():
         from napari.utils.key_bindings import coerce_keybinding
 
         assert not {str(coerce_keybinding(k)) for k in layer_keys(cls).values()} & taken, cls.__name__
-    assert layer_keys(Points) == KEYS and layer_keys(Image) == KEYS  # no collisions there
+    assert layer_keys(Image) == KEYS  # no collisions there
+    assert layer_keys(Points) == {**KEYS, "scribble": "Shift-S"}  # napari's S: the points select mode
     # napari binds T (path), Enter and Escape (finish drawing) on Shapes; Enter/Escape (polygon)
     # and Ctrl+Z / Ctrl+Shift+Z (its own undo) on Labels: the documented alternatives are used
     shapes, labels = layer_keys(Shapes), layer_keys(Labels)
@@ -181,6 +182,14 @@ def test_keys_undo_redo_reset_and_napari_history_stays_consistent(qtbot):
     press(b.prompts, "Escape")
     settle(qtbot, panel)
     assert np.array_equal(b.target.data, empty)
+    press(b.prompts, "B")  # B: draw a box; Shift+B on the box layer (napari's B) goes back to clicking
+    assert viewer.layers.selection.active is b.box and b.box.mode == "add_rectangle"
+    press(b.box, "Shift-B")
+    assert viewer.layers.selection.active is b.prompts
+    press(b.prompts, "Shift-S")
+    assert viewer.layers.selection.active is b.scribbles and b.scribbles.mode == "paint" and b.scribbles.selected_label == 1
+    press(b.scribbles, "S")
+    assert viewer.layers.selection.active is b.prompts
     press(b.box, "Shift-Escape")  # the box layer's alternative key reaches the same action
     settle(qtbot, panel)
     assert "empty" in panel.status.text()
