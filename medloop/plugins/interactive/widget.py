@@ -103,6 +103,17 @@ def _warm_engine(engine: Any, params: Any) -> None:
     PromptSession(MedImage(cube, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3)), None, replace(params, label=1), engine=engine).add(Point((12.0, 12.0, 12.0)))
 
 
+def _lower_priority() -> None:
+    """Give the calling (worker) thread a lower CPU priority than the GUI thread, so that on a
+    busy machine the event loop is scheduled first (Linux: per-thread nice; elsewhere nothing)."""
+    import os
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5))
+    except (AttributeError, OSError):
+        pass
+
+
 @dataclass
 class _Setup:
     """What a session needs, gathered on the GUI thread when Start is pressed."""
@@ -173,6 +184,7 @@ class _Runner:
 
     def _loop(self, progress: Callable, should_stop: Callable[[], bool]) -> None:
         self.progress = progress
+        _lower_priority()
         self.session = self._open()
         self._emit({"kind": "ready", "snapshot": self._snapshot(), "restored": self._restored})
         while True:

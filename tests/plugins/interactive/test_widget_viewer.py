@@ -58,6 +58,7 @@ def test_clicks_on_the_brain_sample_segment_the_ventricles_undo_autosave_and_nev
     spacing = tuple(t1.spacing[::-1])
     first = ev.first_click(reference, spacing)  # the deepest ventricle voxel (left or right)
     viewer.dims.set_point(0, b.image_layer.data_to_world(np.asarray(first, float))[0])
+    qtbot.wait(300)  # the slice change repaints first: the meter below measures the click alone
     empty = np.array(b.target.data, copy=True)
     with StallMeter() as meter:
         t0 = time.perf_counter()
@@ -113,6 +114,7 @@ def test_clicks_on_the_brain_sample_segment_the_ventricles_undo_autosave_and_nev
     report = {k: f"{v * 1000:.0f} ms" for k, v in stalls.items()}
     print(f"worst GUI stalls: {report}; first click -> object shown {first_seconds:.2f} s; Dice after 2 clicks {dice:.3f}; "
           f"10 rapid clicks -> {runs} engine runs, {skipped} skipped (logged)")
+    print("gaps over 100 ms (s after start, s):", meter.gaps)
     assert runs < 10 and skipped == 10 - runs
     assert max(stalls.values()) < STALL_BOUND_S, report
     panel.stop_session()
