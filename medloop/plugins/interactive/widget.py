@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 POSITIVE_COLOUR = "#2ca02c"
 NEGATIVE_COLOUR = "#d62728"
 BOX_COLOUR = "#ffd700"
+#: Values 1, 2, ... of a new objects layer: never the prompts' green or red (Okabe-Ito blue, orange,
+#: sky blue, purple, yellow).
+OBJECT_COLOURS = ("#0072b2", "#e69f00", "#56b4e9", "#cc79a7", "#f0e442")
 NEW_TARGET = "(new) {image} objects"
 AUTOSAVE_DELAY_S = 0.5
 REFUSED_3D = "Clicks work on a 2-D view only: press Ctrl+Y for 2-D and click on a slice."
@@ -556,7 +559,10 @@ class InteractivePanel(MethodPanel):
         kwargs.pop("multiscale", None)
         shape = setup.image.shape[: setup.image.ndim]
         data = np.zeros(shape, np.uint16) if setup.saved is None else np.asarray(setup.saved).astype(np.uint16)
-        return self.viewer.add_labels(data, name=setup.target_name, opacity=0.6,
+        from napari.utils.colormaps import CyclicLabelColormap
+
+        colours = CyclicLabelColormap(colors=["transparent", *OBJECT_COLOURS])
+        return self.viewer.add_labels(data, name=setup.target_name, opacity=0.6, colormap=colours,
                                       metadata={"medloop_image": setup.image.with_array(data)}, **kwargs)
 
     def _make_prompt_layers(self, setup: _Setup, layer) -> tuple[Any, Any, Any]:

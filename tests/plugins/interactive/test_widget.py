@@ -318,3 +318,21 @@ def test_alt_wheel_sets_the_tolerance_of_the_next_prompt_and_learned_is_explaine
     settle(qtbot, panel)
     assert b.runner.session.params.tolerance == pytest.approx(2.7)
     panel.stop_session()
+
+
+def test_a_click_on_a_2d_image_segments_the_disk(qtbot):
+    rng = np.random.default_rng(4)
+    yy, xx = np.indices((48, 56))
+    disk = (yy - 24) ** 2 + (xx - 30) ** 2 <= 9**2
+    image = MedImage((disk * 1.0 + rng.normal(0, 0.1, disk.shape)).astype(np.float32), (0.5, 0.5), (0.0, 0.0), np.eye(2))
+    viewer = ViewerModel()
+    viewer.add_image(image.array, name="slice", metadata={"medloop_image": image}, **image.layer_kwargs())
+    panel = InteractivePanel(viewer)
+    qtbot.addWidget(panel)
+    b = start(qtbot, panel)
+    click(b.prompts, (24, 30))
+    settle(qtbot, panel)
+    mask = np.asarray(b.target.data) == 1
+    assert 2 * (mask & disk).sum() / (mask.sum() + disk.sum()) >= 0.9
+    assert "mm²" in panel.info_label.text()  # a 2-D object's area, in physical units
+    panel.stop_session()
