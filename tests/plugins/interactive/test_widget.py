@@ -113,6 +113,11 @@ def test_start_makes_prompt_layers_on_the_image_grid_and_a_click_segments(qtbot)
     assert "Engine: classical" in panel.info_label.text() and "ms" in panel.info_label.text()
     assert f"{int(mask.sum())} voxels" in panel.info_label.text()
     panel.stop_session()
+    from napari.utils.key_bindings import coerce_keybinding
+
+    assert not image_layer.keymap and not b.prompts.keymap  # the panel's keys and mouse go with the session
+    assert panel._on_drag not in image_layer.mouse_drag_callbacks and panel._on_wheel not in image_layer.mouse_wheel_callbacks
+    assert coerce_keybinding("T") not in b.box.keymap
 
 
 def test_shift_click_is_a_negative_point_and_t_flips_the_polarity(qtbot):
