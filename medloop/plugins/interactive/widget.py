@@ -6,16 +6,20 @@ All compute is the Qt-free :class:`~medloop.plugins.interactive.session.PromptSe
 one worker per session (:func:`medloop.app.gui.jobs.start_job`): requests queue there, the
 latest click wins (clicks it replaced are still logged, as ``skip`` rows), and the GUI thread
 only applies each interaction's voxel diff through ``Labels.data_setitem`` -- one napari history
-step per interaction, voxels painted meanwhile kept. Labels and the prompt log autosave on every
-interaction; reopening the image restores the open object's prompts from the log.
+step per interaction, voxels painted meanwhile kept. The worker runs at a lower CPU priority than
+the GUI thread (on a loaded 2-core machine this halved the worst event-loop stall). Labels and the
+prompt log autosave on every interaction: the autosaved labels hold the committed objects and,
+where the open object lies, what was there before it; the open object lives in the prompt log,
+and Start on the same image and target replays it (crash recovery).
 
 Layers made by *Start* for image ``<name>``: ``<name> prompts`` (Points, features ``positive``
 and ``object``: green positive, red negative), ``<name> prompt box`` (Shapes: a rectangle on the
 displayed slice) and ``<name> scribbles`` (Labels: 1 positive, 2 negative), all on the image's
-grid. Keys on the prompts and image layers: T polarity, Enter commit, N next object, Escape
-reset the object, Ctrl+Z / Ctrl+Shift+Z undo / redo, Alt+wheel tolerance. On the box and
-scribble layers, where napari already uses some of these keys, the colliding ones become
-Shift+T, Shift+Enter, Shift+Escape, Alt+Z and Alt+Shift+Z (:data:`ALTERNATIVES`).
+grid. Keys on the prompts and image layers: T polarity, Enter commit, N next object (commits
+the current one), Escape reset the object, Ctrl+Z / Ctrl+Shift+Z undo / redo, B box, S scribble,
+Alt+wheel tolerance. Where napari already binds one of these keys on a layer type (its keymap is
+read at run time, :func:`layer_keys`) the action takes its alternative there: Shift+T,
+Shift+Enter, Shift+Escape, Alt+Z, Alt+Shift+Z, Shift+B, Shift+S (:data:`ALTERNATIVES`).
 """
 
 from __future__ import annotations
