@@ -39,5 +39,5 @@ def test_manifest_contributions():
     manifest = load_manifest()
     assert manifest.name == "napari-medloop"
     assert [s.key for s in manifest.contributions.sample_data] == ["brain-t1", "axons-si", "lesions-bone", "lesions-brain"]
-    assert [w.display_name for w in manifest.contributions.widgets] == ["medloop", "Segmentation", "Correction", "Review", "Axon tracking", "Stain transfer", "Confocal to H&E", "Normalise stain", "Train stain transfer", "Synthesize lesion", "Anomaly map"]
-    assert [m.display_name for m in method_panels()] == ["Segmentation", "Correction", "Review", "Axon tracking", "Stain transfer", "Confocal to H&E", "Normalise stain", "Train stain transfer", "Synthesize lesion", "Anomaly map"]  # the home panel is not a method
+    assert [w.display_name for w in manifest.contributions.widgets] == ["medloop", "Segmentation", "Correction", "Review", "Click to segment", "Axon tracking", "Stain transfer", "Confocal to H&E", "Normalise stain", "Train stain transfer", "Synthesize lesion", "Anomaly map"]
+    assert [m.display_name for m in method_panels()] == ["Segmentation", "Correction", "Review", "Click to segment", "Axon tracking", "Stain transfer", "Confocal to H&E", "Normalise stain", "Train stain transfer", "Synthesize lesion", "Anomaly map"]  # the home panel is not a method

@@ -109,8 +109,8 @@ def throwaway(tmp_path, monkeypatch):
 
 def test_builtin_plugins_declare_themselves():
     plugins = load_plugins()
-    assert [p.name for p in plugins] == ["segmentation", "correction", "review", "axons", "staining", "lesions"]
-    assert [p.package for p in plugins] == [f"medloop.plugins.{n}" for n in ("segmentation", "correction", "review", "axons", "staining", "lesions")]
+    assert [p.name for p in plugins] == ["segmentation", "correction", "review", "interactive", "axons", "staining", "lesions"]
+    assert [p.package for p in plugins] == [f"medloop.plugins.{n}" for n in ("segmentation", "correction", "review", "interactive", "axons", "staining", "lesions")]
     assert all(isinstance(p, Plugin) for p in plugins)
 
 
@@ -137,12 +137,12 @@ def test_throwaway_panel_appears_in_the_manifest_and_home(throwaway, qtbot):
     from medloop.app.gui.home import HomePanel
     from medloop.app.manifest import manifest_dict, method_panels
 
-    assert [m.display_name for m in method_panels()] == ["Segmentation", "Correction", "Review", "Axon tracking", "Stain transfer", "Confocal to H&E", "Normalise stain", "Train stain transfer", "Synthesize lesion", "Anomaly map", "Throwaway"]
+    assert [m.display_name for m in method_panels()] == ["Segmentation", "Correction", "Review", "Click to segment", "Axon tracking", "Stain transfer", "Confocal to H&E", "Normalise stain", "Train stain transfer", "Synthesize lesion", "Anomaly map", "Throwaway"]
     widgets = manifest_dict()["contributions"]["widgets"]
     assert widgets[-1] == {"command": "napari-medloop.throwaway", "display_name": "Throwaway"}
     panel = HomePanel(ViewerModel())
     qtbot.addWidget(panel)
-    assert panel.method_list.item(10).text() == "Throwaway"
+    assert panel.method_list.item(11).text() == "Throwaway"
     assert [panel.sample_list.item(i).text() for i in range(panel.sample_list.count())] == [
         "MNI152 T1 brain, 2 mm, with tissue labels",
         "Synthetic two-photon-like axons (SI preset) with true centrelines",
@@ -188,7 +188,7 @@ def test_home_opens_builtin_and_entry_point_panels_once(throwaway, make_napari_v
     home = HomePanel(viewer)
     for _ in range(2):  # a second double-click shows the open panel instead of docking another
         home._open_method(home.method_list.item(0))
-        home._open_method(home.method_list.item(10))
+        home._open_method(home.method_list.item(11))
     docks = viewer.window.dock_widgets
     assert sorted(docks) == ["Segmentation (napari-medloop)", "Throwaway"]
     assert type(docks["Segmentation (napari-medloop)"]).__name__ == "SegmentationPanel"

@@ -189,7 +189,7 @@ def test_builtin_plugins_are_found_without_importing_them():
         "import sys\n"
         "from medloop.app.discovery import BUILTIN_PLUGINS, package_dirs\n"
         "from medloop.models.registry import list_models, packaged_model_roots\n"
-        "assert [d.name for n in BUILTIN_PLUGINS for d in package_dirs(n)] == ['segmentation', 'correction', 'review', 'axons', 'staining', 'lesions']\n"
+        "assert [d.name for n in BUILTIN_PLUGINS for d in package_dirs(n)] == ['segmentation', 'correction', 'review', 'interactive', 'axons', 'staining', 'lesions']\n"
         "packaged_model_roots(); list_models()\n"
         "print(sorted(n for n in BUILTIN_PLUGINS if n in sys.modules))\n"
     )

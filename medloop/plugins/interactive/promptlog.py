@@ -19,7 +19,8 @@ from medloop.app.io.image import MedImage
 from medloop.plugins.interactive.prompts import Box, Point, Prompt, Scribble
 
 PROMPTS_SUFFIX = ".prompts.csv"
-EVENTS = ("prompt", "confirm", "undo", "redo", "reset", "commit")
+# "skip": a click the panel coalesced away (a later one replaced it before it ran); replay ignores it.
+EVENTS = ("prompt", "confirm", "undo", "redo", "reset", "commit", "skip")
 
 
 class PromptLogError(MedloopError):

@@ -18,7 +18,7 @@ def list_texts(widget) -> list[str]:
 def test_home_lists_methods_and_models(qtbot):
     panel = HomePanel(ViewerModel())
     qtbot.addWidget(panel)
-    assert list_texts(panel.method_list) == ["Segmentation", "Correction", "Review", "Axon tracking", "Stain transfer", "Confocal to H&E", "Normalise stain", "Train stain transfer", "Synthesize lesion", "Anomaly map"]
+    assert list_texts(panel.method_list) == ["Segmentation", "Correction", "Review", "Click to segment", "Axon tracking", "Stain transfer", "Confocal to H&E", "Normalise stain", "Train stain transfer", "Synthesize lesion", "Anomaly map"]
     assert list_texts(panel.model_list) == ([f"{m.name} - {m.summary}" for m in list_models()] or [NO_MODELS])
     assert panel.title.text() == f"<b>medloop {__version__}</b> - review, correct, retrain"
 
