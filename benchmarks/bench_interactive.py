@@ -141,7 +141,7 @@ def main() -> int:
     print(HEADER)
     for name, r in volumes["per"].items():
         print(row(name, r, 10))
-    print(f"\noracle ceiling (best interval + connectivity from click 1): " + ", ".join(f"{k} {v:.3f}" for k, v in ceiling.items()))
+    print("\noracle ceiling (best interval + connectivity from click 1): " + ", ".join(f"{k} {v:.3f}" for k, v in ceiling.items()))
     print(f"3-D MNI latency over {args.repeats} interleaved passes: p50 {volumes['both']['ms_p50']:.0f} ms, p95 {volumes['both']['ms_p95']:.0f} ms, max {volumes['both']['ms_max']:.0f} ms")
     print("learned engine in 3-D: n/a (the 2-D click network segments the clicked slice only; the 3-D pass is phase 3)")
     slices = mni_slice_objects()

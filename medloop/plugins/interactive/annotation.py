@@ -17,8 +17,9 @@ from scipy import ndimage as ndi
 
 
 def ring_values(object_mask: np.ndarray, annotation: np.ndarray, class_index: int, spacing: tuple[float, ...],
-                ring_mm: float = 2.0, prediction: np.ndarray | None = None, background_index: int = 0) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-    """The ring's voxel indices and painted values (``class + 1``) around ``object_mask``.
+                ring_mm: float = 2.0, prediction: np.ndarray | None = None, background_index: int = 0,
+                offset: int = 1) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """The ring's voxel indices and stored values (``class + offset``) around ``object_mask``.
 
     ``prediction`` (class indices on the same grid, e.g. the model's current labels) gives the
     ring's classes; without it the ring is ``background_index``. Only voxels of ``annotation``
@@ -26,11 +27,11 @@ def ring_values(object_mask: np.ndarray, annotation: np.ndarray, class_index: in
     if ring_mm <= 0 or not object_mask.any():
         empty = tuple(np.zeros(0, np.intp) for _ in range(object_mask.ndim))
         return empty, np.zeros(0, annotation.dtype)
-    distance = ndi.distance_transform_edt(~object_mask, sampling=spacing)
+    distance = ndi.distance_transform_edt(~object_mask, sampling=spacing)  # on the session's ROI: O(ROI)
     ring = (distance > 0) & (distance <= ring_mm) & (annotation == 0)
     if prediction is not None:
         ring &= prediction != class_index
-        values = prediction[ring].astype(np.int64) + 1
+        values = prediction[ring].astype(np.int64) + offset
     else:
-        values = np.full(int(ring.sum()), background_index + 1, np.int64)
+        values = np.full(int(ring.sum()), background_index + offset, np.int64)
     return np.nonzero(ring), values.astype(annotation.dtype)

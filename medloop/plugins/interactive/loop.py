@@ -1,18 +1,15 @@
 """What the panel needs around a session, Qt-free: which labels layer is a Correction or Review
-target, the background ring a committed object gets in a Correction annotation layer, and crash
-recovery (the open object's prompts from the prompt log, replayed through a new session).
+target, the background class of a Correction legend, the grid check, and which part of a prompt
+log is still open (crash recovery itself is :meth:`PromptSession.resume`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
 
-from medloop.plugins.interactive.promptlog import LogRow, rows_to_prompt
 
 #: Layer-metadata key of the prompt count and time spent on a Review mask (Review's audit reads it).
 PROMPTS_KEY = "medloop_prompts"
@@ -55,57 +52,3 @@ def grid_mismatch(target: str, image: str, target_grid: dict[str, Any], image_gr
     fmt = lambda s: "x".join(str(int(v)) for v in s)  # noqa: E731
     return (f"The target '{target}' is not on the grid of '{image}' ({fmt(shape_t)} voxels vs {fmt(shape_i)}, or another "
             "spacing/position); choose a labels layer made on that image.")
-
-
-def ring_index(mask: np.ndarray, labels: np.ndarray, spacing: tuple[float, ...], ring_mm: float) -> tuple[np.ndarray, ...]:
-    """Unlabelled voxels within ``ring_mm`` (physical, ``spacing`` in array order) of the object
-    ``mask``: the background ring a committed object gets. Computed on the object's bounding
-    box grown by the ring, so memory stays O(object)."""
-    if not mask.any() or ring_mm <= 0:
-        return tuple(np.zeros(0, np.intp) for _ in range(mask.ndim))
-    where = np.nonzero(mask)
-    pad = [int(np.ceil(ring_mm / s)) + 1 for s in spacing]
-    box = tuple(slice(max(0, int(w.min()) - p), min(n, int(w.max()) + p + 1)) for w, p, n in zip(where, pad, mask.shape))
-    crop = mask[box]
-    distance = ndi.distance_transform_edt(~crop, sampling=spacing)
-    ring = (distance <= ring_mm) & ~crop & (labels[box] == 0)
-    local = np.nonzero(ring)
-    return tuple(ix + s.start for ix, s in zip(local, box))
-
-
-def open_object(rows: list[LogRow]) -> tuple[list[int], int, list[LogRow]]:
-    """From a prompt log: the committed object ids, the open object's id and its rows (every
-    event after the last commit, which :func:`resume` replays)."""
-    committed = [r.object for r in rows if r.event == "commit"]
-    last = max((i for i, r in enumerate(rows) if r.event == "commit"), default=-1)
-    open_id = (committed[-1] + 1) if committed else (rows[0].object if rows else 1)
-    return committed, open_id, rows[last + 1:]
-
-
-def resume(session: Any, rows: list[LogRow]) -> int:
-    """Bring a new session back to where a prompt log ended: the committed objects are already
-    in its labels (autosaved); the open object's prompts, undos and redos are replayed through
-    the session (its writer applies them). The log keeps its earlier rows and numbering.
-    Returns the number of the open object's prompts replayed."""
-    committed, open_id, tail = open_object(rows)
-    path, session.log_path = session.log_path, None
-    session.committed = list(committed)
-    session.object.id = open_id
-    groups: dict[int, list[LogRow]] = {}
-    for r in tail:
-        groups.setdefault(r.seq, []).append(r)
-    prompts = 0
-    for group in groups.values():
-        event = group[0].event
-        if event == "prompt":
-            session.params = replace(session.params, label=group[0].label or session.params.label)
-            session.add(rows_to_prompt(group, session.ndim))
-            prompts += 1
-        elif event in ("undo", "redo", "confirm"):
-            getattr(session, event)()
-        elif event == "reset":
-            session.reset_object()
-    session.log = list(rows)
-    session._seq = max((r.seq for r in rows), default=0)  # the log's numbering goes on
-    session.log_path = path
-    return prompts

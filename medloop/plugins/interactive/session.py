@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from medloop.app.io.image import MedImage
 from medloop.plugins.interactive.engine_api import EngineInput, RoiPoint
@@ -53,12 +52,14 @@ class Update:
 @dataclass(frozen=True)
 class Ring:
     """A ring written around a committed object: ``mm`` wide; classes from ``prediction`` (class
-    indices, full size) or ``background_index``; ``class_index`` is the object's own class."""
+    indices, full size) or ``background_index``; ``class_index`` is the object's own class; a
+    class ``k`` is stored as ``k + offset`` (Correction annotations: 1, 0 = unlabelled)."""
 
     class_index: int
     mm: float = 2.0
     prediction: np.ndarray | None = None
     background_index: int = 0
+    offset: int = 1
 
 
 @dataclass
@@ -206,12 +207,56 @@ class PromptSession:
         roi = obj.roi
         prediction = None if ring.prediction is None else np.asarray(ring.prediction[roi])
         local, values = ring_values(obj.mask, np.asarray(self.labels[roi]), ring.class_index, tuple(self.image.spacing[::-1]),
-                                    ring.mm, prediction, ring.background_index)
+                                    ring.mm, prediction, ring.background_index, ring.offset)
         index = tuple(ix + sl.start for ix, sl in zip(local, roi))
+        kind = "ring from the model's prediction" if ring.prediction is not None else "background ring"
         update = Update(index, np.asarray(self.labels[index]).copy(), values.astype(self.labels.dtype), roi,
-                        f"object {obj.id} committed with a {ring.mm:g} mm ring of {values.size} voxels")
+                        f"object {obj.id} committed with a {ring.mm:g} mm {kind} ({values.size} voxels)")
         self.writer(update)
         return update
+
+    def resume(self, rows: list[LogRow]) -> int:
+        """Continue where a prompt log ended (crash recovery): the committed objects are already
+        in the labels (autosaved); the open object's prompts, undos and redos are replayed
+        (through the writer). The log keeps its rows and numbering. Returns the prompts replayed."""
+        committed = [r.object for r in rows if r.event == "commit"]
+        last = max((i for i, r in enumerate(rows) if r.event == "commit"), default=-1)
+        path, self.log_path = self.log_path, None
+        self.committed = list(committed)
+        self.object.id = (committed[-1] + 1) if committed else (rows[0].object if rows else 1)
+        groups: dict[int, list[LogRow]] = {}
+        for r in rows[last + 1:]:
+            groups.setdefault(r.seq, []).append(r)
+        prompts = 0
+        for group in groups.values():
+            event = group[0].event
+            if event == "prompt":
+                self.params = replace(self.params, label=group[0].label or self.params.label)
+                self.add(rows_to_prompt(group, self.ndim))
+                prompts += 1
+            elif event in ("undo", "redo", "confirm"):
+                getattr(self, event)()
+            elif event == "reset":
+                self.reset_object()
+        self.log = list(rows)
+        self._seq = max((r.seq for r in rows), default=0)
+        self.log_path = path
+        return prompts
+
+    def log_skipped(self, prompts: list[Prompt]) -> None:
+        """Log prompts a later one replaced before they ran (the panel's latest-wins queue)."""
+        for prompt in prompts:
+            self._seq += 1
+            base = LogRow(seq=self._seq, event="skip", object=self.object.id, label=self.params.label,
+                          message="skipped: a later click replaced it before it ran")
+            self.log.extend(prompt_rows(prompt, base))
+        if prompts:
+            self._save_log()
+
+    @property
+    def seq(self) -> int:
+        """The number of the last logged row."""
+        return self._seq
 
     @property
     def object_voxels(self) -> int:

@@ -213,22 +213,13 @@ class _Runner:
         engine = make_engine(s.params)
         _warm_engine(engine, s.params)
         session = PromptSession(s.image, self.labels, s.params, engine=engine, writer=self._writer)
-        self._restored = loop.resume(session, s.rows) if s.rows else 0
-        self._first_seq = session._seq  # prompts counted for Review are this session's own
+        self._restored = session.resume(s.rows) if s.rows else 0
+        self._first_seq = session.seq  # prompts counted for Review are this session's own
         session.log_path = s.log_path
         return session
 
     def _log_skipped(self, prompts: list) -> None:
-        from medloop.plugins.interactive.promptlog import LogRow, prompt_rows, write_log
-
-        s = self.session
-        for prompt in prompts:
-            s._seq += 1
-            base = LogRow(seq=s._seq, event="skip", object=s.object.id, label=s.params.label,
-                          message="skipped: a later click replaced it before it ran")
-            s.log.extend(prompt_rows(prompt, base))
-        if prompts and s.log_path is not None:
-            write_log(s.log_path, s.log)
+        self.session.log_skipped(prompts)
 
     def _handle(self, serial: int, kind: str, payload: Any, should_stop: Callable[[], bool]) -> None:
         s = self.session
@@ -248,22 +239,13 @@ class _Runner:
             return
         self._emit({"kind": "done", "serial": serial, "request": kind, "update": update, "snapshot": self._snapshot()})
 
-    def _commit(self, ring_value: int | None) -> Any:
-        """Commit the object; in a Correction layer add its background ring (unlabelled voxels
-        within ``ring_mm``), written as one more diff."""
+    def _commit(self, ring: Any) -> Any:
+        """Commit the object; in a Correction layer with its ring (a ``Ring``, or None)."""
         from medloop.plugins.interactive.session import Update
 
         s = self.session
-        ring = None
-        if ring_value is not None and s.object_voxels:
-            ring = loop.ring_index(s.object_mask(), s.labels, tuple(s.image.spacing[::-1]), s.params.ring_mm)
-        done = s.commit()
-        message = f"object {done} committed"
-        if ring is not None and ring[0].size:
-            before = np.asarray(s.labels[ring]).copy()
-            self._writer(Update(ring, before, np.full(before.shape, ring_value, s.labels.dtype), None, "background ring"))
-            message += f" with a {s.params.ring_mm:g} mm background ring ({ring[0].size} voxels)"
-        s.log[-1] = replace(s.log[-1], message=message)
+        done = s.commit(ring)
+        message = s.log[-1].message or f"object {done} committed"
         return Update(tuple(np.zeros(0, np.intp) for _ in range(s.ndim)), np.zeros(0), np.zeros(0), None, message)
 
     def _snapshot(self) -> dict:
@@ -809,8 +791,24 @@ class InteractivePanel(MethodPanel):
             return
         ring = None
         if self.ring_check.isChecked() and loop.is_correction_target(b.target.name, b.target.metadata):
-            ring = loop.background_value(b.target.metadata)
+            ring = self._ring(b)
         b.runner.submit("commit", ring)
+
+    def _ring(self, b: Any) -> Any:
+        """The ring of a Correction target: the classes of the model's prediction layer
+        (``<image> prediction``) where it has one, else background (spec §4.6)."""
+        from medloop.plugins.interactive.session import Ring
+
+        offset = loop.background_value(b.target.metadata)
+        if offset is None:
+            return None
+        prediction = None
+        name = f"{b.setup.image_name} prediction"
+        if name in self.viewer.layers and self.viewer.layers[name].data.shape == b.target.data.shape:
+            data = np.asarray(self.viewer.layers[name].data)
+            prediction = data if data.any() else None
+        label = self.label_value()
+        return Ring(class_index=int(label) - offset, mm=b.setup.params.ring_mm, prediction=prediction, offset=offset)
 
     def next_object(self) -> None:
         """N: commit the current object (if any) and start the next one."""
