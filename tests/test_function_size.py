@@ -16,6 +16,8 @@ PACKAGE = Path(medloop.__file__).parent
 MAX_LINES = 80
 MAX_PARAMS = 8
 KEYWORD_FORMS = {
+    # keyword form of one audit record's fields: what a reviewer did on a case (a test pins them)
+    "plugins/review/project.py:decide": 80,
     # MONAI-compatible keyword signature (benchmarks compare it with MONAI's) -> tiled_inference
     "app/engine/tiling.py:sliding_window_inference": 30,
     # keyword form of segment_level(level, predictor, out, spacing, SlideParams) for scripts

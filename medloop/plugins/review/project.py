@@ -233,6 +233,7 @@ class Decision:
     mask: str | None = None  # saved mask, relative to the project (edits only)
     mask_sha256: str | None = None
     metrics: dict[str, Any] | None = None  # EditMetrics.to_record() (accept: an unchanged mask)
+    prompts: dict[str, Any] | None = None  # {"count", "seconds"} of click -> object prompts on the mask
 
     @property
     def status(self) -> str:
@@ -254,7 +255,21 @@ class Decision:
             mask=r.get("mask"),
             mask_sha256=r.get("mask_sha256"),
             metrics=r.get("metrics"),
+            prompts=r.get("prompts"),
         )
+
+
+def _prompt_record(prompts: dict[str, Any] | None, case_id: str) -> dict[str, Any] | None:
+    """``{"count": int, "seconds": float}`` of the interactive prompts behind an edit, checked."""
+    if not prompts:
+        return None
+    try:
+        count, seconds = int(prompts["count"]), float(prompts.get("seconds", 0.0))
+    except (KeyError, TypeError, ValueError):
+        raise ReviewError(f"prompts of case {case_id!r} must be {{'count': n, 'seconds': s}}, not {prompts!r}") from None
+    if count < 0 or not np.isfinite(seconds) or seconds < 0:
+        raise ReviewError(f"prompts of case {case_id!r} need a count >= 0 and seconds >= 0, not {prompts!r}")
+    return {"count": count, "seconds": round(seconds, 3)}
 
 
 @dataclass
@@ -617,6 +632,7 @@ class ReviewProject:
         comment: str = "",
         pins: Sequence[dict[str, Any]] = (),
         prediction: int = 0,
+        prompts: dict[str, Any] | None = None,
     ) -> Decision:
         """Record ``reviewer``'s ``action`` on a case and return the logged decision.
 
@@ -626,6 +642,8 @@ class ReviewProject:
         the case was open. ``pins``: comments at a location, each ``{"position": [z, y, x],
         "frame": "index" | "world", "text": ...}`` (world = napari world coordinates, mm).
         An edit's mask is written before the log record, so a recorded edit always has its mask.
+        ``prompts``: ``{"count": n, "seconds": s}`` when the mask was edited by click -> object
+        prompts (the interactive panel leaves it in the mask layer's metadata).
 
         Raises:
             ReviewError: unknown case/action, bad reviewer name, missing or misshaped mask.
@@ -658,6 +676,7 @@ class ReviewProject:
             "mask": None,
             "mask_sha256": None,
             "metrics": None,
+            "prompts": _prompt_record(prompts, case_id),
         }
         if action in ("accept", "edit"):
             from medloop.plugins.review.edit_metrics import edit_metrics

@@ -601,7 +601,7 @@ class ReviewPanel(MethodPanel):
             decision = self.project.decide(
                 self.case_id, reviewer, action, mask=mask if action == "edit" else None,
                 seconds=round(time.monotonic() - self.opened_at, 3), comment=self.comment_edit.toPlainText().strip(),
-                pins=self.pins(),
+                pins=self.pins(), prompts=self.layers["mask"].metadata.get("medloop_prompts"),
             )
         except MedloopError as exc:
             show_error(str(exc))

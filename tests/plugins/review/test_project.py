@@ -134,6 +134,16 @@ def test_decisions_are_logged_with_model_time_and_metrics(project):
     assert state.counts()["edited"] == 1 and state.cases["case0"].seconds == 42.5
 
 
+def test_an_edit_made_by_click_prompts_records_their_count_and_time(project):
+    pred = np.asarray(project.load_prediction("case0").array)
+    edited = pred.copy()
+    edited[1, 3:9, 4:10] = 0
+    d = project.decide("case0", "alice", "edit", mask=edited, seconds=30.0, prompts={"count": 4, "seconds": 12.3456})
+    assert d.prompts == {"count": 4, "seconds": 12.346}
+    assert AuditLog(project.folder / AUDIT_NAME).read().records[0]["prompts"] == {"count": 4, "seconds": 12.346}
+    assert project.decide("case1", "alice", "accept").prompts is None
+
+
 def test_bad_decisions_are_refused_without_logging(project):
     pred = np.asarray(project.load_prediction("case0").array)
     for kwargs, message in [
@@ -144,6 +154,8 @@ def test_bad_decisions_are_refused_without_logging(project):
         ({"action": "accept", "seconds": -1.0}, "seconds >= 0"),
         ({"action": "accept", "pins": [{"text": "no position"}]}, "needs 'position'"),
         ({"action": "accept", "prediction": 3}, "no prediction 3"),
+        ({"action": "accept", "prompts": {"count": -2}}, "need a count >= 0"),
+        ({"action": "accept", "prompts": {"seconds": 3}}, "must be {'count': n, 'seconds': s}"),
     ]:
         with pytest.raises(ReviewError, match=message):
             project.decide("case0", "alice", **kwargs)
