@@ -121,7 +121,8 @@ def shape_labels(rng: np.random.Generator, tubes: bool = False) -> tuple[np.ndar
     return labels, painted
 
 
-def _tissue() -> np.ndarray:
+def mni_tissue() -> np.ndarray:
+    """The packaged MNI152 2 mm tissue labels (0 background, 1 grey, 2 white matter), int32."""
     from medloop.app.samples import load_brain_sample
 
     return np.asarray(load_brain_sample()[1].array, dtype=np.int32)
@@ -234,7 +235,7 @@ def _draw_map(family: str, rng: np.random.Generator, tissue: np.ndarray | None) 
     if family in ("shapes", HELDOUT_FAMILY):
         labels, painted = shape_labels(rng, tubes=family == HELDOUT_FAMILY)
         return labels, painted, "mirror"
-    labels = mni_labels(rng, _tissue() if tissue is None else tissue)
+    labels = mni_labels(rng, mni_tissue() if tissue is None else tissue)
     return labels, list(range(1, int(labels.max()) + 1)), "constant"
 
 
@@ -276,7 +277,7 @@ class SliceObject:
     name: str
 
 
-def _ventricle(tissue2d: np.ndarray) -> np.ndarray:
+def ventricle_mask(tissue2d: np.ndarray) -> np.ndarray:
     """The largest background component enclosed by the brain on a slice (the ventricles)."""
     from scipy import ndimage
 
@@ -306,7 +307,7 @@ def mni_ventricle_slices(axial: int = 4, coronal: int = 3) -> list[SliceObject]:
     spacing = tuple(float(s) for s in t1.spacing)[::-1]  # array order (z, y, x)
     objects = []
     for axis, count, name in ((0, axial, "axial"), (1, coronal, "coronal")):
-        vents = [_ventricle(s) for s in np.moveaxis(tissue, axis, 0)]
+        vents = [ventricle_mask(s) for s in np.moveaxis(tissue, axis, 0)]
         for i in _spread(np.array([v.sum() for v in vents]), count, 3):
             sp = tuple(s for a, s in enumerate(spacing) if a != axis)
             objects.append(SliceObject(np.moveaxis(image, axis, 0)[i].copy(), vents[i], sp, f"{name} {'zy'[axis]}={i}"))

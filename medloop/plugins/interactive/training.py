@@ -70,7 +70,7 @@ class ObjectSource(SeededSource):
     """Batches of synthetic training objects: ``(images (B,H,W), targets (B,H,W) bool)``."""
 
     def __init__(self, batch: int, seed: int) -> None:
-        self.batch, self.rng, self.tissue = batch, np.random.default_rng(seed), synth._tissue()
+        self.batch, self.rng, self.tissue = batch, np.random.default_rng(seed), synth.mni_tissue()
 
     def __call__(self) -> tuple[np.ndarray, np.ndarray]:
         objects = [synth.synth_object(self.rng, tissue=self.tissue) for _ in range(self.batch)]

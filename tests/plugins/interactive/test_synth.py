@@ -11,7 +11,7 @@ from medloop.plugins.interactive import synth
 
 @pytest.fixture(scope="module")
 def tissue():
-    return synth._tissue()
+    return synth.mni_tissue()
 
 
 def _same(a: synth.SynthObject, b: synth.SynthObject) -> bool:
@@ -47,7 +47,7 @@ def test_targets_are_one_component_of_one_label_spanning_4_to_64_px(tissue):
 
 def test_mni_ventricles_and_inner_csf_are_background_and_never_targets(tissue):
     axial = tissue[45]
-    ventricle = synth._ventricle(axial)
+    ventricle = synth.ventricle_mask(axial)
     assert ventricle.sum() > 50  # the lateral ventricles on this slice
     split = synth.split_mni_slice(axial, np.random.default_rng(0), midline=49)
     assert np.all(split[ventricle] == 0) and len(np.unique(split[axial > 0])) >= 4

@@ -67,6 +67,7 @@ def test_the_packaged_card_records_the_packaged_recipe():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_the_recipe_regenerates_the_packaged_weights(tmp_path):
     """Spec §7 check 7 (about 15 min on one thread): same recipe, same sha256 on the same machine."""
     out = training.train_click_model("click-any-2d", tmp_path / "m")
