@@ -4,10 +4,12 @@ A card is a JSON file beside the weights. Required fields are checked on load so
 card fails with a message naming the card and the field, never later inside a run.
 
 Models are data, by task. A card's ``task`` (``segmentation`` when absent, so older cards stay
-valid; ``image-to-image``, ``synthesis``, ``classification``, ``policy``) picks its validator from
+valid; ``image-to-image``, ``synthesis``, ``classification``, ``policy``,
+``interactive``) picks its validator from
 :data:`TASKS`: segmentation needs classes and ``bcyx``/``bczyx`` axes, image-to-image and synthesis
 need input and output axes and channels but no classes, a classifier needs image input axes and
-one output score per named class, a policy needs an observation and an action spec.
+one output score per named class, a policy needs an observation and an action spec, a click
+network (``interactive``) needs image axes and whether it is enabled, with the reason.
 The architecture is named like bioimage.io's ``architecture.callable``, restricted to medloop's
 own code: a registered short name (:data:`medloop.models.nets.ARCHITECTURES`) or a
 ``"<package>.<module>:<Callable>"`` entry in a module under ``medloop.`` (a plugin's own nets) or
@@ -215,6 +217,17 @@ def _policy(raw: dict[str, Any], where: str) -> None:
         raise CardError(f"model card {where}: policy.action.type must be 'discrete' or 'continuous'")
 
 
+def _interactive(raw: dict[str, Any], where: str) -> None:
+    """A click network: image + guidance input axes and channels, and an ``interactive`` section
+    saying whether the engine may be used (``enabled``) and why (``reason``)."""
+    spec = raw["inputs"][0] if isinstance(raw["inputs"], list) and raw["inputs"] and isinstance(raw["inputs"][0], dict) else {}
+    if spec.get("axes") not in ("bcyx", "bczyx") or not isinstance(spec.get("channels"), int):
+        raise CardError(f"model card {where}: inputs[0] needs axes 'bcyx' or 'bczyx' and its channels for task 'interactive'")
+    section = raw.get("interactive")
+    if not isinstance(section, dict) or not isinstance(section.get("enabled"), bool) or not isinstance(section.get("reason"), str):
+        raise CardError(f"model card {where} lacks interactive.enabled (true/false) and interactive.reason; {FORMAT_HINT}")
+
+
 #: Task -> validator of the task's own fields (after the common ones). Add a task here.
 TASKS: dict[str, Callable[[dict[str, Any], str], None]] = {
     "segmentation": _segmentation,
@@ -222,6 +235,7 @@ TASKS: dict[str, Callable[[dict[str, Any], str], None]] = {
     "synthesis": _image_to_image,
     "classification": _classification,
     "policy": _policy,
+    "interactive": _interactive,
 }
 
 

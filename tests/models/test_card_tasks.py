@@ -59,9 +59,9 @@ def test_unknown_task_names_the_known_ones(tmp_path):
     with pytest.raises(CardError) as err:
         read_card(path)
     assert str(err.value) == (
-        f"model card {path}: unknown task 'telepathy'; known tasks: segmentation, image-to-image, synthesis, classification, policy"
+        f"model card {path}: unknown task 'telepathy'; known tasks: segmentation, image-to-image, synthesis, classification, policy, interactive"
     )
-    assert list(TASKS) == ["segmentation", "image-to-image", "synthesis", "classification", "policy"]
+    assert list(TASKS) == ["segmentation", "image-to-image", "synthesis", "classification", "policy", "interactive"]
 
 
 def test_segmentation_card_without_classes_fails_as_before(tmp_path):
