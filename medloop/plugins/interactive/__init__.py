@@ -14,6 +14,6 @@ PLUGIN = Plugin(
     name="interactive",
     title="Click -> object: promptable segmentation (points, boxes, scribbles)",
     cli="medloop.plugins.interactive.cli:add_verbs",
-    # train="medloop.plugins.interactive.training:TRAINING",  (re-enabled when the click-net recipe lands)
+    train="medloop.plugins.interactive.training:TRAINING",
     widgets=(Widget("Click to segment", "medloop.plugins.interactive.widget:InteractivePanel", "Click an object to segment it; refine with more clicks"),),
 )
