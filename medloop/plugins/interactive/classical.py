@@ -32,6 +32,8 @@ EDIT_BALL_MM = 1.5
 HIST_BINS = 48
 GC_SMOOTHNESS = 5.0
 GC_FLIP_COST = 0.5
+SHELL_SHARE = 0.5
+CLASS_INTERIOR = 0.8
 INF = 1e9
 
 
@@ -231,22 +233,66 @@ def range_edit(request: EngineInput) -> np.ndarray:
 
 
 def _widen(request: EngineInput, click: RoiPoint) -> np.ndarray:
+    """A later positive click: first try taking in the intensity class of the click (a missed
+    part of another intensity, e.g. CSF beside a signal void) when the click lies inside a
+    region of that class (``CLASS_INTERIOR`` of its ``seed_radius_mm`` ball), accepted when
+    what it adds is a compact region and no flood; else widen the range just past the click's own intensity and
+    add only what lies near it."""
     state, previous = request.state, request.previous
     v = float(ball_values(request.image, click.index, EDIT_BALL_MM, request.spacing).mean())
+    wide = _class_bounds(request, click, v)
+    added = np.zeros_like(previous) if wide is None else _added(request, click, wide)
+    if added.any() and not _shell_or_flood(request, click, added):
+        state["lo"], state["hi"] = wide
+        return previous | added
     margin = 0.5 * state["sd"]
     state["lo"], state["hi"] = min(state["lo"], v - margin), max(state["hi"], v + margin)
-    grown = connected_in_range(request.image, [click.index], state["lo"], state["hi"], request.locked)
-    added = grown & ~previous
-    distance = _distance_to(previous, click.index, request.spacing)
-    reach = max(2.0 * distance, request.params.seed_radius_mm)
-    window, inside = ball(previous.shape, click.index, reach, request.spacing)
-    near = np.zeros_like(previous)
-    near[window] = inside
-    # Only what lies near the click: a click on a missed partial-volume voxel would otherwise add
-    # every voxel of that intensity along the whole boundary (measured: 9 of 13 Dice drops on
-    # the MNI slices came from such global widening).
-    added = keep_seeded(added & near, [click.index])
+    added = _added(request, click, (state["lo"], state["hi"]))
+    if _shell_or_flood(request, click, added):
+        added = keep_seeded(added & _near(request, click), [click.index])
     return previous | added
+
+
+def _class_bounds(request: EngineInput, click: RoiPoint, v: float) -> tuple[float, float] | None:
+    """The range grown to the click's intensity class, when the click is in range already (a
+    separate part of the object) or lies deep in another class: inside a region of it
+    (``CLASS_INTERIOR`` of its ball) and far from the range (a quarter of the way from the
+    bound to the object's mean). None for a click on the partial-volume border of the object."""
+    lo, hi, mu = request.state["lo"], request.state["hi"], request.state["mu"]
+    if lo <= v <= hi:
+        return lo, hi
+    bound = lo if v < lo else hi
+    if abs(v - bound) < 0.25 * abs(mu - bound):
+        return None
+    lo_c, hi_c = class_range(request, v, click.index)
+    around = ball_values(request.image, click.index, request.params.seed_radius_mm, request.spacing)
+    if float(np.mean((around >= lo_c) & (around <= hi_c))) < CLASS_INTERIOR:
+        return None
+    return min(lo, lo_c), max(hi, hi_c)
+
+
+def _added(request: EngineInput, click: RoiPoint, bounds: tuple[float, float]) -> np.ndarray:
+    """What ``bounds`` connects to the click beyond the object (one component)."""
+    grown = connected_in_range(request.image, [click.index], bounds[0], bounds[1], request.locked)
+    return keep_seeded(grown & ~request.previous, [click.index])
+
+
+def _near(request: EngineInput, click: RoiPoint) -> np.ndarray:
+    """A ball around the click: twice its distance to the object, at least ``seed_radius_mm``."""
+    reach = max(2.0 * _distance_to(request.previous, click.index, request.spacing), request.params.seed_radius_mm)
+    window, inside = ball(request.previous.shape, click.index, reach, request.spacing)
+    near = np.zeros_like(request.previous)
+    near[window] = inside
+    return near
+
+
+def _shell_or_flood(request: EngineInput, click: RoiPoint, added: np.ndarray) -> bool:
+    """Whether an addition hugs the object (most of it touches the object: a partial-volume
+    shell; taking it caused 9 of 13 Dice drops on the MNI slices) or floods (more than twice
+    the object and more than the click's neighbourhood)."""
+    size = int(added.sum())
+    touching = int((added & ndi.binary_dilation(request.previous)).sum())
+    return touching > SHELL_SHARE * size or size > max(2 * int(request.previous.sum()), int(_near(request, click).sum()))
 
 
 def _distance_to(mask: np.ndarray, index: tuple[int, ...], spacing: tuple[float, ...]) -> float:
