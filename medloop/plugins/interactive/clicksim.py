@@ -33,12 +33,13 @@ class Click:
     positive: bool
 
 
-def edt_inside(mask: np.ndarray) -> np.ndarray:
-    """EDT of ``mask`` to its boundary, the array's edge counting as boundary (0 outside)."""
+def edt_inside(mask: np.ndarray, sampling: tuple[float, ...] | None = None) -> np.ndarray:
+    """EDT of ``mask`` to its boundary (in ``sampling`` units, default pixels), the array's edge
+    counting as boundary (0 outside)."""
     from scipy import ndimage
 
     padded = np.pad(mask.astype(bool), 1)
-    return ndimage.distance_transform_edt(padded)[(slice(1, -1),) * mask.ndim]
+    return ndimage.distance_transform_edt(padded, sampling=sampling)[(slice(1, -1),) * mask.ndim]
 
 
 def _draw(dist: np.ndarray, rng: np.random.Generator | None) -> tuple[int, ...]:

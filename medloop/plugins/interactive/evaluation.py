@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from medloop.app.io.image import MedImage
+from medloop.plugins.interactive.clicksim import edt_inside, error_regions
 from medloop.plugins.interactive.prompts import Point, index_to_physical
 
 NOC_CAP = 20
@@ -77,16 +78,18 @@ class Clicker:
 
 
 def _centre(region: np.ndarray, spacing: tuple[float, ...]) -> tuple[tuple[int, ...], float]:
-    edt = ndi.distance_transform_edt(np.pad(region, 1), sampling=spacing)[tuple(slice(1, -1) for _ in region.shape)]
+    """The voxel farthest (mm) from ``region``'s boundary, and that distance."""
+    edt = edt_inside(region, spacing)
     flat = int(np.argmax(edt))
     return tuple(int(i) for i in np.unravel_index(flat, region.shape)), float(edt.flat[flat])
 
 
 def next_click(reference: np.ndarray, prediction: np.ndarray, spacing: tuple[float, ...], clicker: Clicker,
                rng: np.random.Generator) -> tuple[tuple[int, ...], bool] | None:
-    """The next click (array index, positive?) at the centre of the larger error (max EDT):
-    positive in the false negatives, negative in the false positives; None when there is none."""
-    fn, fp = reference & ~prediction, prediction & ~reference
+    """The next click (array index, positive?) at the centre of the larger error (max EDT in
+    mm): positive in the false negatives, negative in the false positives; None when there is
+    none. (Training draws its clicks with :mod:`~medloop.plugins.interactive.clicksim`.)"""
+    fn, fp = error_regions(prediction, reference)
     options = []
     for region, positive in ((fn, True), (fp, False)):
         if region.any():
@@ -148,6 +151,8 @@ def run_trial(image: MedImage, reference: np.ndarray, make_session: Callable[[Me
     session = make_session(image)
     trial = Trial()
     idx, positive = first_click(reference, spacing), True
+    if clicker.human:  # a person's first click is not at the exact centre either
+        idx = _jitter(idx, reference, spacing, clicker.jitter_mm, rng)
     for _ in range(clicks):
         xyz = tuple(float(v) for v in index_to_physical(image, np.asarray(idx))[0])
         start = time.perf_counter()
@@ -217,6 +222,7 @@ def summarise(trials: list[Trial]) -> dict[str, float]:
         "fail90": int(sum(t.noc(0.90) >= NOC_CAP and max(t.dice) < 0.90 for t in trials)),
         "drops": float(sum(t.drops() for t in trials) / max(clicks, 1)),
         "ms_p50": float(np.percentile(ms, 50)), "ms_p95": float(np.percentile(ms, 95)), "ms_max": float(ms.max()),
+        "objects": len(trials),
     }
 
 

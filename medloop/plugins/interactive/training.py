@@ -28,13 +28,13 @@ from medloop.app.engine.loop import SeededSource, StepAt, TrainStep
 from medloop.app.errors import MedloopError
 from medloop.models.plugin_recipes import PluginRecipe, RecipeKit, load_plugin_recipe, run_plugin_recipe
 from medloop.plugins.interactive import clicksim, synth
+from medloop.plugins.interactive.evaluation import NOC_CAP, Trial, dice, summarise
 
 PACKAGE = "medloop.plugins.interactive"
 RECIPE_DIR = "recipes"
 KINDS = ("click-2d",)
 COMMAND = "medloop train --recipe {name} --out DIR"
 WEIGHTS, TEST_DATA = "weights.pt", "test_data.npz"
-NOC_CAP = 20
 
 
 class ClickRecipeError(MedloopError, ValueError):
@@ -147,44 +147,30 @@ class ClickStep(TrainStep):
 
 
 # ---------------------------------------------------------------- held-out evaluation (spec §5)
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two masks (1 when both are empty)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
-def click_curve(net: Any, image: np.ndarray, target: np.ndarray, spacing: tuple[float, ...], clicks: int) -> tuple[list[float], list[float]]:
-    """Dice after each of ``clicks`` deterministic clicks (EDT maxima, spec §5) and each click's
-    seconds; a perfect mask is kept for the remaining clicks."""
+def click_curve(net: Any, image: np.ndarray, target: np.ndarray, spacing: tuple[float, ...], clicks: int) -> Trial:
+    """Dice and milliseconds after each of ``clicks`` deterministic clicks (EDT maxima, spec
+    §5); a perfect mask is kept for the remaining clicks."""
     from medloop.plugins.interactive.clicknet import segment_slice
 
-    pred, given, scores, seconds = np.zeros_like(target, bool), [clicksim.first_click(target)], [], []
+    pred, given, trial = np.zeros_like(target, bool), [clicksim.first_click(target)], Trial()
     for _ in range(clicks):
         started = time.perf_counter()
         pred = segment_slice(net, image, spacing, given, pred)
-        seconds.append(time.perf_counter() - started)
-        scores.append(dice(pred, target))
+        trial.ms.append(1000.0 * (time.perf_counter() - started))
+        trial.dice.append(dice(pred, target))
         nxt = clicksim.next_click(pred, target)
         if nxt is None:
-            scores += [scores[-1]] * (clicks - len(scores))
+            trial.dice += [trial.dice[-1]] * (clicks - len(trial.dice))
             break
         given.append(nxt)
-    return scores, seconds
+    return trial
 
 
-def summarise(curves: list[list[float]], seconds: list[float]) -> dict[str, float]:
-    """Dice@1/3/5/10, NoC85/NoC90 (capped at :data:`NOC_CAP`, misses count the cap), failures
-    (never at 0.90), and the per-click latency p50/p95 in ms."""
-    arr = np.asarray(curves)
-
-    def noc(level: float) -> float:
-        hit = [int(np.argmax(c >= level)) + 1 if (c >= level).any() else NOC_CAP for c in arr]
-        return round(float(np.mean(hit)), 2)
-
-    out = {f"dice@{k}": round(float(arr[:, k - 1].mean()), 3) for k in (1, 3, 5, 10) if k <= arr.shape[1]}
-    out.update({"noc85": noc(0.85), "noc90": noc(0.90), "fail90": int(sum(not (c >= 0.9).any() for c in arr)), "objects": len(arr)})
-    out.update({"ms_p50": round(1000 * float(np.percentile(seconds, 50)), 2), "ms_p95": round(1000 * float(np.percentile(seconds, 95)), 2)})
-    return out
+def _summary(trials: list[Trial]) -> dict[str, float]:
+    """The card's numbers: :func:`~medloop.plugins.interactive.evaluation.summarise`, rounded."""
+    numbers = summarise(trials)
+    keep = ("dice@1", "dice@3", "dice@5", "dice@10", "noc85", "noc90", "fail90", "objects", "ms_p50", "ms_p95")
+    return {k: (round(float(numbers[k]), 3) if k not in ("fail90", "objects") else int(numbers[k])) for k in keep}
 
 
 def _roi(obj: synth.SliceObject) -> tuple[np.ndarray, np.ndarray]:
@@ -203,11 +189,9 @@ def evaluate_heldout(net: Any, config: ClickEvalConfig) -> dict[str, dict[str, f
     ventricle slices (real T1, native 2 mm, ROI from :func:`_roi`)."""
     results = {}
     tubes = synth.heldout_tubes(config.tubes)
-    curves, secs = zip(*(click_curve(net, o.image, o.target, (1.0, 1.0), config.clicks) for o in tubes))
-    results["heldout_tubes"] = summarise(list(curves), [s for ss in secs for s in ss])
+    results["heldout_tubes"] = _summary([click_curve(net, o.image, o.target, (1.0, 1.0), config.clicks) for o in tubes])
     slices = synth.mni_ventricle_slices(config.mni_axial, config.mni_coronal)
-    curves, secs = zip(*(click_curve(net, *_roi(o), o.spacing, config.clicks) for o in slices))
-    results["mni_ventricles_2d"] = summarise(list(curves), [s for ss in secs for s in ss])
+    results["mni_ventricles_2d"] = _summary([click_curve(net, *_roi(o), o.spacing, config.clicks) for o in slices])
     return results
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from medloop.app.errors import ResourceError
 from medloop.models.card import read_card
+from medloop.plugins.interactive.evaluation import dice
 from medloop.plugins.interactive import clicknet, clicksim, synth
 from medloop.plugins.interactive.engine_api import EngineInput, RoiPoint
 from medloop.plugins.interactive.params import InteractiveParams
@@ -29,10 +30,6 @@ def _request(image, points, spacing=(1.0, 1.0), previous=None, locked=None) -> E
         image=image.astype(np.float32), spacing=spacing, points=tuple(points),
         previous=np.zeros(shape, bool) if previous is None else previous,
         locked=np.zeros(shape, bool) if locked is None else locked, params=InteractiveParams(engine="learned"))
-
-
-def _dice(a, b) -> float:
-    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
 
 
 def test_packaged_weights_match_the_card_and_the_engine_ships_disabled():
@@ -104,7 +101,7 @@ def test_packaged_net_segments_heldout_tubes_it_never_saw(engine):
         for k in range(3):
             points.append(RoiPoint(click.index, click.positive))
             prev = engine.segment(_request(obj.image, points, previous=prev))
-            (scores1 if k == 0 else scores3 if k == 2 else []).append(_dice(prev, obj.target))
+            (scores1 if k == 0 else scores3 if k == 2 else []).append(dice(prev, obj.target))
             click = clicksim.next_click(prev, obj.target) or click
     assert np.mean(scores1) >= DICE1_MIN and np.mean(scores3) >= DICE3_MIN
 
