@@ -132,6 +132,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="10 synthetic objects per set, 2 latency repeats")
     parser.add_argument("--json", type=Path, help="also write the numbers as JSON")
+    parser.add_argument("--update-card", action="store_true",
+                        help="write the held-out comparison and the §7.4 decision into the click network's card")
     args = parser.parse_args()
     args.objects = 10 if args.quick else 40
     args.repeats = 2 if args.quick else 5
@@ -157,6 +159,8 @@ def main() -> int:
     for name, (ok, text) in gates.items():
         verdict = ("YES" if ok else "NO") if name.startswith("learned") else ("PASS" if ok else "FAIL")
         print(f"- {verdict} {name}: {text}")
+    if args.update_card:
+        print(f"updated {update_card(results2d, gates)}")
     print(f"\n(total {time.time() - start:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps({"volumes": volumes, "ceiling": ceiling, "slices": results2d,
@@ -187,6 +191,30 @@ def gate(volumes: dict, ceiling: dict, results2d: dict) -> dict[str, tuple[bool,
     default = all(wins) and p95 <= 300
     out["learned engine becomes the default (spec §7.4)"] = (default, f"{'yes' if default else 'no'}: beats classical on {sum(wins)} of {len(wins)} held-out comparisons, p95 {p95:.0f} ms")
     return out
+
+
+def update_card(results2d: dict, gates: dict) -> Path:
+    """Put the benchmark's held-out numbers of both engines and the default-engine decision in
+    the packaged click network's card (``interactive.benchmark``, ``enabled``, ``reason``)."""
+    from medloop.plugins.interactive.clicknet import packaged_card
+
+    path = packaged_card()
+    card = json.loads(path.read_text(encoding="utf-8"))
+    keep = ("dice@1", "dice@5", "dice@10", "noc90", "fail90", "ms_p95")
+    card["interactive"]["benchmark"] = {
+        "command": "python benchmarks/bench_interactive.py --update-card",
+        **{engine: {name: {k: round(float(r[k]), 3) for k in keep} | {"human-like noc90": round(float(r["human"]["noc90"]), 2)}
+                    for name, r in results.items()} for engine, results in results2d.items()},
+    }
+    default, text = gates["learned engine becomes the default (spec §7.4)"]
+    c, l = results2d["classical"]["ventricles (7 slices)"], results2d["learned"]["ventricles (7 slices)"]
+    card["interactive"]["enabled"] = bool(default)
+    card["interactive"]["reason"] = (
+        f"{'it beats' if default else 'it does not beat'} the classical engine on held-out objects (spec §7.4; "
+        f"bench_interactive.py): {text.split(': ', 1)[-1]}; MNI ventricle slices NoC90 {l['noc90']:.1f} vs {c['noc90']:.1f}, "
+        f"Dice@1 {l['dice@1']:.3f} vs {c['dice@1']:.3f}")
+    path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 if __name__ == "__main__":

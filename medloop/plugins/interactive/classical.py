@@ -32,6 +32,7 @@ EDIT_BALL_MM = 1.5
 HIST_BINS = 48
 GC_SMOOTHNESS = 5.0
 GC_FLIP_COST = 0.5
+EDIT_DATA_WEIGHT = 0.2  # regional term of a graph cut that edits an object (a leak has the object's intensity)
 SHELL_SHARE = 0.5
 CLASS_INTERIOR = 0.8
 INF = 1e9
@@ -47,12 +48,16 @@ class ClassicalEngine:
         """Voxel budget of the method a request of ``request_kind`` uses."""
         return GC_BUDGET if request_kind == "graph-cut" else LT_BUDGET
 
-    def method(self, ndim: int, prompt_kind: str, first: bool) -> str:
+    def method(self, ndim: int, prompt_kind: str, first: bool, positive: bool = True) -> str:
         """Which method answers a prompt: ``local-threshold``, ``range-edit`` or ``graph-cut``.
 
         Later clicks use range edits in 2-D as in 3-D: graph cuts were measured worse on the
         native 2 mm MNI slices (white matter NoC90 11.9 with 4 of 7 objects never at 0.90, vs
-        2.0 and none), so they answer boxes and scribbles only."""
+        2.0 and none), so they answer boxes and positive scribbles; a negative scribble removes
+        what it reaches first by a local marker watershed, like a negative click (a leak has
+        the object's intensity: the cut's intensity model keeps it)."""
+        if prompt_kind == "scribble" and not first and not positive:
+            return "watershed"
         if prompt_kind in ("box", "scribble"):
             return "local-threshold" if (first and prompt_kind == "scribble") else "graph-cut"
         return "local-threshold" if first else "range-edit"
@@ -61,9 +66,12 @@ class ClassicalEngine:
         """The object's mask in the ROI after the last prompt (see the module docstring)."""
         kind = request.state.get("prompt_kind", "point")
         first = not request.previous.any()
-        method = self.method(request.image.ndim, kind, first)
+        method = self.method(request.image.ndim, kind, first, bool(request.state.get("prompt_positive", True)))
         request.state["method"] = method
-        if method == "local-threshold":
+        if method == "watershed":
+            mask = local_watershed(request, [tuple(int(v) for v in i) for i in np.argwhere((request.scribbles == 2) & request.previous)]) \
+                if request.scribbles is not None and ((request.scribbles == 2) & request.previous).any() else request.previous.copy()
+        elif method == "local-threshold":
             mask = first_object(request)
         elif method == "range-edit":
             mask = range_edit(request)
@@ -326,7 +334,7 @@ def _narrow(request: EngineInput, click: RoiPoint) -> np.ndarray:
                 and edge_strength(request.image, result, request.spacing) > edge_strength(request.image, previous, request.spacing)):
             state["lo"], state["hi"] = lo, hi
             return result
-    return local_watershed(request, click)
+    return local_watershed(request, [click.index])
 
 
 def edge_strength(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...]) -> float:
@@ -344,24 +352,33 @@ def edge_strength(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...
     return float(np.sqrt(squares).mean())
 
 
-def local_watershed(request: EngineInput, click: RoiPoint) -> np.ndarray:
-    """Remove what a negative click reaches first, by a marker watershed inside a ball around it
-    (half its distance to the nearest positive click, 6-15 mm): the object beyond the ball and
-    the positive clicks are the other marker, so the edit stays local."""
+def local_watershed(request: EngineInput, negatives: list[tuple[int, ...]]) -> np.ndarray:
+    """Remove what negative prompts (a click, a scribble's voxels) reach first, by a marker
+    watershed inside the region within ``radius`` of them (half their distance to the nearest
+    positive prompt, 6-15 mm): the object beyond it and the positive prompts are the other
+    marker, so the edit stays local."""
     previous = request.previous
+    spacing = np.asarray(request.spacing)
+    negs = np.asarray(negatives)
     positives = [np.asarray(p.index) for p in request.points if p.positive]
-    nearest = min((float(np.sqrt((((q - click.index) * request.spacing) ** 2).sum())) for q in positives), default=30.0)
+    if request.scribbles is not None:
+        positives += list(np.argwhere((request.scribbles == 1) & previous))
+    nearest = min((float(np.sqrt((((negs - q) * spacing) ** 2).sum(axis=1)).min()) for q in positives), default=30.0)
     radius = float(np.clip(0.5 * nearest, 2 * request.params.seed_radius_mm, 15.0))
-    window, inside = ball(previous.shape, click.index, radius, request.spacing)
+    pad = np.ceil(radius / spacing).astype(int) + 1
+    window = tuple(slice(max(0, int(lo) - p), min(n, int(hi) + p + 1)) for lo, hi, p, n in zip(negs.min(0), negs.max(0), pad, previous.shape))
+    origin = np.array([w.start for w in window])
+    seeds = np.zeros(previous[window].shape, bool)
+    seeds[tuple((negs - origin).T)] = True
+    inside = ndi.distance_transform_edt(~seeds, sampling=spacing) <= radius
     region = previous[window] & inside
     markers = np.zeros(region.shape, np.int32)
-    rim = region & ~ndi.binary_erosion(inside)
-    markers[rim] = 1
-    origin = np.array([w.start for w in window])
-    for p in request.points:
-        local = tuple(int(i) for i in np.asarray(p.index) - origin)
+    markers[region & ~ndi.binary_erosion(inside)] = 1
+    for q in positives:
+        local = tuple(int(i) for i in q - origin)
         if all(0 <= i < n for i, n in zip(local, region.shape)) and region[local]:
-            markers[local] = 1 if p.positive else 2
+            markers[local] = 1
+    markers[seeds & region] = 2
     split = marker_watershed(request.image[window], region, markers, request.spacing)
     result = previous.copy()
     result[window] &= ~((split == 2) & region)
@@ -419,15 +436,14 @@ def _box_mask(shape: tuple[int, ...], box: tuple[np.ndarray, np.ndarray] | None)
 def graph_cut(request: EngineInput) -> np.ndarray:
     """Boykov-Jolly graph cut of the ROI with hard clicks, scribbles and box (module docstring)."""
     box = _box_mask(request.image.shape, request.box)
+    if box is not None and request.image.ndim == 3:  # its histograms come from its own slice
+        return _box_on_slice(request, box)
     if "fg_hist" not in request.state:  # fixed at the object's first graph cut, never re-estimated
         if request.previous.any():
             _remember_histograms(request, request.previous)
         else:
             _histograms_from_box_or_seeds(request, box)
-    image = request.image
-    if box is not None and image.ndim == 3 and request.box is not None:
-        return _box_on_slice(request, box)
-    return _cut(request, image, box)
+    return _cut(request, request.image, box)
 
 
 def _histograms_from_box_or_seeds(request: EngineInput, box: np.ndarray | None) -> None:
@@ -450,6 +466,8 @@ def _cut(request: EngineInput, image: np.ndarray, box: np.ndarray | None) -> np.
     span = _span(request)
     fg, bg = _data_costs(image, request.state, span)
     previous = request.previous
+    if previous.any():  # an edit: the prompts and edges decide, the fixed intensity model only leans
+        fg, bg = EDIT_DATA_WEIGHT * fg, EDIT_DATA_WEIGHT * bg
     fg = fg + GC_FLIP_COST * ~previous  # labelling a voxel object costs more where it was not
     bg = bg + GC_FLIP_COST * previous
     hard_fg, hard_bg = _hard_constraints(request, box)
@@ -532,11 +550,14 @@ def _box_on_slice(request: EngineInput, box: np.ndarray) -> np.ndarray:
     on_slice = graph_cut(sub)
     if not on_slice.any():
         return request.previous.copy()
-    values = sub.image[ndi.binary_erosion(on_slice) if ndi.binary_erosion(on_slice).sum() >= 8 else on_slice]
-    mu, sd = float(values.mean()), max(float(values.std()), _sd_floor(request))
-    k_tol = request.params.tolerance
-    request.state.update(mu=mu, sd=sd, lo=mu - k_tol * sd, hi=mu + k_tol * sd)
-    seeds3d = [tuple(int(v) for v in np.insert(i, plane, k)) for i in np.argwhere(on_slice)]
-    grown = connected_in_range(request.image, seeds3d, mu - k_tol * sd, mu + k_tol * sd, request.locked)
+    core = ndi.binary_erosion(on_slice)
+    values = sub.image[core if core.sum() >= 8 else on_slice]
+    mu, sd = float(np.median(values)), max(float(values.std()), _sd_floor(request))
+    seeds3d = [tuple(int(v) for v in np.insert(i, plane, k)) for i in np.argwhere(core if core.any() else on_slice)]
+    centre = seeds3d[len(seeds3d) // 2]
+    lo, hi = class_range(request, mu, centre)  # the slice object's intensity class, as a first click's
+    request.state.update(mu=mu, sd=sd, lo=lo, hi=hi)
+    grown = connected_in_range(request.image, seeds3d, lo, hi, request.locked)
+    grown = fill_holes(grown, hole_voxels(request.params.seed_radius_mm, request.spacing)) & ~request.locked
     grown[tuple(take)] = on_slice
     return keep_seeded(grown, seeds3d) | request.previous

@@ -362,7 +362,7 @@ class PromptSession:
 
         request = self._request(prompt, roi)
         kind = getattr(self.engine, "method", None)
-        method = kind(self.ndim, prompt.kind, request.previous.sum() == 0) if kind else self.engine.name
+        method = kind(self.ndim, prompt.kind, request.previous.sum() == 0, bool(prompt.positive)) if kind else self.engine.name
         budget = self.params.budget_voxels or (self.engine.budget(method) if hasattr(self.engine, "budget") else self.engine.budget_voxels)
         mask, zoom = run_zoomed(self.engine, request, budget, should_stop)
         info = {"engine": self.engine.name, "method": request.state.get("method", method), "roi_voxels": int(np.prod([s.stop - s.start for s in roi])),
@@ -385,6 +385,7 @@ class PromptSession:
         locked = (base != 0) & (base != self.params.label) if self.params.lock_other_classes else np.zeros(crop_shape, bool)
         state = copy.deepcopy(obj.state)
         state["prompt_kind"] = prompt.kind
+        state["prompt_positive"] = bool(prompt.positive)
         return EngineInput(
             image=self.array[roi].astype(np.float32), spacing=tuple(self.image.spacing[::-1]), points=tuple(points),
             previous=previous, locked=locked & ~previous, params=self.params, state=state,
@@ -464,7 +465,7 @@ class PromptSession:
         obj = self.object
         obj.roi, obj.mask, obj.base = roi, mask, base
         if state:
-            obj.state = {k: v for k, v in state.items() if k != "prompt_kind"}
+            obj.state = {k: v for k, v in state.items() if k not in ("prompt_kind", "prompt_positive")}
         if prompt is not None:
             obj.prompts.append(prompt)
         self.writer(update)
@@ -510,7 +511,7 @@ def make_engine(params: InteractiveParams) -> Any:
     enabled, reason = _learned_status()
     if params.engine == "learned":
         if not enabled and not params.allow_disabled:
-            raise PromptError(f"the learned click engine is disabled: {reason}; use the classical engine")
+            raise PromptError(f"the learned click engine is disabled ({reason}); use the classical engine (--engine classical)")
         from medloop.plugins.interactive.clicknet import LearnedEngine
 
         return LearnedEngine()

@@ -123,3 +123,14 @@ def test_cli_labels_on_another_grid_are_refused(cli, tmp_path):
     line = refused(cli, "interactive", str(path), "--point=1,1,1+", "--labels", str(other), "-o", str(tmp_path / "o.nii.gz"))
     assert line == (f"medloop: error: label map {other} does not match image {path}: shape 20 x 30 x 41 vs 20 x 30 x 40; "
                     "resample the label map onto the image grid or open the image it was drawn on")
+
+
+def test_cli_learned_engine_while_disabled_says_why(cli, tmp_path):
+    from medloop.plugins.interactive.clicknet import learned_status
+
+    enabled, reason = learned_status()
+    assert not enabled
+    path = tmp_path / "img.nii.gz"
+    write_image(MedImage.from_array(np.zeros((20, 30, 40), np.float32)), path)
+    line = refused(cli, "interactive", str(path), "--point=1,1,1+", "--engine", "learned", "-o", str(tmp_path / "o.nii.gz"))
+    assert line == f"medloop: error: the learned click engine is disabled ({reason}); use the classical engine (--engine classical)"

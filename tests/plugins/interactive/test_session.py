@@ -20,7 +20,7 @@ def _ball(shape, centre, radius):
 
 
 def _image(array, spacing=SPACING):
-    return MedImage.from_array(array.astype(np.float32), spacing=spacing, origin=(-10.0, 5.0, 2.0)[: array.ndim])
+    return MedImage.from_array(array.astype(np.float32), spacing=spacing[: array.ndim], origin=(-10.0, 5.0, 2.0)[: array.ndim])
 
 
 def _click(image, index, positive=True):
@@ -147,3 +147,44 @@ def test_labels_on_another_grid_are_refused():
     image = _image(np.zeros((10, 12, 14)))
     with pytest.raises(PromptError, match=r"^the target labels have shape \(10, 12, 15\) but the image \(10, 12, 14\)"):
         PromptSession(image, np.zeros((10, 12, 15), np.uint8), _classical())
+
+
+def test_a_box_on_one_slice_of_a_volume_and_a_2d_box_give_the_object():
+    from medloop.plugins.interactive.prompts import Box
+
+    rng = np.random.default_rng(6)
+    shape, centre = (40, 64, 64), (20, 30, 32)
+    truth = _ball(shape, centre, 10)
+    image = _image(3.0 * truth + rng.normal(0.0, 1.0, shape))
+    corner = lambda idx: tuple(float(v) for v in index_to_physical(image, np.asarray(idx))[0])
+    session = PromptSession(image, None, _classical())
+    update = session.add(Box((corner((20, 18, 20)), corner((20, 42, 44))), plane=0))
+    assert update.info["method"] == "graph-cut"
+    assert dice(session.object_mask()[20], truth[20]) >= 0.97 and dice(session.object_mask(), truth) >= 0.95
+    flat = _image(3.0 * truth[20] + rng.normal(0.0, 1.0, shape[1:]))
+    corner2 = lambda idx: tuple(float(v) for v in index_to_physical(flat, np.asarray(idx))[0])
+    session2 = PromptSession(flat, None, _classical())
+    session2.add(Box((corner2((18, 20)), corner2((42, 44)))))
+    assert dice(session2.object_mask(), truth[20]) >= 0.97
+
+
+def test_scribbles_start_an_object_and_a_negative_scribble_only_removes():
+    from medloop.plugins.interactive.prompts import Scribble
+
+    rng = np.random.default_rng(7)
+    truth = np.zeros((64, 64), bool)
+    truth[16:48, 12:40] = True
+    bridge = np.zeros_like(truth)
+    bridge[30:32, 40:50] = True
+    blob = np.zeros_like(truth)
+    blob[24:40, 50:60] = True
+    image = _image(4.0 * (truth | bridge | blob) + rng.normal(0.0, 0.7, truth.shape))
+    point = lambda idx: tuple(float(v) for v in index_to_physical(image, np.asarray(idx))[0])
+    session = PromptSession(image, None, _classical())
+    session.add(Scribble(tuple(point((32, c)) for c in range(18, 34)), positive=True))
+    before = session.object_mask()
+    assert before[blob].mean() > 0.9  # the local threshold leaked through the bridge
+    update = session.add(Scribble(tuple(point((r, 55)) for r in range(26, 38)), positive=False))
+    after = session.object_mask()
+    assert update.info["method"] == "watershed" and not (after & ~before).any()
+    assert after[blob].mean() < 0.1 and dice(after & truth, truth) >= 0.95
