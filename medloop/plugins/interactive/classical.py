@@ -35,6 +35,7 @@ GC_FLIP_COST = 0.5
 EDIT_DATA_WEIGHT = 0.2  # regional term of a graph cut that edits an object (a leak has the object's intensity)
 SHELL_SHARE = 0.5
 CLASS_INTERIOR = 0.8
+CLASS_FAR = 0.5  # a quarter let a partial-volume white-matter click take all grey matter in
 INF = 1e9
 
 
@@ -254,23 +255,27 @@ def _widen(request: EngineInput, click: RoiPoint) -> np.ndarray:
         state["lo"], state["hi"] = wide
         return previous | added
     margin = 0.5 * state["sd"]
-    state["lo"], state["hi"] = min(state["lo"], v - margin), max(state["hi"], v + margin)
-    added = _added(request, click, (state["lo"], state["hi"]))
+    bounds = (min(state["lo"], v - margin), max(state["hi"], v + margin))
+    added = _added(request, click, bounds)
     if _shell_or_flood(request, click, added):
+        # Only the click's neighbourhood is taken, so the range stays: widened, it would let a
+        # later click in range take the whole neighbouring class.
         added = keep_seeded(added & _near(request, click), [click.index])
+    else:
+        state["lo"], state["hi"] = bounds
     return previous | added
 
 
 def _class_bounds(request: EngineInput, click: RoiPoint, v: float) -> tuple[float, float] | None:
     """The range grown to the click's intensity class, when the click is in range already (a
     separate part of the object) or lies deep in another class: inside a region of it
-    (``CLASS_INTERIOR`` of its ball) and far from the range (a quarter of the way from the
-    bound to the object's mean). None for a click on the partial-volume border of the object."""
+    (``CLASS_INTERIOR`` of its ball) and far from the range (``CLASS_FAR`` of the way from
+    the bound to the object's mean). None for a click on the partial-volume border of the object."""
     lo, hi, mu = request.state["lo"], request.state["hi"], request.state["mu"]
     if lo <= v <= hi:
         return lo, hi
     bound = lo if v < lo else hi
-    if abs(v - bound) < 0.25 * abs(mu - bound):
+    if abs(v - bound) < CLASS_FAR * abs(mu - bound):
         return None
     lo_c, hi_c = class_range(request, v, click.index)
     around = ball_values(request.image, click.index, request.params.seed_radius_mm, request.spacing)
