@@ -207,12 +207,15 @@ def update_card(results2d: dict, gates: dict) -> Path:
                     for name, r in results.items()} for engine, results in results2d.items()},
     }
     default, text = gates["learned engine becomes the default (spec §7.4)"]
+    own = card["interactive"]["numbers"]
     c, l = results2d["classical"]["ventricles (7 slices)"], results2d["learned"]["ventricles (7 slices)"]
     card["interactive"]["enabled"] = bool(default)
     card["interactive"]["reason"] = (
         f"{'it beats' if default else 'it does not beat'} the classical engine on held-out objects (spec §7.4; "
         f"bench_interactive.py): {text.split(': ', 1)[-1]}; MNI ventricle slices NoC90 {l['noc90']:.1f} vs {c['noc90']:.1f}, "
-        f"Dice@1 {l['dice@1']:.3f} vs {c['dice@1']:.3f}")
+        f"Dice@1 {l['dice@1']:.3f} vs {c['dice@1']:.3f}; its own held-out numbers (20 clicks): synthetic tubes "
+        f"Dice@1 {own['heldout_tubes']['dice@1']}, NoC90 {own['heldout_tubes']['noc90']}; MNI ventricle slices "
+        f"Dice@1 {own['mni_ventricles_2d']['dice@1']}, NoC90 {own['mni_ventricles_2d']['noc90']}")
     path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return path
 

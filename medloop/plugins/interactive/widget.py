@@ -515,6 +515,12 @@ class InteractivePanel(MethodPanel):
             problem = loop.grid_mismatch(target.name, layer.name, _grid(target), _grid(layer))
             if problem:
                 raise PromptError(problem)
+        scribbles = f"{layer.name} scribbles"
+        if scribbles in self.viewer.layers:
+            problem = loop.grid_mismatch(scribbles, layer.name, _grid(self.viewer.layers[scribbles]), _grid(layer))
+            if problem:
+                raise PromptError(problem.replace("choose a labels layer made on that image", "delete or rename it and press Start again")
+                                  .replace("The target", "The scribble layer"))
         return _Setup(layer.name, image, name, self.params(), new)
 
     def _begin(self, setup: _Setup) -> None:

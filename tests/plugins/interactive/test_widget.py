@@ -164,6 +164,17 @@ def test_a_target_on_another_grid_is_refused_with_one_line(qtbot):
         "spacing/position); choose a labels layer made on that image.")
 
 
+def test_a_scribble_layer_of_another_shape_is_refused_with_one_line(qtbot):
+    viewer = ViewerModel()
+    viewer.add_labels(np.zeros((24, 40, 41), np.uint8), name="sphere scribbles")
+    viewer, panel = open_panel(qtbot, viewer)
+    panel.start_session()
+    assert panel.bound is None and panel.job is None
+    assert panel.status.text() == (
+        "Cannot run: The scribble layer 'sphere scribbles' is not on the grid of 'sphere' (24x40x41 voxels vs 24x40x40, or "
+        "another spacing/position); delete or rename it and press Start again.")
+
+
 def test_keys_undo_redo_reset_and_napari_history_stays_consistent(qtbot):
     viewer, panel = open_panel(qtbot)
     b = start(qtbot, panel)
