@@ -146,28 +146,27 @@ class PromptSession:
 
     def undo(self) -> Update:
         """Revert the last interaction exactly (several levels)."""
-        if not self.undo_stack:
-            return self._empty("nothing to undo")
-        step = self.undo_stack.pop()
-        self.redo_stack.append(step)
-        self.object = _snapshot(step.before)
-        u = step.update
-        update = Update(u.index, u.after.copy(), u.before.copy(), u.roi, "undone")
-        self.writer(update)
-        self._log_event("undo", update)
-        return update
+        return self._step(self.undo_stack, self.redo_stack, "undo")
 
     def redo(self) -> Update:
         """Re-apply the last undone interaction."""
-        if not self.redo_stack:
-            return self._empty("nothing to redo")
-        step = self.redo_stack.pop()
-        self.undo_stack.append(step)
-        self.object = _snapshot(step.after)
+        return self._step(self.redo_stack, self.undo_stack, "redo")
+
+    def _step(self, source: list[_Step], target: list[_Step], event: str) -> Update:
+        """Move one interaction from ``source`` to ``target``, writing its diff back or forth."""
+        if not source:
+            return self._empty(f"nothing to {event}")
+        step = source.pop()
+        target.append(step)
         u = step.update
-        update = Update(u.index, u.before.copy(), u.after.copy(), u.roi, "redone")
+        if event == "undo":
+            self.object = _snapshot(step.before)
+            update = Update(u.index, u.after.copy(), u.before.copy(), u.roi, "undone")
+        else:
+            self.object = _snapshot(step.after)
+            update = Update(u.index, u.before.copy(), u.after.copy(), u.roi, "redone")
         self.writer(update)
-        self._log_event("redo", update)
+        self._log_event(event, update)
         return update
 
     def reset_object(self) -> Update:

@@ -14,24 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.plugins.interactive.test_widget import click, press
+
 pytestmark = pytest.mark.viewer
 STALL_BOUND_S = 0.2
 CLICK_BUDGET_S = 2.0  # click -> object shown; ~0.1-0.3 s measured on an idle core, generous for the shared box
-
-
-def click(layer, index, modifiers=()):
-    from napari.utils._test_utils import read_only_mouse_event
-    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
-
-    pos = tuple(float(v) for v in layer.data_to_world(np.asarray(index, float)))
-    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=pos, modifiers=list(modifiers)))
-    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=pos, modifiers=list(modifiers)))
-
-
-def press(layer, key):
-    from napari.utils.key_bindings import coerce_keybinding
-
-    layer.keymap[coerce_keybinding(key)](layer)
 
 
 def test_clicks_on_the_brain_sample_segment_the_ventricles_undo_autosave_and_never_stall(make_napari_viewer, qtbot, brain_sample):
