@@ -1,16 +1,18 @@
 """The classical engine: click -> object with no weights (spec §4.3, chosen by measurement).
 
-* First positive click: **local threshold** (Slicer's): the mean and SD in a ``seed_radius_mm``
-  ball give a range mu +- k sd (k = the tolerance); the object is what is connected to the click
-  within it (SimpleITK ``ConnectedThreshold``).
-* Later clicks (2-D and 3-D): **range edits**. A positive click widens the range to take in its
-  1.5 mm-ball mean (what floods is cut to twice its distance from the object); a negative click
-  narrows it while every positive click stays inside, and a **marker watershed** inside the
-  object gives it what it reaches first when narrowing cannot.
-* Boxes and later scribbles: **graph cut** (PyMaxflow, Boykov-Jolly) with
-  n-links exp(-dI^2 / 2 sigma^2), t-links from the click-1 histograms (fixed then: re-estimating
+* First positive click: **local threshold** (Slicer's): the median in a ``seed_radius_mm`` ball
+  picks the click's intensity class among 3 Otsu classes of the first 48 mm region, whose bounds
+  move to where the adjacent classes are equally likely (scaled by the tolerance); the object is
+  what is connected to the click within that range (SimpleITK ``ConnectedThreshold``), noise-sized
+  holes filled.
+* Later clicks (2-D and 3-D): **range edits**. A positive click takes in the missed part it lies
+  in (its own class when it sits deep inside one and the part is compact, else just past its
+  intensity, near the click); a negative click narrows the range when the new boundary follows
+  stronger edges, else a local **marker watershed** removes what it reaches first.
+* Boxes and later positive scribbles: **graph cut** (PyMaxflow, Boykov-Jolly) with n-links
+  exp(-dI^2 / 2 <dI^2>), t-links from histograms fixed at the object's first cut (re-estimating
   them drifted), a cost for flipping the previous label, hard click balls and scribbles, and
-  everything outside a box background.
+  everything outside a box background. A negative scribble is a local marker watershed.
 
 All parameters are in mm or intensity units. The engine keeps its per-object memory (range,
 histograms) in ``request.state`` so the session can restore it on undo.

@@ -12,8 +12,9 @@ class InteractiveParams:
     """What a :class:`~medloop.plugins.interactive.session.PromptSession` does with prompts.
 
     ``label`` is the value written for the object in the target labels; ``lock_other_classes``
-    keeps every voxel of another non-zero value untouched (R4). ``tolerance`` is k of the local
-    threshold's range mu +- k sigma. The region of interest starts as a ``first_roi_mm`` cube
+    keeps every voxel of another non-zero value untouched (R4). ``tolerance`` scales how far the
+    local threshold's range reaches from the click's intensity toward its neighbouring classes
+    (2.5: to where the two are equally likely). The region of interest starts as a ``first_roi_mm`` cube
     around the first click (a box x ``box_margin``) and grows x ``grow`` while the object
     touches a face that is not an image face; past ``budget_voxels`` (None: the engine's own)
     the engine runs on a grid zoomed out to fit, and a 2-voxel band is refined at native

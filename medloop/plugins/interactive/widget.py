@@ -316,9 +316,13 @@ class InteractivePanel(MethodPanel):
         self.tolerance_spin.setRange(0.5, 6.0)
         self.tolerance_spin.setSingleStep(0.1)
         self.tolerance_spin.setValue(2.5)
-        self.tolerance_spin.setToolTip("k of the local threshold mu +- k sigma; Alt+wheel over the image changes it")
+        self.tolerance_spin.setToolTip("How far the intensity range reaches toward the neighbouring classes: 2.5 = where the click's "
+                                       "class and its neighbour are equally likely, more takes more; Alt+wheel over the image changes it")
         self.negative_check = QCheckBox("Next click negative (T)")
-        self.ring_check = QCheckBox("2 mm background ring on commit (Correction layers)")
+        self.ring_check = QCheckBox("2 mm ring on commit (Correction layers)")
+        self.ring_check.setToolTip("Committing into a Correction annotation also labels a 2 mm ring around the object (unlabelled "
+                                   "voxels only) with the model's prediction there, or background without one: fine-tuning then "
+                                   "learns the boundary from both sides")
         self.ring_check.setChecked(True)
         self.start_button = QPushButton("Start")
         self.stop_button = QPushButton("Stop")
