@@ -39,6 +39,16 @@ def _user_annotation_folder(tmp_path_factory, monkeypatch):
     return folder
 
 
+@pytest.fixture(autouse=True)
+def _precision_cache(tmp_path_factory, monkeypatch):
+    """The per-machine precision checks (issue #20) are cached in a temporary folder in tests."""
+    from medloop.app.engine import precision
+
+    path = tmp_path_factory.mktemp("precision-cache") / precision.CACHE_NAME
+    monkeypatch.setattr(precision, "_cache_path", lambda: path)
+    return path
+
+
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="also run the long training checks marked `slow`")
 

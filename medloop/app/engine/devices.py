@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import re
 from typing import Any, ContextManager
 
@@ -107,23 +108,48 @@ def autocast_for(device: torch.device | str, enabled: bool | None = None) -> Con
     return torch.autocast(device_type=dev.type, dtype=dtype)
 
 
-def default_cpu_threads() -> int:
-    """Torch CPU threads for compute: one core fewer than the machine has, at least 1. The free
-    core keeps the GUI (and a second process) responsive; on the 2-core test machine two torch
-    threads under load ran 3-14x slower than one (``medloop review init --model`` on the sample:
-    45 s with 2 threads beside a training process, 6 s with 1)."""
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
     import os
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - 1)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_cpu_threads() -> int:
+    """Torch CPU threads for compute run from the command line or a cohort worker: every core
+    (issue #20: one core fewer left half of a 2-core machine idle; 2 threads were 1.93x faster
+    on the sample)."""
+    return available_cores()
+
+
+def gui_cpu_threads() -> int:
+    """Torch CPU threads for a job started from the GUI: one core fewer than the machine has,
+    at least 1, so the event loop keeps a core while the job runs (two torch threads beside a
+    busy GUI ran 3-14x slower than one on the 2-core test machine)."""
+    return max(1, available_cores() - 1)
+
+
+#: Torch threads compute may use in this context (a GUI job's worker sets it; None: every core).
+_BUDGET: contextvars.ContextVar[int | None] = contextvars.ContextVar("medloop_thread_budget", default=None)
+
+
+@contextlib.contextmanager
+def thread_budget(n: int | None):
+    """Within the block (this thread or task), compute asking for the default thread count
+    gets ``n`` threads: how a GUI job leaves the event loop a core (:func:`gui_cpu_threads`)."""
+    token = _BUDGET.set(n)
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
 
 
 @contextlib.contextmanager
 def torch_threads(n: int | None = None):
-    """Run a block with ``n`` torch CPU threads (None: :func:`default_cpu_threads`), then
-    restore the previous count (torch's thread count is process-wide)."""
+    """Run a block with ``n`` torch CPU threads (None: the :func:`thread_budget` in force, else
+    :func:`default_cpu_threads`), then restore the previous count (torch's count is process-wide)."""
     old = torch.get_num_threads()
-    torch.set_num_threads(int(n) if n else default_cpu_threads())
+    torch.set_num_threads(int(n) if n else (_BUDGET.get() or default_cpu_threads()))
     try:
         yield
     finally:

@@ -68,7 +68,10 @@ def start_job(
             bridge.reported.emit(dict(info))
 
     def run():
-        return compute(progress, stop.is_set)
+        from medloop.app.engine.devices import gui_cpu_threads, thread_budget
+
+        with thread_budget(gui_cpu_threads()):  # the event loop keeps a core while the job runs
+            return compute(progress, stop.is_set)
 
     # superqt's worker (not napari's): errors reach only our handler, not a second notification.
     worker = create_worker(run, _start_thread=False, _ignore_errors=True)

@@ -91,6 +91,12 @@ def segment_cohort(
         cases = items
     else:
         cases = cases_from(items)
+    if params.num_threads is None and scheduler == "local":  # each local worker its share of the cores
+        from dataclasses import replace
+
+        from medloop.app.engine.devices import available_cores
+
+        params = replace(params, num_threads=max(1, available_cores() // max(1, int(workers or 2))))
     return run_cohort(
         cases, SegmentTask(params), out_dir,
         scheduler=scheduler, workers=workers, progress=progress, should_stop=should_stop,

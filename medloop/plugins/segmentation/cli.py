@@ -25,6 +25,11 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
     seg.add_argument("--tile", type=int, nargs="+", metavar="N", help="tile size in voxels (one value or one per axis)")
     seg.add_argument("--overlap", type=float, help="tile overlap fraction (default: the model card's)")
     seg.add_argument("--batch-size", type=int, default=2, help="tiles per forward pass")
+    seg.add_argument("--threads", type=int, default=None, metavar="N",
+                     help="torch CPU threads (default: every core; cohort workers: each worker's share)")
+    seg.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                     help="auto (default): bf16 where the CPU/GPU runs it natively and the model's test input keeps "
+                          ">= 99.9 %% of labels (checked once per model and machine); fp32; bf16")
     seg.add_argument("--probabilities", type=Path, metavar="PROBS", help="also write per-class probabilities here")
     seg.add_argument("--models-dir", type=Path, help="folder of registered models (default: your user data folder)")
     seg.add_argument("--upscale", nargs="+", metavar="AXIS=K", help="output k times finer along these axes of the image (z, y, x), e.g. z=3: segment sub-voxel shifted copies and interleave (seed 000)")
@@ -52,7 +57,14 @@ def _params(args: argparse.Namespace, ndim: int):
         probabilities=args.probabilities is not None, models_dir=args.models_dir, upscale=factors,
         upscale_align=args.upscale_align, upscale_overlap=args.upscale_overlap, upscale_fusion=args.upscale_fusion,
         upscale_order=args.upscale_order, cascade=args.cascade, cascade_padding=args.cascade_padding,
+        num_threads=_threads(args.threads), precision=args.precision,
     )
+
+
+def _threads(n: int | None) -> int | None:
+    if n is not None and n < 1:
+        raise MedloopError(f"--threads must be at least 1, got {n}")
+    return n
 
 
 def cmd_segment(args: argparse.Namespace) -> int:

@@ -44,7 +44,10 @@ class SegmentParams:
     #: Segment-then-segment (seed 002): name of the fine model; ``model`` is then the coarse one.
     cascade: str | None = None
     cascade_padding: int | None = None  # k in image pixels; None: S // 8
-    num_threads: int | None = None  # torch CPU threads; None: one core fewer than the machine has
+    num_threads: int | None = None  # torch CPU threads; None: every core (the GUI passes one fewer)
+    #: fp32 | bf16 | auto: bf16 autocast where the hardware runs it natively and the model's card
+    #: test input keeps >= 99.9 % of labels (:mod:`medloop.app.engine.precision`); ``amp`` overrides.
+    precision: str = "auto"
 
 
 @dataclass
@@ -67,14 +70,36 @@ def segment(
     ``network`` lets a caller reuse an already-loaded network of the same model (with
     ``params.cascade``: the coarse one; ``fine_network`` the fine one). A card with
     ``inference.input_size`` [S, S] is run on the whole image resized to S x S (no tiling).
-    Torch runs with ``params.num_threads`` CPU threads (None: one core fewer than the machine
-    has, see :func:`~medloop.app.engine.devices.default_cpu_threads`).
-    Raises ``JobCancelled`` (from the engine) when ``should_stop()`` turns true.
+    Torch runs with ``params.num_threads`` CPU threads (None: every core, see
+    :func:`~medloop.app.engine.devices.default_cpu_threads`) in ``params.precision`` (recorded
+    in the provenance). Raises ``JobCancelled`` (from the engine) when ``should_stop()`` turns true.
     """
     from medloop.app.engine.devices import torch_threads
 
     with torch_threads(params.num_threads):
-        return _segment(image, params, progress, should_stop, network, fine_network)
+        network, params, chosen = _with_precision(params, network)
+        result = _segment(image, params, progress, should_stop, network, fine_network)
+    result.provenance.update(chosen.provenance())
+    return result
+
+
+def _with_precision(params: SegmentParams, network: Any) -> tuple[Any, SegmentParams, Any]:
+    """The network (built here when not given), ``params`` with ``amp`` decided, and the choice."""
+    from dataclasses import replace
+
+    from medloop.app.engine.devices import choose_device
+    from medloop.app.engine.precision import Precision, check_precision, choose_precision, model_check
+    from medloop.models.registry import build_model, get_model
+
+    check_precision(params.precision)
+    if params.amp is not None:
+        return network, params, Precision("bf16" if params.amp else "fp32", bool(params.amp), "amp given")
+    entry = get_model(params.model, params.models_dir)
+    device = choose_device(params.device)
+    if network is None:
+        network = build_model(entry, device)
+    chosen = choose_precision(params.precision, device, network, model_check(entry))
+    return network, replace(params, amp=chosen.amp), chosen
 
 
 def _segment(image, params, progress, should_stop, network, fine_network) -> SegmentResult:

@@ -60,6 +60,7 @@ def test_list_file_and_a_corrupt_case(cli, zoo, inputs, tmp_path):
         (("--probabilities", "p.nii.gz"), "--probabilities names one file; in a cohort run leave it out (each case writes <id>.nii.gz)"),
         (("--workers", "2", "--scheduler", "tcp://127.0.0.1:1"), "give --workers N (local processes) or --scheduler ADDRESS (an existing cluster), not both"),
         (("--workers", "0"), "--workers must be at least 1, got 0"),
+        (("--threads", "0"), "--threads must be at least 1, got 0"),
     ],
 )
 def test_cohort_refusals_are_one_line(cli, zoo, inputs, tmp_path, extra, message):

@@ -202,11 +202,15 @@ def test_segment_runs_with_one_core_fewer_and_restores_the_thread_count(model_di
             return self.inner(x)
 
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2})
-    assert devices.default_cpu_threads() == 2
+    assert devices.default_cpu_threads() == 3 and devices.gui_cpu_threads() == 2  # issue #20: the CLI uses every core
     torch.set_num_threads(1)
     image = MedImage.from_array(np.random.default_rng(0).random((8, 8, 8)).astype(np.float32))
     segment(image, SegmentParams(model="tiny-threshold", models_dir=model_dir), network=Recording(3))
-    assert set(seen) == {2} and torch.get_num_threads() == 1  # 3 cores -> 2 threads, then back
+    assert set(seen) == {3} and torch.get_num_threads() == 1  # 3 cores -> 3 threads, then back
+    seen.clear()
+    with devices.thread_budget(devices.gui_cpu_threads()):  # a GUI job: one core stays with the event loop
+        segment(image, SegmentParams(model="tiny-threshold", models_dir=model_dir), network=Recording(3))
+    assert set(seen) == {2} and torch.get_num_threads() == 1
     seen.clear()
     segment(image, SegmentParams(model="tiny-threshold", models_dir=model_dir, num_threads=1), network=Recording(3))
     assert set(seen) == {1}
