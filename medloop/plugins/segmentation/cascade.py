@@ -320,13 +320,16 @@ class CascadeParams:
 
 BATCH_VOXELS = 2**20
 """Input voxels per fine-model call on an accelerator (CUDA, MPS): 64 crops of 128 x 128, 32 of
-32^3; a call of many small crops costs little more than one there."""
+32^3 (the issue's budget; not yet timed on a GPU here: a GPU runs small calls far below its
+capacity, so batching is where its cascade gains)."""
 
-CPU_BATCH_VOXELS = 2**16
-"""Input voxels per fine-model call on the CPU (4 crops of 128 x 128, 2 of 32^3): on the 2-core
-test machine, one thread, the benchmark's tiny U-Net (8-16-32 features) took 6.2, 6.5, 6.8, 7.1,
-11.8 and 15.8 ms per 128 x 128 crop in calls of 1, 2, 4, 8, 16 and 32 crops (the activations of
-larger calls outgrow the cache): on the CPU batching saves Python overhead, not arithmetic."""
+CPU_BATCH_VOXELS = 2**14
+"""Input voxels per fine-model call on the CPU: one crop of 128 x 128, 4 of 16^3. On the 2-core
+test machine, one thread, the benchmark's tiny U-Net (8-16-32 features): 2-D crops of 128 x 128
+took 6.2, 6.5, 6.8, 7.1, 11.8 and 15.8 ms each in calls of 1, 2, 4, 8, 16 and 32 crops (larger
+calls' activations outgrow the cache; the cascade at 2^16 voxels per call was 1.12x, at 2^20
+3.0x the time of crop by crop), while 3-D crops of 16^3 cost 0.45x crop by crop's time in calls
+of 2 to 16 (``benchmarks/bench_cascade_batched.py``)."""
 
 
 def crops_per_call(params: CascadeParams, channels: int, fine_size: Sequence[int], device: torch.device) -> int:

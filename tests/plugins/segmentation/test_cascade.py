@@ -592,7 +592,8 @@ def test_fine_model_is_called_once_per_batch(batch_size, batch_voxels, per_call)
     assert len(calls) == batches and sum(calls) == n and max(calls) == min(per_call, n)
     assert progress == [(d, 1 + batches) for d in range(1, batches + 2)]
     cpu = torch.device("cpu")
-    assert cascade.crops_per_call(cascade.CascadeParams(128), 1, (128, 128), cpu) == 4  # 2^16 voxels
+    assert cascade.crops_per_call(cascade.CascadeParams(128), 1, (128, 128), cpu) == 1  # 2^14 voxels
+    assert cascade.crops_per_call(cascade.CascadeParams(16), 1, (16, 16, 16), cpu) == 4
     assert cascade.crops_per_call(cascade.CascadeParams(128), 1, (128, 128), torch.device("cuda")) == 64  # 2^20
     assert cascade.crops_per_call(cascade.CascadeParams(256, batch_size=8), 1, (256, 256), cpu) == 1
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
