@@ -252,7 +252,7 @@ def main(argv=None) -> int:
                 crops: list[int] = []
 
                 def run_b(img, coarse=coarse, crops=crops, S=S):
-                    r = cascade_predict(img, coarse, net_b, S, device="cpu", batch_size=8, detect_threshold=threshold, resize_mode=mode)
+                    r = cascade_predict(img, coarse, net_b, S, device="cpu", detect_threshold=threshold, resize_mode=mode)
                     crops.append(len(r.boxes))
                     return r.probabilities.argmax(0)
 

@@ -284,9 +284,8 @@ def _segment_cascade(image, params, progress, should_stop, network, fine_network
         fine_network = build_model(fine_entry, device)
     scalar = _scalar(image)
     with channels_last_on_cpu(network, fine_network):
-        run = CascadeParams(
-            size, padding=padding, batch_size=params.batch_size, fine_input_size=fine_size, device=device, amp=params.amp
-        )
+        # crops per fine-model call: as many as fit the device's voxel budget (cascade.crops_per_call)
+        run = CascadeParams(size, padding=padding, fine_input_size=fine_size, device=device, amp=params.amp)
         result = segment_cascade(
             network_input(scalar, coarse), network, fine_network, run, fine_image=network_input(scalar, fine),
             progress=progress, should_stop=should_stop,
