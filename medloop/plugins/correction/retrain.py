@@ -313,6 +313,15 @@ class LiveSession:
             self._features = live_features(self.network, self.image, self.roi_size)
         return self._features
 
+    def warm_up(self) -> None:
+        """Compute the features and run one throwaway two-step head fit, so that the first
+        stroke pays for neither (the first backward pass initialises autograd and oneDNN's
+        kernels). The session's head and labels are unchanged."""
+        features = self.prepare()
+        dummy = np.zeros(tuple(features.shape[-self.spatial_dims:]), np.int64)
+        dummy.flat[0], dummy.flat[-1] = 1, min(2, self.num_classes)  # two classes painted, one voxel each
+        fit_head(features, dummy, self.num_classes, 2, self.lr, self.mode, init=self.base_head)
+
     def predict(self) -> tuple[np.ndarray, np.ndarray]:
         """``(labels, probs)`` of the current head (the model's own before any update)."""
         return predict_with_head(self.features, self.head)

@@ -57,6 +57,7 @@ class CorrectionPanel(MethodPanel):
         self.saver = None
         self.versions = None
         self.pending_live = False
+        self.warm_job = None  # the background warm-up of the live session (its own job)
         self.pending_predict = False
 
         self.model_combo = QComboBox()
@@ -270,6 +271,7 @@ class CorrectionPanel(MethodPanel):
             self._prediction_layer(image, self._names("strokes")[1], self.current_entry())
             if self.guidance.enabled:  # likewise the guidance layers
                 self.guidance.ensure_layers(layer, image)
+            self.warm_live(layer, image)
         if kind == "strokes":
             saved = store.load(image, ann_name)
             data = saved.astype(np.uint8) if saved is not None else np.zeros(image.shape[: image.ndim], np.uint8)
@@ -407,6 +409,39 @@ class CorrectionPanel(MethodPanel):
             self._show_guidance(guide, layer, image, z, card)
 
         self.start(compute, done)
+
+    def warm_live(self, layer, image) -> None:
+        """Build the live session of the slice on screen in the background (network, features,
+        one throwaway head fit), so the first stroke updates like every later one (issue #20:
+        2.3 s first stroke in a fresh session). A stroke painted before it is ready builds its own
+        session as before; the warmed one is then dropped."""
+        from medloop.app.gui.jobs import start_job
+
+        entry = self.current_entry()
+        if entry is None or self.job is not None or self.warm_job is not None:
+            return
+        card = entry.card
+        z = self._slice_index(layer) if image.ndim == 3 and card.spatial_dims == 2 else None
+        key = (layer.name, entry.name, z)
+
+        def compute(progress, should_stop):
+            from medloop.models.inputs import network_input
+            from medloop.plugins.correction.retrain import LiveSession
+
+            x = network_input(image, entry.card)
+            live = LiveSession(self._network(entry), x if z is None else x[:, z])
+            live.warm_up()
+            return live
+
+        def done(live) -> None:
+            if self.session is None:  # a stroke's own session may have come first
+                self.session, self.session_key = live, key
+
+        def finished() -> None:
+            self.warm_job = None
+
+        # Its own job, not the panel's: the buttons stay usable while it warms up.
+        self.warm_job = start_job(compute, on_done=done, on_error=lambda exc: None, on_finished=finished)
 
     def _network(self, entry):
         from medloop.models.registry import build_model

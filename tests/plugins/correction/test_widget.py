@@ -166,3 +166,16 @@ def test_use_this_version_while_a_job_runs_predicts_when_it_ends(setup, qtbot):
     wait_idle(qtbot, panel)
     image = viewer.layers["cells"].metadata["medloop_image"]
     np.testing.assert_array_equal(viewer.layers["cells prediction"].data, _predict(panel.versions.entry(0), image))
+
+
+def test_making_the_annotation_layer_warms_the_live_session_so_the_first_stroke_reuses_it(setup, qtbot):
+    panel, viewer, truth, painted, tmp_path = setup
+    panel.annotation_layer()
+    assert panel.job is None and panel.warm_job is not None  # its own job: the buttons stay usable
+    qtbot.waitUntil(lambda: panel.warm_job is None, timeout=60_000)
+    warmed = panel.session
+    assert warmed is not None and warmed._features is not None and warmed.updates == 0
+    assert panel.session_key == ("cells", "tiny-threshold", None)
+    viewer.layers["cells annotations"].data = painted
+    wait_idle(qtbot, panel)
+    assert panel.session is warmed and warmed.updates == 1  # the first stroke fitted the warmed head only
