@@ -1,9 +1,13 @@
-"""Whole-slide images: lazy multiscale reading through OpenSlide, tiled pyramid writing.
+"""Whole-slide images: lazy multiscale reading (tifffile or OpenSlide), tiled pyramid writing.
 
-Reading never decodes a level whole: every level is a dask array of 512 x 512 RGB chunks, and a
-chunk (or any region napari slices out of it) is read with OpenSlide when it is computed. The
-OpenSlide handle lives in the dask graph (no module-level cache), so the slide stays open as long
-as any level is referenced.
+Reading never decodes a level whole: every level is a dask array of about 512 x 512 RGB chunks,
+and a chunk (or any region napari slices out of it) is read when it is computed. OpenSlide reads
+the header (levels, spacing, vendor metadata) of every slide; the pixels of TIFF-family slides
+(tiled pyramidal TIFF, SVS, OME-TIFF) that tifffile reads as the same levels come through
+tifffile's zarr store (``slide_tiff``: only the touched tiles are decoded; chunks are whole
+tiles), those of every other slide from OpenSlide. :func:`read_region` reads one region without
+dask. The reader lives in the dask graph (no module-level cache), so the slide stays open as
+long as any level is referenced.
 
 Label pyramids and computed RGB slides (e.g. a stain translation) are written tile by tile with
 tifffile as a tiled, deflate-compressed TIFF whose reduced levels are successive pages
@@ -106,7 +110,8 @@ def read_slide(path: str | os.PathLike) -> MedImage:
     """Open a whole slide as a lazy RGB pyramid; nothing but the header is read here.
 
     Returns a :class:`MedImage` whose ``pyramid`` holds one dask array per OpenSlide level,
-    finest first, each ``(height, width, 3)`` uint8 in 512 x 512 chunks (transparent pixels are
+    finest first, each ``(height, width, 3)`` uint8 in 512 x 512 chunks, or whole tiles near that
+    size when tifffile decodes the pixels (see :func:`_pixel_reader`; transparent pixels are
     composited onto white); ``array`` is level 0. ``spacing`` is (mpp-x, mpp-y) in um.
 
     Raises:
@@ -191,8 +196,9 @@ def _tile_chunk(tile: int) -> int:
 def read_region(image: Any, level: int, y: int, x: int, height: int, width: int) -> np.ndarray:
     """The ``(height, width, 3)`` uint8 RGB region at ``(y, x)`` of pyramid level ``level`` (in
     that level's pixels) of a slide (a :class:`MedImage` from :func:`read_slide` or a path), read
-    straight from the file without dask: only the tiles it touches are decoded. Pixels outside
-    the level are white. For an image whose levels are not a slide's, the level is sliced.
+    straight from the file without dask (for TIFF-family slides only the tiles it touches are
+    decoded). Pixels outside the level are white. For an image whose levels are not a slide's,
+    the level is sliced (and the region clipped to it).
 
     Raises:
         ImageReadError: no such level, or damaged tile data.

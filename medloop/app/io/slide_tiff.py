@@ -26,7 +26,9 @@ _RGB, _YCBCR, _JPEG = 2, 6, 7
 
 def open_tiff_levels(path: str, level_dims: tuple[tuple[int, int], ...]) -> _TiffHandle | None:
     """A tifffile reader for the slide at ``path`` whose levels are OpenSlide's ``level_dims``
-    ((width, height) per level), or None when tifffile cannot read it as those tiled RGB levels."""
+    ((width, height) per level; tifffile's further levels, e.g. an OME-TIFF's SubIFDs that
+    OpenSlide does not see, are left out so the geometry stays OpenSlide's), or None when
+    tifffile cannot read it as those tiled RGB levels."""
     try:
         import tifffile
         import zarr  # noqa: F401 (the store needs it)
@@ -38,7 +40,7 @@ def open_tiff_levels(path: str, level_dims: tuple[tuple[int, int], ...]) -> _Tif
         return None
     try:
         if _readable_levels(tif, level_dims):
-            return _TiffHandle(path, tif)
+            return _TiffHandle(path, tif, len(level_dims))
     except Exception:
         pass
     tif.close()
@@ -51,7 +53,8 @@ def _readable_levels(tif: Any, level_dims: tuple[tuple[int, int], ...]) -> bool:
 
     series = tif.series[0]
     levels = series.levels
-    if len(levels) != len(level_dims) or series.axes != "YXS":
+    # OpenSlide ignores SubIFDs, so it may list fewer levels (an OME-TIFF's level 0 only)
+    if len(levels) < len(level_dims) or series.axes != "YXS":
         return False
     for level, (w, h) in zip(levels, level_dims):
         page = level.keyframe
@@ -74,7 +77,7 @@ class _TiffHandle:
     """An open TiffFile with one zarr array per level; reopened from its path when unpickled
     (e.g. by dask.distributed). Same ``read_rgb`` as the OpenSlide handle."""
 
-    def __init__(self, path: str, tif: Any = None) -> None:
+    def __init__(self, path: str, tif: Any = None, levels: int | None = None) -> None:
         import tifffile
         import zarr
 
@@ -83,13 +86,13 @@ class _TiffHandle:
         series = self.tif.series[0]
         self.store = series.aszarr()
         opened = zarr.open(self.store, mode="r")
-        n = len(series.levels)
+        n = len(series.levels) if levels is None else levels
         self.levels = [opened] if hasattr(opened, "shape") else [opened[str(k)] for k in range(n)]
         # (rows, columns) of one tile per level, for tile-aligned dask chunks
-        self.tiles = [(int(lv.keyframe.tilelength), int(lv.keyframe.tilewidth)) for lv in series.levels]
+        self.tiles = [(int(lv.keyframe.tilelength), int(lv.keyframe.tilewidth)) for lv in series.levels[:n]]
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_TiffHandle, (self.path,))
+        return (_TiffHandle, (self.path, None, len(self.levels)))
 
     def read_rgb(self, level: int, downsample: float, y: int, x: int, h: int, w: int) -> np.ndarray:
         """The (h, w, 3) uint8 region at (y, x) in ``level``'s pixels; white outside the level

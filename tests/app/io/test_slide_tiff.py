@@ -165,3 +165,20 @@ def test_read_region_by_path_and_pickled_levels(tiled):
     np.testing.assert_array_equal(level[600:700, 1000:1200].compute(), synth.expected(1, 600, 1000, 100, 200))
     with pytest.raises(slide_mod.ImageReadError, match="level 9"):
         read_region(synth.path, 9, 0, 0, 10, 10)
+
+
+def test_ome_tiff_with_subifds_keeps_openslides_levels(tiled, tmp_path):
+    """OpenSlide does not see SubIFD levels: tifffile decodes level 0, the levels stay OpenSlide's."""
+    tifffile = pytest.importorskip("tifffile")
+    synth = tiled["generic256"]
+    full = synth.expected(0, 0, 0, *synth.level_shapes[0])
+    path = tmp_path / "pyramid.ome.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(full, tile=(256, 256), compression="zlib", photometric="rgb", subifds=1)
+        tw.write(full[::2, ::2], tile=(256, 256), compression="zlib", photometric="rgb", subfiletype=1)
+    with openslide.OpenSlide(str(path)) as s:
+        assert s.level_count == 1
+    image = read_slide(path)
+    assert isinstance(reader_of(image), slide_tiff._TiffHandle)
+    assert [lv.shape for lv in image.pyramid] == [full.shape]
+    np.testing.assert_array_equal(read_region(image, 0, 700, 900, 300, 500), full[700:1000, 900:1400])
