@@ -84,7 +84,8 @@ class _TiffHandle:
         self.path = path
         self.tif = tif if tif is not None else tifffile.TiffFile(path)
         series = self.tif.series[0]
-        self.store = series.aszarr()
+        # a tile missing from the file (offset 0) reads white, as OpenSlide's transparent pixels
+        self.store = series.aszarr(fillvalue=255)
         opened = zarr.open(self.store, mode="r")
         n = len(series.levels) if levels is None else levels
         self.levels = [opened] if hasattr(opened, "shape") else [opened[str(k)] for k in range(n)]

@@ -182,3 +182,20 @@ def test_ome_tiff_with_subifds_keeps_openslides_levels(tiled, tmp_path):
     assert isinstance(reader_of(image), slide_tiff._TiffHandle)
     assert [lv.shape for lv in image.pyramid] == [full.shape]
     np.testing.assert_array_equal(read_region(image, 0, 700, 900, 300, 500), full[700:1000, 900:1400])
+
+
+def test_a_missing_tile_reads_white_as_through_openslide(tmp_path):
+    """A tile whose offset and byte count are 0 (not stored) is transparent in OpenSlide: white."""
+    tifffile = pytest.importorskip("tifffile")
+    write_synthetic_slide(tmp_path / "sparse.tif", size=(1024, 1536), tile=256, flavor="generic", seed=1)
+    with tifffile.TiffFile(tmp_path / "sparse.tif", mode="r+b") as tif:
+        page = tif.pages[0]
+        offsets, counts = list(page.dataoffsets), list(page.databytecounts)
+        offsets[7] = counts[7] = 0  # row 1, column 1 of 6 tiles a row
+        page.tags["TileOffsets"].overwrite(offsets)
+        page.tags["TileByteCounts"].overwrite(counts)
+    image = read_slide(tmp_path / "sparse.tif")
+    assert isinstance(reader_of(image), slide_tiff._TiffHandle)
+    ours = read_region(image, 0, 200, 200, 200, 300)
+    np.testing.assert_array_equal(ours, openslide_rgb(tmp_path / "sparse.tif", 0, 200, 200, 200, 300))
+    assert (ours[56:, 56:] == 255).all() and not (ours[:56] == 255).all()
