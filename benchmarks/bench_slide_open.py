@@ -122,8 +122,11 @@ def peak_memory_mb(path: Path, case: str) -> float:
 def _measure(case: str, path: Path) -> None:
     import dask.array  # noqa: F401
     import openslide  # noqa: F401
+    import tifffile.zarr  # noqa: F401 (the TIFF-family reader: a one-time import, not
+    import zarr  # noqa: F401           part of opening a slide)
 
     import medloop.app.io.slide  # noqa: F401
+    import medloop.app.io.slide_tiff  # noqa: F401
 
     def status_mb(field: str) -> float:
         with open("/proc/self/status") as f:

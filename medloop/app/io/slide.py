@@ -1,9 +1,13 @@
-"""Whole-slide images: lazy multiscale reading through OpenSlide, tiled pyramid writing.
+"""Whole-slide images: lazy multiscale reading (tifffile or OpenSlide), tiled pyramid writing.
 
-Reading never decodes a level whole: every level is a dask array of 512 x 512 RGB chunks, and a
-chunk (or any region napari slices out of it) is read with OpenSlide when it is computed. The
-OpenSlide handle lives in the dask graph (no module-level cache), so the slide stays open as long
-as any level is referenced.
+Reading never decodes a level whole: every level is a dask array of about 512 x 512 RGB chunks,
+and a chunk (or any region napari slices out of it) is read when it is computed. OpenSlide reads
+the header (levels, spacing, vendor metadata) of every slide; the pixels of TIFF-family slides
+(tiled pyramidal TIFF, SVS, OME-TIFF) that tifffile reads as the same levels come through
+tifffile's zarr store (``slide_tiff``: only the touched tiles are decoded; chunks are whole
+tiles), those of every other slide from OpenSlide. :func:`read_region` reads one region without
+dask. The reader lives in the dask graph (no module-level cache), so the slide stays open as
+long as any level is referenced.
 
 Label pyramids and computed RGB slides (e.g. a stain translation) are written tile by tile with
 tifffile as a tiled, deflate-compressed TIFF whose reduced levels are successive pages
@@ -106,7 +110,8 @@ def read_slide(path: str | os.PathLike) -> MedImage:
     """Open a whole slide as a lazy RGB pyramid; nothing but the header is read here.
 
     Returns a :class:`MedImage` whose ``pyramid`` holds one dask array per OpenSlide level,
-    finest first, each ``(height, width, 3)`` uint8 in 512 x 512 chunks (transparent pixels are
+    finest first, each ``(height, width, 3)`` uint8 in 512 x 512 chunks, or whole tiles near that
+    size when tifffile decodes the pixels (see :func:`_pixel_reader`; transparent pixels are
     composited onto white); ``array`` is level 0. ``spacing`` is (mpp-x, mpp-y) in um.
 
     Raises:
@@ -130,15 +135,15 @@ def read_slide(path: str | os.PathLike) -> MedImage:
             f"cannot read {p}: damaged whole-slide image ({_reason(exc)}); "
             "copy the file again or re-export it from the scanner software"
         ) from None
-    handle = _SlideHandle(str(p), slide)
     token = _token(p)
     dims = slide.level_dimensions
     downsamples = slide.level_downsamples
+    props = dict(slide.properties)
+    handle, chunks = _pixel_reader(p, slide)
     levels = tuple(
-        _level_array(handle, k, (int(h), int(w)), float(downsamples[k]), f"slide-{token}-{k}")
+        _level_array(handle, k, (int(h), int(w)), float(downsamples[k]), f"slide-{token}-{k}", chunks[k])
         for k, (w, h) in enumerate(dims)
     )
-    props = slide.properties
     spacing, known = _spacing(props)
     metadata: dict[str, Any] = {
         "vendor": props.get("openslide.vendor", ""),
@@ -166,6 +171,55 @@ def read_slide(path: str | os.PathLike) -> MedImage:
         path=str(p),
         pyramid=levels,
     )
+
+
+def _pixel_reader(p: Path, slide: Any) -> tuple[Any, list[tuple[int, int]]]:
+    """What decodes the slide's pixels, and each level's dask chunk (rows, columns): tifffile's
+    zarr store for TIFF-family slides it reads as OpenSlide's levels (chunks: whole tiles, about
+    CHUNK pixels), else OpenSlide itself (CHUNK x CHUNK). The OpenSlide handle is closed when
+    tifffile takes over (it only read the header)."""
+    from medloop.app.io.slide_tiff import TIFF_READ_SUFFIXES, open_tiff_levels
+
+    dims = tuple((int(w), int(h)) for w, h in slide.level_dimensions)
+    tiff = open_tiff_levels(str(p), dims) if p.suffix.lower() in TIFF_READ_SUFFIXES else None
+    if tiff is None:
+        return _SlideHandle(str(p), slide), [(CHUNK, CHUNK)] * len(dims)
+    slide.close()
+    return tiff, [(_tile_chunk(th), _tile_chunk(tw)) for th, tw in tiff.tiles]
+
+
+def _tile_chunk(tile: int) -> int:
+    """A chunk side of whole tiles: as many as fit CHUNK (at least one)."""
+    return tile * max(1, CHUNK // tile)
+
+
+def read_region(image: Any, level: int, y: int, x: int, height: int, width: int) -> np.ndarray:
+    """The ``(height, width, 3)`` uint8 RGB region at ``(y, x)`` of pyramid level ``level`` (in
+    that level's pixels) of a slide (a :class:`MedImage` from :func:`read_slide` or a path), read
+    straight from the file without dask (for TIFF-family slides only the tiles it touches are
+    decoded). Pixels outside the level are white. For an image whose levels are not a slide's,
+    the level is sliced (and the region clipped to it).
+
+    Raises:
+        ImageReadError: no such level, or damaged tile data.
+    """
+    if not isinstance(image, MedImage):
+        image = read_slide(image)
+    levels = list(image.pyramid) or [image.array]
+    if not 0 <= level < len(levels):
+        raise ImageReadError(f"cannot read level {level} of {image.path}: it has {len(levels)} level(s); choose one of them")
+    tasks = _tasks_of(levels[level])
+    if tasks is not None:
+        return tasks.handle.read_rgb(level, tasks.downsample, int(y), int(x), int(height), int(width))
+    part = levels[level][max(0, y) : y + height, max(0, x) : x + width]
+    return np.asarray(compute_here(part)[0])
+
+
+def _tasks_of(level: Any) -> _ChunkTasks | None:
+    """The chunk tasks (and so the open reader) behind a level as read_slide made it, else None."""
+    layers = getattr(getattr(level, "dask", None), "layers", None) or {}
+    mapping = getattr(layers.get(getattr(level, "name", None)), "mapping", None)
+    return mapping if isinstance(mapping, _ChunkTasks) else None
 
 
 def read_dicom_slide(path: str | os.PathLike) -> MedImage:
@@ -412,34 +466,37 @@ _META = np.empty((0, 0, 0), dtype=np.uint8)
 
 
 def _level_array(
-    handle: _SlideHandle, level: int, shape: tuple[int, int], downsample: float, name: str
+    handle: Any, level: int, shape: tuple[int, int], downsample: float, name: str,
+    chunk: tuple[int, int] = (CHUNK, CHUNK),
 ) -> Any:
-    """One level as a dask array of CHUNK x CHUNK chunks whose tasks are made only when asked for.
+    """One level as a dask array of ``chunk`` (default CHUNK x CHUNK) chunks whose tasks are made
+    only when asked for; ``handle`` is a :class:`_SlideHandle` or a tifffile ``_TiffHandle``.
 
     ``from_array`` costs ~0.2 ms a level even for a lazy source; a task mapping costs nothing,
     which keeps opening a slide close to OpenSlide's own open (see benchmarks/bench_slide_open.py).
     """
     import dask.array as da
 
-    chunks = (_axis_chunks(shape[0]), _axis_chunks(shape[1]), (3,))
+    chunks = (_axis_chunks(shape[0], chunk[0]), _axis_chunks(shape[1], chunk[1]), (3,))
     try:
         from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-        tasks = _ChunkTasks(name, handle, level, shape, downsample)
+        tasks = _ChunkTasks(name, handle, level, shape, downsample, chunk)
         graph = HighLevelGraph({name: MaterializedLayer(tasks)}, {name: set()})
         return da.Array(graph, name, chunks, meta=_META)
     except (ImportError, AttributeError, TypeError):  # a dask without HighLevelGraph layers
-        return _level_array_from_reader(handle, level, shape, downsample, name)
+        return _level_array_from_reader(handle, level, shape, downsample, name, chunk)
 
 
 def _level_array_from_reader(
-    handle: _SlideHandle, level: int, shape: tuple[int, int], downsample: float, name: str
+    handle: Any, level: int, shape: tuple[int, int], downsample: float, name: str,
+    chunk: tuple[int, int] = (CHUNK, CHUNK),
 ) -> Any:
     import dask.array as da
 
     return da.from_array(
         _LevelReader(handle, level, shape, downsample),
-        chunks=(CHUNK, CHUNK, 3),
+        chunks=(chunk[0], chunk[1], 3),
         name=name,
         lock=False,  # OpenSlide handles are thread-safe
         asarray=False,
@@ -448,8 +505,8 @@ def _level_array_from_reader(
     )
 
 
-def _axis_chunks(n: int) -> tuple[int, ...]:
-    return (CHUNK,) * (n // CHUNK) + ((n % CHUNK,) if n % CHUNK else ())
+def _axis_chunks(n: int, chunk: int = CHUNK) -> tuple[int, ...]:
+    return (chunk,) * (n // chunk) + ((n % chunk,) if n % chunk else ())
 
 
 def _read_chunk(
@@ -462,11 +519,13 @@ class _ChunkTasks(Mapping):
     """The dask tasks of one level's chunks, made on demand (a 40000^2 level has 6241)."""
 
     def __init__(
-        self, name: str, handle: _SlideHandle, level: int, shape: tuple[int, int], downsample: float
+        self, name: str, handle: Any, level: int, shape: tuple[int, int], downsample: float,
+        chunk: tuple[int, int] = (CHUNK, CHUNK),
     ) -> None:
         self.name, self.handle, self.level, self.downsample = name, handle, level, downsample
         self.h, self.w = shape
-        self.ny, self.nx = -(-self.h // CHUNK), -(-self.w // CHUNK)
+        self.ch, self.cw = chunk
+        self.ny, self.nx = -(-self.h // self.ch), -(-self.w // self.cw)
 
     def __getitem__(self, key: Any) -> tuple[Any, ...]:
         try:
@@ -476,8 +535,8 @@ class _ChunkTasks(Mapping):
             valid = False
         if not valid:
             raise KeyError(key)
-        y, x = i * CHUNK, j * CHUNK
-        h, w = min(CHUNK, self.h - y), min(CHUNK, self.w - x)
+        y, x = i * self.ch, j * self.cw
+        h, w = min(self.ch, self.h - y), min(self.cw, self.w - x)
         return (_read_chunk, self.handle, self.level, self.downsample, y, x, h, w)
 
     def __iter__(self) -> Iterator[tuple[str, int, int, int]]:

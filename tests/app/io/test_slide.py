@@ -154,18 +154,29 @@ def test_regions_equal_what_was_written(slides, flavor, construction):
     np.testing.assert_array_equal(levels[1][17, 5:900, 1].compute(), full1[17, 5:900, 1])
 
 
-def test_only_the_needed_chunks_are_read(slides, monkeypatch):
-    """Opening reads no pixels; a region reads just the chunks it overlaps, each once."""
+def slide_readers() -> tuple[type, ...]:
+    """The two pixel readers behind read_slide's levels: OpenSlide's and tifffile's."""
     from medloop.app.io import slide as slide_mod
+    from medloop.app.io import slide_tiff
 
-    reads = []
-    original = slide_mod._SlideHandle.read_rgb
+    return slide_mod._SlideHandle, slide_tiff._TiffHandle
+
+
+def counting_read(original, reads: list):
+    """``read_rgb`` that records (level, y, x, h, w) of every read in ``reads``."""
 
     def counting(self, level, downsample, y, x, h, w):
         reads.append((level, y, x, h, w))
         return original(self, level, downsample, y, x, h, w)
 
-    monkeypatch.setattr(slide_mod._SlideHandle, "read_rgb", counting)
+    return counting
+
+
+def test_only_the_needed_chunks_are_read(slides, monkeypatch):
+    """Opening reads no pixels; a region reads just the chunks it overlaps, each once."""
+    reads = []
+    for cls in slide_readers():
+        monkeypatch.setattr(cls, "read_rgb", counting_read(cls.read_rgb, reads))
     image = read_slide(slides["aperio"].path)
     assert reads == []
     image.pyramid[0][100:200, 600:1100].compute()
@@ -188,21 +199,15 @@ def test_napari_layer_reads_only_the_lowest_level(big_slide, monkeypatch):
     its thumbnail) reads chunks of the lowest level only."""
     from napari.layers import Image
 
-    from medloop.app.io import slide as slide_mod
-
-    levels_read = []
-    original = slide_mod._SlideHandle.read_rgb
-
-    def counting(self, level, *args):
-        levels_read.append(level)
-        return original(self, level, *args)
-
-    monkeypatch.setattr(slide_mod._SlideHandle, "read_rgb", counting)
+    reads = []
+    for cls in slide_readers():
+        monkeypatch.setattr(cls, "read_rgb", counting_read(cls.read_rgb, reads))
     image = read_slide(big_slide.path)
     layer = Image(image.layer_data(), **image.layer_kwargs())
     assert layer.multiscale and layer.rgb
     assert [tuple(s) for s in layer.level_shapes] == [shape for shape in big_slide.level_shapes]
     assert tuple(layer.scale) == (0.25, 0.25)
+    levels_read = [r[0] for r in reads]
     assert set(levels_read) == {len(big_slide.level_shapes) - 1} and len(levels_read) <= 4
 
 
