@@ -2,7 +2,8 @@
 after opening the panel on an image, and later strokes, on the packaged brain sample in a real
 viewer (live mode, brain-tissue-t1, the slice on screen).
 
-Latency = from the live update's start (the debounce timer firing) to its prediction being shown.
+Latency = from the live update's start (the debounce timer firing) to its prediction being shown
+(the panel's status line reporting the update; the *Where to paint next* pass, when on, follows).
 ``warm``: the user paints once the panel's background warm-up has finished (what opening the
 panel and looking at the image gives in practice); ``cold``: the first stroke lands at once, before
 the warm-up (what every first stroke paid before the warm start); the last row turns the "Where
@@ -57,8 +58,11 @@ def strokes(viewer, panel, warm: bool, count: int = 4) -> list[float]:
         data[z, 40 + 3 * k : 42 + 3 * k, 30:70] = 2  # grey matter
         data[z, 60 + 2 * k : 61 + 2 * k, 30:70] = 3  # white matter
         data[z, 5 + k : 6 + k, 5:40] = 1  # background
+        before = panel.status.text()
         layer.data = data
-        out.append(until(lambda: bool(fired) and panel.job is None and not panel.live_timer.isActive()) - fired[-1])
+        shown = until(lambda: bool(fired) and panel.status.text() != before and panel.status.text().startswith("Live update"))
+        until(lambda: panel.job is None and not panel.live_timer.isActive())  # the guidance, when on, follows
+        out.append(shown - fired[-1])
         wait(lambda: True)  # let the queued layer updates run before the next stroke
     wait(lambda: panel.warm_job is None)
     return out

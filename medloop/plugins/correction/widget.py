@@ -399,16 +399,27 @@ class CorrectionPanel(MethodPanel):
                 live = LiveSession(self._network(entry), x if z is None else x[:, z])
             live.mode = "mini-batch" if mode == "auto" else mode
             labels = live.update(strokes_now, should_stop=should_stop)
-            guide = _guide(live.network_with_head(), live.image, strokes_now, len(card.classes), 5, should_stop) if guiding else None
-            return live, labels, guide
+            if not guiding:
+                return live, labels, None
+            # The prediction goes on screen now; the guidance's slice pass (~0.1 s) follows.
+            progress(0, 0, {"live": (live, labels)})
+            return live, labels, _guide(live.network_with_head(), live.image, strokes_now, len(card.classes), 5, should_stop)
+
+        def shown(info: dict) -> None:
+            if "live" in info:
+                self.session, labels = info["live"]
+                self.session_key = key
+                self._show_live(labels, z, image, pred_name, entry)
 
         def done(result) -> None:
             self.session, labels, guide = result
             self.session_key = key
-            self._show_live(labels, z, image, pred_name, entry)
-            self._show_guidance(guide, layer, image, z, card)
+            if guide is None:
+                self._show_live(labels, z, image, pred_name, entry)
+            else:
+                self._show_guidance(guide, layer, image, z, card)
 
-        self.start(compute, done)
+        self.start(compute, done, on_info=shown)
 
     def warm_live(self, layer, image) -> None:
         """Build the live session of the slice on screen in the background (network, features,
