@@ -127,10 +127,18 @@ def _store(path: Path, key: str, value: float) -> None:
 @dataclass(frozen=True)
 class ModelCheck:
     """What ``auto`` needs to know about a model: a key (name and weights sha256) and its card's
-    test input (channels first, no batch axis), or None when the card has none."""
+    test data file (None when the card has none), read only when the check is not cached."""
 
     key: str
-    test_input: np.ndarray | None
+    test_path: Path | None
+
+    @property
+    def test_input(self) -> np.ndarray | None:
+        """The test input (channels first, no batch axis), or None."""
+        if self.test_path is None or not self.test_path.is_file():
+            return None
+        with np.load(self.test_path) as data:
+            return np.asarray(data["input"], np.float32) if "input" in data.files else None
 
 
 def choose_precision(requested: str, device: Any, network: Any, model: ModelCheck, cache: Path | None = None) -> Precision:
@@ -146,13 +154,14 @@ def choose_precision(requested: str, device: Any, network: Any, model: ModelChec
     native = dev.type == "cuda" or (dev.type == "cpu" and cpu_bf16_native())
     if not native:
         return Precision("fp32", False, f"auto: {dev.type} has no native bf16")
-    if model.test_input is None:
-        return Precision("fp32", False, "auto: the model card has no test input to check reduced precision on")
     path = cache or _cache_path()
     key = f"{model.key}@{machine_key(dev)}"
     agreement = _cached(path).get(key)
     if agreement is None:
-        agreement = label_agreement(network, model.test_input, dev)
+        test_input = model.test_input
+        if test_input is None:
+            return Precision("fp32", False, "auto: the model card has no test input to check reduced precision on")
+        agreement = label_agreement(network, test_input, dev)
         _store(path, key, agreement)
     if agreement >= MIN_AGREEMENT:
         return Precision(reduced_name(dev), True, f"auto: labels agree {100 * agreement:.2f} % with fp32 on the card's test input", agreement)
@@ -160,11 +169,6 @@ def choose_precision(requested: str, device: Any, network: Any, model: ModelChec
 
 
 def model_check(entry: Any) -> ModelCheck:
-    """The :class:`ModelCheck` of a registry entry (its card's ``test_data`` input, if any)."""
+    """The :class:`ModelCheck` of a registry entry (its card's ``test_data`` file, if any)."""
     source = (entry.card.raw.get("test_data") or {}).get("source")
-    path = entry.folder / source if source else None
-    test_input = None
-    if path is not None and path.is_file():
-        with np.load(path) as data:
-            test_input = np.asarray(data["input"], np.float32) if "input" in data.files else None
-    return ModelCheck(f"{entry.name}:{entry.card.weights_sha256}", test_input)
+    return ModelCheck(f"{entry.name}:{entry.card.weights_sha256}", entry.folder / source if source else None)

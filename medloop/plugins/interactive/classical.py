@@ -496,11 +496,9 @@ def _cut(request: EngineInput, image: np.ndarray, box: np.ndarray | None) -> np.
 
 
 def _largest(mask: np.ndarray) -> np.ndarray:
-    labels, n = ndi.label(mask)
-    if n <= 1:
-        return mask
-    sizes = ndi.sum(mask, labels, range(1, n + 1))
-    return labels == (int(np.argmax(sizes)) + 1)
+    from medloop.app.engine.label_edit import keep_largest_component
+
+    return keep_largest_component(mask.astype(np.uint8), 1, fill=0) == 1
 
 
 def _data_costs(image: np.ndarray, state: dict[str, Any], span: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:

@@ -41,11 +41,10 @@ def white_matter(tissue: np.ndarray, label: int = 2) -> np.ndarray:
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    labels, n = ndi.label(mask)
-    if n == 0:
-        return mask.copy()
-    sizes = ndi.sum(mask, labels, range(1, n + 1))
-    return labels == int(np.argmax(sizes)) + 1
+    """The largest face-connected component of ``mask`` (the project's mask tool)."""
+    from medloop.app.engine.label_edit import keep_largest_component
+
+    return keep_largest_component(mask.astype(np.uint8), 1, fill=0) == 1
 
 
 def resample_to_shape(image: MedImage, shape: tuple[int, ...], order: int) -> MedImage:
