@@ -140,6 +140,17 @@ class MethodPanel(QWidget):
     def job_finished(self) -> None:
         """Called after every job, successful or not (for subclasses)."""
 
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """Closing the panel cancels its job and releases what it holds (:meth:`release`):
+        pending edits are written and no worker or autosave thread outlives it."""
+        if self.job is not None:
+            self.job.cancel()
+        self.release()
+        super().closeEvent(event)
+
+    def release(self) -> None:
+        """Write pending edits and stop the background threads the panel owns (subclasses)."""
+
     def _set_running(self, running: bool) -> None:
         for button in self.start_buttons:
             button.setEnabled(not running)

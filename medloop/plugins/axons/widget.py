@@ -909,9 +909,8 @@ class AxonPanel(MethodPanel):
     def job_finished(self) -> None:
         self.finetune_button.setEnabled(self.source is not None)
 
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+    def release(self) -> None:
         self._unbind()  # writes pending edits
-        super().closeEvent(event)
 
 
 _STOPS = {

@@ -681,6 +681,14 @@ class CorrectionPanel(MethodPanel):
         self.start(compute, done)
 
     # -- jobs ---------------------------------------------------------------------------------
+    def release(self) -> None:
+        if self.warm_job is not None:
+            self.warm_job.cancel()
+        self.live_timer.stop()
+        if self.saver is not None:
+            self.saver.close()  # writes what is pending
+            self.saver = None
+
     def job_finished(self) -> None:
         self._explain_unsuitable_model()  # the job's end re-enabled the start buttons
         if self.pending_predict:  # "Use this version" was pressed while a job ran

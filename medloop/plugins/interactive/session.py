@@ -119,6 +119,9 @@ class PromptSession:
         self.redo_stack: list[_Step] = []
         self.log: list[LogRow] = []
         self._seq = 0
+        #: Called at a commit once the object's voxels are written and before the log records it:
+        #: the panel saves the labels there, so a restore never trusts a commit they lack.
+        self.on_commit: Callable[[], None] | None = None
 
     # -- public API ------------------------------------------------------------------------
     def add(self, prompt: Prompt, should_stop: Callable[[], bool] | None = None) -> Update:
@@ -196,6 +199,8 @@ class PromptSession:
         self.object = _Object(done + 1)
         self.undo_stack.clear()
         self.redo_stack.clear()
+        if self.on_commit is not None:
+            self.on_commit()
         self._log_event("commit", update)
         return done
 

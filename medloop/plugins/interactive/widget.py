@@ -27,6 +27,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -143,8 +144,10 @@ class _Runner:
     one, whose prompt is logged as skipped); the worker runs them in order and reports to the
     GUI thread through ``on_info``; the session's writer waits until the GUI applied a diff."""
 
-    def __init__(self, setup: _Setup, on_info: Callable[[dict], None], on_error: Callable, on_finished: Callable) -> None:
+    def __init__(self, setup: _Setup, on_info: Callable[[dict], None], on_error: Callable, on_finished: Callable,
+                 persist: Callable[[], None] | None = None) -> None:
         self.setup = setup
+        self.persist = persist  # saves the labels at a commit (in this worker), before the log says so
         self.cond = threading.Condition()
         self.pending: list[tuple[int, str, Any]] = []
         self.skipped: list[Any] = []
@@ -214,6 +217,7 @@ class _Runner:
         _warm_engine(engine, s.params)
         session = PromptSession(s.image, self.labels, s.params, engine=engine, writer=self._writer)
         self._restored = session.resume(s.rows) if s.rows else 0
+        session.on_commit = self.persist
         self._first_seq = session.seq  # prompts counted for Review are this session's own
         session.log_path = s.log_path
         return session
@@ -540,10 +544,11 @@ class InteractivePanel(MethodPanel):
         b.review_base = (int(meta.get("count", 0)), float(meta.get("seconds", 0.0)))
         from medloop.app.io.autosave import Autosaver
 
-        b.saver = Autosaver(setup.store, setup.image, setup.target_name, lambda: self._labels_to_save(b), delay=AUTOSAVE_DELAY_S)
+        b.saver = Autosaver(setup.store, setup.image, setup.target_name, partial(InteractivePanel._labels_to_save, b), delay=AUTOSAVE_DELAY_S)
         self.bound = b
         self._connect(b)
-        b.runner = _Runner(setup, self._if_alive(self._on_info), self._if_alive(self._worker_failed), self._if_alive(self._worker_ended))
+        b.runner = _Runner(setup, self._if_alive(self._on_info), self._if_alive(self._worker_failed), self._if_alive(self._worker_ended),
+                           persist=partial(_persist_committed, b))
         self._session_buttons(True)
         self.target_combo.setCurrentText(target.name)  # a new target is now a layer
         self.viewer.layers.selection.active = b.prompts
@@ -659,10 +664,9 @@ class InteractivePanel(MethodPanel):
 
         return call
 
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+    def release(self) -> None:
         self.stop_session()
         self._alive[0] = False
-        super().closeEvent(event)
 
     # -- prompts from the mouse ----------------------------------------------------------------
     def _on_drag(self, layer, event):
@@ -958,7 +962,8 @@ class InteractivePanel(MethodPanel):
         b = self.bound
         return b.setup.params.engine if b is not None else self.engine_combo.currentText()
 
-    def _labels_to_save(self, b: _Bound) -> np.ndarray:
+    @staticmethod
+    def _labels_to_save(b: _Bound) -> np.ndarray:
         """The autosave's copy of the target: the open object's voxels hold what was there
         before it (it is restored from the prompt log), committed objects are kept."""
         labels = np.array(b.target.data, copy=True)
@@ -981,3 +986,13 @@ def _key_action(action: Callable[[], None]) -> Callable[[Any], None]:
         action()
 
     return run
+
+
+def _persist_committed(b: _Bound) -> None:
+    """At a commit, in the session's worker: the object is no longer open, so the labels are
+    saved now with it, before the prompt log records the commit (a kill -9 within the autosave
+    delay would otherwise leave a log whose commit the labels lack, and the restore trusts it)."""
+    with b.open_lock:
+        b.snapshot_open = None
+    b.saver.changed()
+    b.saver.flush()

@@ -557,6 +557,12 @@ class ReviewPanel(MethodPanel):
         if self.saver is not None:
             self.saver.changed()
 
+    def release(self) -> None:
+        self._forget_prefetched()
+        if self.saver is not None:
+            self.saver.close()  # writes the pending edit; the case's layers stay in the viewer
+            self.saver = None
+
     def close_case(self) -> None:
         """Save any pending edit and remove the case's layers."""
         self._forget_prefetched()
