@@ -65,21 +65,27 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _qt_objects_die_on_the_gui_thread(request):
-    """After a Qt test (pytest-qt has closed its widgets by then): let its background jobs end,
-    deliver their queued signals, and collect its garbage here, on the GUI thread. Otherwise a
-    Qt object left in a reference cycle is freed by whichever thread next triggers a collection
-    (an autosave or worker thread of a later test) and Qt crashes there; a CI run segfaulted in
-    a Correction layout test this way. Only Qt tests pay for the collection (~0.2 s each)."""
-    yield
-    if "qtbot" not in request.fixturenames:
-        return
+def _qt_objects_die_between_tests(request):
+    """Qt tests run with the cyclic garbage collector off and collect once they are over, after
+    their background jobs ended and their queued signals were delivered. A widget kept alive by
+    a reference cycle (a slot capturing its owner; pytest-qt holds only a weak reference) is
+    otherwise freed whenever the collector fires: inside ``processEvents`` while Qt dispatches to
+    it, or on an autosave or worker thread, and Qt crashes there (a CI run segfaulted in a
+    Correction layout test; equinor/ert#14421 describes the same). Non-Qt tests are untouched."""
     import gc
 
-    from qtpy.QtCore import QThreadPool
-    from qtpy.QtWidgets import QApplication
+    qt = "qtbot" in request.fixturenames
+    if qt:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if qt:
+            from qtpy.QtCore import QThreadPool
+            from qtpy.QtWidgets import QApplication
 
-    QThreadPool.globalInstance().waitForDone(60_000)  # superqt's workers run in the global pool
-    QApplication.processEvents()
-    gc.collect()
-    QApplication.processEvents()  # deleteLater() of what the collection released
+            QThreadPool.globalInstance().waitForDone(60_000)  # superqt's workers run in the global pool
+            QApplication.processEvents()
+            gc.enable()
+            gc.collect()
+            QApplication.processEvents()  # deleteLater() of what the collection released
