@@ -30,7 +30,7 @@ from medloop.plugins.review.project import (
 
 CSV_COLUMNS = [
     "case", "status", "uncertainty", "reviewers", "last_reviewer", "last_action", "last_time",
-    "edit_dice", "voxels_changed", "volume_change_ml", "seconds", "model", "model_version",
+    "edit_dice", "voxels_changed", "volume_change_ml", "seconds", "prompts", "prompt_seconds", "model", "model_version",
     "weights_sha256", "comment", "pins",
 ]
 THUMB_SIZE = 160
@@ -61,6 +61,7 @@ def report_rows(project: ReviewProject, state: ProjectState | None = None) -> li
         d = st.verdict()
         last = st.history[-1] if st.history else None
         metrics = (d.metrics if d is not None else None) or {}
+        prompts = (d.prompts if d is not None else None) or {}  # click -> object prompts behind an edit
         model = (d.model if d is not None else None) or (case.predictions[0].model if case.predictions else {})
         rows.append({
             "case": case.id,
@@ -74,6 +75,8 @@ def report_rows(project: ReviewProject, state: ProjectState | None = None) -> li
             "voxels_changed": metrics.get("voxels_changed"),
             "volume_change_ml": metrics.get("volume_change_ml"),
             "seconds": round(st.seconds, 3),
+            "prompts": prompts.get("count"),
+            "prompt_seconds": prompts.get("seconds"),
             "model": model.get("model"),
             "model_version": model.get("model_version"),
             "weights_sha256": model.get("weights_sha256"),
@@ -270,7 +273,7 @@ def _html(project: ReviewProject, state: ProjectState, rows: list[dict[str, Any]
     out.append("<h2>What the reviewers changed (voxels per case)</h2>" + change_chart_svg(rows))
     out.append("<h2>Cases (most uncertain first)</h2><table><tr>")
     heads = ["case", "status", "uncertainty", "reviewers", "last action", "edit Dice", "voxels changed",
-             "volume change (mL)", "time (s)", "model", "comments", "pins"] + (["slice"] if thumbnails else [])
+             "volume change (mL)", "time (s)", "clicks (s)", "model", "comments", "pins"] + (["slice"] if thumbnails else [])
     out.append("".join(f"<th>{h}</th>" for h in heads) + "</tr>")
     for r in rows:
         model = " ".join(str(v) for v in (r["model"], r["model_version"] and f"v{r['model_version']}") if v) or None
@@ -278,7 +281,7 @@ def _html(project: ReviewProject, state: ProjectState, rows: list[dict[str, Any]
             _fmt(r["case"]), _fmt(r["status"]), _fmt(r["uncertainty"]), _fmt(r["reviewers"] or None),
             _fmt(" ".join(str(v) for v in (r["last_action"], r["last_reviewer"], r["last_time"]) if v) or None),
             _fmt(r["edit_dice"], 4), _fmt(r["voxels_changed"]), _fmt(r["volume_change_ml"], 3), _fmt(r["seconds"], 1),
-            _fmt(model), _fmt(r["comment"] or None), _fmt(r["pins"] or None),
+            _fmt(None if r["prompts"] is None else f"{r['prompts']} ({_fmt(r['prompt_seconds'], 1)})"), _fmt(model), _fmt(r["comment"] or None), _fmt(r["pins"] or None),
         ]
         if thumbnails:
             try:

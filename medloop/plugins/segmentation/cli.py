@@ -90,7 +90,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         print(f"{k} {name}: {n} voxels{volume}")
     if "cascade" in result.provenance:
         print(f"cascade: {result.provenance['cascade']['crops']} crops segmented by {args.cascade}")
-    print(f"wrote {args.output} ({result.provenance['seconds']} s on {result.provenance['device']})")
+    print(f"wrote {args.output} ({result.provenance['seconds']} s on {result.provenance['device']}, {result.provenance['precision']})")
     return 0
 
 
@@ -135,7 +135,7 @@ def _segment_slide(args: argparse.Namespace, image, params) -> int:
     if args.cascade:
         raise MedloopError(f"--cascade works on 2-D images, not on the slide {args.input}; leave it out")
     prov = segment_slide_file(image, params, args.output, progress=progress_printer("segment"))
-    print(f"wrote {args.output} ({prov['seconds']} s on {prov['device']})")
+    print(f"wrote {args.output} ({prov['seconds']} s on {prov['device']}, {prov['precision']})")
     return 0
 
 

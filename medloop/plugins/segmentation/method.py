@@ -308,8 +308,9 @@ def segment_slide_file(
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Segment one level of a whole slide into a tiled pyramidal label TIFF, tile by tile
-    (memory stays bounded whatever the slide size). Returns the provenance."""
-    from medloop.app.engine.devices import channels_last_on_cpu, choose_device
+    (memory stays bounded whatever the slide size), with ``params.num_threads`` and
+    ``params.precision`` as :func:`segment` uses them. Returns the provenance."""
+    from medloop.app.engine.devices import channels_last_on_cpu, choose_device, torch_threads
     from medloop.app.engine.tiling import SlideParams, TilingParams, segment_level
     from medloop.models.registry import build_model, get_model
 
@@ -325,21 +326,24 @@ def segment_slide_file(
         raise SegmentationInputError(f"slide labels are written as a tiled pyramidal TIFF; name the output .tif, not {out_path}")
     device = choose_device(params.device)
     started = time.perf_counter()
-    network = build_model(entry, device)
     factor = float(image.metadata.get("level_downsamples", (1.0,) * (level + 1))[level])
     roi = tuple(params.roi_size or card.inference.get("roi_size") or (512, 512))
     overlap = params.overlap if params.overlap is not None else float(card.inference.get("overlap", 0.125))
-    with channels_last_on_cpu(network):
-        tiling = TilingParams(
-            roi, overlap, batch_size=params.batch_size, device=device, amp=params.amp, activation="softmax",
-            divisible_by=int(getattr(network, "divisible_by", 1)),
-        )
-        segment_level(
-            image.pyramid[level] if image.pyramid else image.array, network, out_path,
-            tuple(s * factor for s in image.spacing), SlideParams(tiling, num_classes=len(card.classes)),
-            progress=progress, should_stop=should_stop,
-        )
-    return model_provenance(card, device, started, roi_size=list(roi), overlap=overlap, level=level)
+    with torch_threads(params.num_threads):
+        network, params, chosen = _with_precision(params, build_model(entry, device))
+        with channels_last_on_cpu(network):
+            tiling = TilingParams(
+                roi, overlap, batch_size=params.batch_size, device=device, amp=params.amp, activation="softmax",
+                divisible_by=int(getattr(network, "divisible_by", 1)),
+            )
+            segment_level(
+                image.pyramid[level] if image.pyramid else image.array, network, out_path,
+                tuple(s * factor for s in image.spacing), SlideParams(tiling, num_classes=len(card.classes)),
+                progress=progress, should_stop=should_stop,
+            )
+    provenance = model_provenance(card, device, started, roi_size=list(roi), overlap=overlap, level=level)
+    provenance.update(chosen.provenance())
+    return provenance
 
 
 def _upscale_factors(image: MedImage, params: SegmentParams) -> tuple[int, ...]:

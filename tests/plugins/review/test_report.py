@@ -68,6 +68,21 @@ def test_csv_and_html_carry_the_numbers(reviewed, tmp_path):
     assert len(pngs) == 3 and all(base64.b64decode(p)[:4] == b"\x89PNG" for p in pngs)
 
 
+def test_report_counts_the_click_prompts_behind_an_edit(tmp_path):
+    """Issue #19: the audit log's prompt count and time of a click -> object edit reach the report."""
+    project = ReviewProject.create(tmp_path / "proj", write_cases(tmp_path / "proj" / "data", n=2))
+    edited = np.asarray(project.load_prediction("case0").array).copy()
+    edited[1] = 0
+    project.decide("case0", "alice", "edit", mask=edited, seconds=40, prompts={"count": 6, "seconds": 21.25})
+    project.decide("case1", "alice", "accept", seconds=3)
+    files = write_report(project, tmp_path / "rep", thumbnails=False)
+    rows = {r["case"]: r for r in csv.DictReader(io.StringIO(files.csv.read_text(encoding="utf-8")))}
+    assert (rows["case0"]["prompts"], rows["case0"]["prompt_seconds"]) == ("6", "21.25")
+    assert (rows["case1"]["prompts"], rows["case1"]["prompt_seconds"]) == ("", "")
+    page = files.html.read_text(encoding="utf-8")
+    assert "<th>clicks (s)</th>" in page and "<td>6 (21.2)</td>" in page
+
+
 def test_report_shows_log_problems(reviewed, tmp_path):
     with open(reviewed.log.path, "ab") as f:
         f.write(b'{"case": "case1", "act')
