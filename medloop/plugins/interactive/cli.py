@@ -34,6 +34,8 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerance", type=float, default=2.5, help="local threshold tolerance (default 2.5; larger takes more)")
     p.add_argument("--label", type=int, default=1, help="value written for the object (default 1)")
     p.add_argument("--labels", type=Path, metavar="IN", help="existing labels on the image's grid to add the object to (other classes stay locked)")
+    p.add_argument("--ring-prediction", type=Path, metavar="PRED",
+                   help="replay: the model's prediction (class indices, the image's grid) that the logged commits drew their rings from")
     p.add_argument("--log", type=Path, metavar="CSV", help="also write the prompt log here")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="output labels (NIfTI/NRRD/...), the image's geometry")
     p.set_defaults(handler=cmd_interactive)
@@ -118,6 +120,15 @@ def _replay(args: argparse.Namespace, image, labels: np.ndarray | None, params) 
         raise PromptError("replay needs --prompts prompts.csv (the prompt log the panel or --log wrote)")
     if args.point or args.box:
         raise PromptError("replay takes its prompts from --prompts only; drop --point/--box")
-    return replay(image, read_log(args.prompts), labels, params)
+    rows = read_log(args.prompts)
+    prediction = None
+    if args.ring_prediction is not None:
+        from medloop.app.io.read import read_image
+        from medloop.app.io.validate import check_same_grid
+
+        predicted = read_image(args.ring_prediction)
+        check_same_grid(image, predicted)
+        prediction = np.asarray(predicted.array).astype(np.int64)
+    return replay(image, rows, labels, params, ring_prediction=prediction)
 
 

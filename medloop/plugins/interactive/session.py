@@ -61,6 +61,27 @@ class Ring:
     background_index: int = 0
     offset: int = 1
 
+    def describe(self) -> str:
+        """The commit row's ``kind`` in the prompt log: what :meth:`from_description` rebuilds."""
+        source = "prediction" if self.prediction is not None else "background"
+        return f"ring mm={self.mm:g} class={self.class_index} background={self.background_index} offset={self.offset} from={source}"
+
+    @classmethod
+    def from_description(cls, text: str, prediction: np.ndarray | None, where: str) -> Ring:
+        """The ring a commit row describes; a ring drawn from a model's prediction needs it again."""
+        try:
+            values = dict(part.split("=", 1) for part in text.split()[1:])
+            ring = cls(int(values["class"]), float(values["mm"]), None, int(values["background"]), int(values["offset"]))
+            source = values["from"]
+        except (KeyError, ValueError):
+            raise PromptError(f"{where}: {text!r} is not a ring medloop wrote; fix or remove the row") from None
+        if source != "prediction":
+            return ring
+        if prediction is None:
+            raise PromptError(f"{where} drew its ring from the model's prediction; give that prediction "
+                              "(replay --ring-prediction PRED, on the image's grid) to replay it")
+        return replace(ring, prediction=prediction)
+
 
 @dataclass
 class _Object:
@@ -201,7 +222,7 @@ class PromptSession:
         self.redo_stack.clear()
         if self.on_commit is not None:
             self.on_commit()
-        self._log_event("commit", update)
+        self._log_event("commit", update, ring.describe() if ring is not None and done in self.committed else "")
         return done
 
     def _ring(self, ring: Ring) -> Update:
@@ -496,8 +517,8 @@ class PromptSession:
         self.log.extend(prompt_rows(prompt, self._base_row("prompt", update)))
         self._save_log()
 
-    def _log_event(self, event: str, update: Update) -> None:
-        self.log.append(self._base_row(event, update))
+    def _log_event(self, event: str, update: Update, kind: str = "") -> None:
+        self.log.append(replace(self._base_row(event, update), kind=kind))
         self._save_log()
 
     def _save_log(self) -> None:
@@ -551,8 +572,13 @@ def _inner(inner: Slices, outer: Slices) -> Slices:
 
 
 def replay(image: MedImage, rows: list[LogRow], labels: np.ndarray | None = None, params: InteractiveParams | None = None,
-           engine: Any = None) -> np.ndarray:
-    """Re-run a prompt log on ``image`` (any grid: prompts are mm) and return the labels."""
+           engine: Any = None, ring_prediction: np.ndarray | None = None) -> np.ndarray:
+    """Re-run a prompt log on ``image`` (any grid: prompts are mm) and return the labels.
+    Commits redraw their rings; one drawn from a model's prediction takes ``ring_prediction``
+    (class indices on ``image``'s grid)."""
+    if ring_prediction is not None and tuple(np.shape(ring_prediction)) != tuple(image.shape[: image.ndim]):
+        raise PromptError(f"the ring prediction has shape {tuple(np.shape(ring_prediction))} but the image "
+                          f"{tuple(image.shape[: image.ndim])}; give the prediction made on this image")
     session = PromptSession(image, labels, params or InteractiveParams(engine="classical"), engine=engine)
     groups: dict[int, list[LogRow]] = {}
     order: list[int] = []
@@ -575,6 +601,7 @@ def replay(image: MedImage, rows: list[LogRow], labels: np.ndarray | None = None
         elif event == "reset":
             session.reset_object()
         elif event == "commit":
-            session.commit()
+            kind = group[0].kind
+            session.commit(Ring.from_description(kind, ring_prediction, f"the commit with seq {seq} in the prompt log") if kind.startswith("ring") else None)
     return session.labels
 

@@ -185,7 +185,9 @@ class _Runner:
     def _writer(self, update: Any) -> None:
         """The session's writer: the GUI thread applies the diff; wait until it has."""
         ack = threading.Event()
-        self._emit({"kind": "write", "update": update, "ack": ack})
+        # The object's state after this diff (the session updates it before writing) goes with
+        # it: the GUI swaps both at once, so an autosave never sees one without the other.
+        self._emit({"kind": "write", "update": update, "ack": ack, "open": self._open_crop()})
         while not ack.wait(0.1):
             if self.job.stop.is_set():
                 from medloop.app.engine.jobs import JobCancelled
@@ -216,6 +218,7 @@ class _Runner:
         engine = make_engine(s.params)
         _warm_engine(engine, s.params)
         session = PromptSession(s.image, self.labels, s.params, engine=engine, writer=self._writer)
+        self.session = session  # the writer reads the open object's state while the log replays
         self._restored = session.resume(s.rows) if s.rows else 0
         session.on_commit = self.persist
         self._first_seq = session.seq  # prompts counted for Review are this session's own
@@ -252,6 +255,11 @@ class _Runner:
         message = s.log[-1].message or f"object {done} committed"
         return Update(tuple(np.zeros(0, np.intp) for _ in range(s.ndim)), np.zeros(0), np.zeros(0), None, message)
 
+    def _open_crop(self) -> Any:
+        """(roi, mask, base) of the open object: the voxels the autosave leaves out (None: none)."""
+        obj = self.session.object
+        return None if obj.mask is None else (obj.roi, obj.mask.copy(), obj.base.copy())
+
     def _snapshot(self) -> dict:
         """What the GUI shows and autosaves: the open object's points (array indices), its
         voxels, the crop the autosave excludes (the open object lives in the log)."""
@@ -260,9 +268,8 @@ class _Runner:
         s = self.session
         obj = s.object
         points = [(physical_to_index(s.image, np.asarray(p.xyz_mm))[0], p.positive) for p in obj.prompts if isinstance(p, Point)]
-        crop = None if obj.mask is None else (obj.roi, obj.mask.copy(), obj.base.copy())
         return {"points": points, "object": obj.id, "voxels": s.object_voxels, "committed": len(s.committed),
-                "undo": len(s.undo_stack), "redo": len(s.redo_stack), "waiting": obj.pending is not None, "open": crop,
+                "undo": len(s.undo_stack), "redo": len(s.redo_stack), "waiting": obj.pending is not None, "open": self._open_crop(),
                 "prompts": len({r.seq for r in s.log if r.event == "prompt" and r.seq > self._first_seq}), "runs": self.runs, "label": s.params.label}
 
     @property
@@ -844,7 +851,7 @@ class InteractivePanel(MethodPanel):
         if kind == "write":
             try:
                 if b is not None:
-                    self._apply(b, info["update"])
+                    self._apply(b, info["update"], info["open"])
             finally:
                 info["ack"].set()
             return
@@ -876,17 +883,21 @@ class InteractivePanel(MethodPanel):
             self._show_info(b)
             b.saver.changed()  # the labels without the open object (which lives in the prompt log)
 
-    def _apply(self, b: _Bound, update: Any) -> None:
+    def _apply(self, b: _Bound, update: Any, open_crop: Any) -> None:
         """Write one diff: only its voxels, and only where nobody painted since it was computed
-        (one napari history step)."""
-        if not update.changed:
-            return
-        layer = b.target
-        current = np.asarray(layer.data[update.index])
-        keep = current == update.before
-        index = tuple(ix[keep] for ix in update.index)
-        if index[0].size:
-            layer.data_setitem(index, update.after[keep])
+        (one napari history step); the open object's crop changes with it, under the lock the
+        autosave copies under (a copy between the two would save the open object, which the
+        restore then replays on top of itself)."""
+        with b.open_lock:
+            b.snapshot_open = open_crop
+            if not update.changed:
+                return
+            layer = b.target
+            current = np.asarray(layer.data[update.index])
+            keep = current == update.before
+            index = tuple(ix[keep] for ix in update.index)
+            if index[0].size:
+                layer.data_setitem(index, update.after[keep])
         b.applied += 1
 
     def _done(self, b: _Bound, info: dict) -> None:
@@ -966,8 +977,8 @@ class InteractivePanel(MethodPanel):
     def _labels_to_save(b: _Bound) -> np.ndarray:
         """The autosave's copy of the target: the open object's voxels hold what was there
         before it (it is restored from the prompt log), committed objects are kept."""
-        labels = np.array(b.target.data, copy=True)
-        with b.open_lock:
+        with b.open_lock:  # the labels and the open object's crop of one moment
+            labels = np.array(b.target.data, copy=True)
             crop = b.snapshot_open
         if crop is not None:
             roi, mask, base = crop

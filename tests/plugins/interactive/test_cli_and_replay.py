@@ -134,3 +134,31 @@ def test_cli_learned_engine_while_disabled_says_why(cli, tmp_path):
     write_image(MedImage.from_array(np.zeros((20, 30, 40), np.float32)), path)
     line = refused(cli, "interactive", str(path), "--point=1,1,1+", "--engine", "learned", "-o", str(tmp_path / "o.nii.gz"))
     assert line == f"medloop: error: the learned click engine is disabled ({reason}); use the classical engine (--engine classical)"
+
+
+def test_replay_redraws_a_ring_from_the_models_prediction(cli, tmp_path):
+    """A Correction commit draws a 2 mm ring from the model's prediction: the log describes it,
+    replay (Python and CLI) redraws it bit for bit given the prediction, and refuses without it."""
+    from medloop.plugins.interactive.session import Ring
+
+    image, body = _phantom()
+    prediction = np.where(body, 1, 2).astype(np.int64)  # the model's classes: 1 in the body, 2 around it
+    log = tmp_path / "prompts.csv"
+    session = PromptSession(image, np.zeros(image.shape, np.uint8), InteractiveParams(engine="classical", label=2), log_path=log)
+    session.add(Point(_to_physical(image, (30, 40, 35))))
+    session.add(Point(_to_physical(image, (30, 40, 68)), positive=False))
+    session.commit(Ring(class_index=1, mm=2.0, prediction=prediction, offset=1))
+    ring = int((session.labels == 3).sum())  # class 2 + offset 1, written around the object
+    assert ring > 1000 and read_log(log)[-1].kind == "ring mm=2 class=1 background=0 offset=1 from=prediction"
+    assert np.array_equal(replay(image, read_log(log), ring_prediction=prediction), session.labels)
+    with pytest.raises(Exception, match=r"^the commit with seq 3 in the prompt log drew its ring from the model's prediction; give that prediction"):
+        replay(image, read_log(log))
+
+    path, pred_path, out = tmp_path / "img.nii.gz", tmp_path / "pred.nii.gz", tmp_path / "again.nii.gz"
+    write_image(image, path)
+    write_image(image.with_array(prediction.astype(np.uint8)), pred_path)
+    result = cli("interactive", "replay", str(path), "--prompts", str(log), "--ring-prediction", str(pred_path), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(np.asarray(read_image(out).array), session.labels)
+    line = refused(cli, "interactive", "replay", str(path), "--prompts", str(log), "-o", str(out))
+    assert line.startswith("medloop: error: the commit with seq 3 in the prompt log drew its ring from the model's prediction; give that prediction")
