@@ -47,6 +47,8 @@ class MethodPanel(QWidget):
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
         self._progress_shown = 0.0
+        self._docked = False  # once in a dock, losing the parent means napari removed the panel
+        self._delete_when_idle = False
         #: Buttons that start a job: disabled while one runs.
         self.start_buttons: list[QPushButton] = []
         self.viewer.layers.events.inserted.connect(self.refresh_layers)
@@ -151,6 +153,26 @@ class MethodPanel(QWidget):
     def release(self) -> None:
         """Write pending edits and stop the background threads the panel owns (subclasses)."""
 
+    def event(self, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self._removed_from_dock()
+        return super().event(event)
+
+    def _removed_from_dock(self) -> None:
+        """The dock's close button makes napari unparent the panel (``remove_dock_widget``),
+        with no close event: release what it holds and delete it on the GUI thread once its job
+        has ended. Left to Python's cyclic collector (the panel's slots refer to it), it would
+        be freed on whichever thread collects next, a worker's included, and Qt crashes there."""
+        self.release()
+        if self.job is not None:
+            self.job.cancel()
+            self._delete_when_idle = True  # the job's last signals still reach the panel
+        else:
+            self.deleteLater()
+
     def _set_running(self, running: bool) -> None:
         for button in self.start_buttons:
             button.setEnabled(not running)
@@ -176,6 +198,9 @@ class MethodPanel(QWidget):
 
     def _finished(self) -> None:
         self.job = None
+        if self._delete_when_idle:
+            self.deleteLater()
+            return
         self._set_running(False)
         self.job_finished()
 
