@@ -1,5 +1,4 @@
-"""Qt lives only in medloop/app/gui/ and medloop/plugins/*/widget.py (DESIGN.md), and in the
-parts a plugin's panel is built from, named ``*_view.py`` (e.g. correction/guidance_view.py).
+"""Qt lives only in medloop/app/gui/ and medloop/plugins/*/widget.py (DESIGN.md).
 
 Checked twice: statically (no forbidden import statement anywhere else) and dynamically
 (importing every other module, in a fresh interpreter, loads no Qt binding).
@@ -22,7 +21,7 @@ QT_MODULES = ("qtpy", "PySide6", "PySide2", "PyQt5", "PyQt6", "superqt", "napari
 def gui_allowed(module: str) -> bool:
     parts = module.split(".")
     return module.startswith("medloop.app.gui") or (
-        parts[:2] == ["medloop", "plugins"] and (parts[-1] == "widget" or parts[-1].endswith("_view"))
+        parts[:2] == ["medloop", "plugins"] and parts[-1] == "widget"
     )
 
 

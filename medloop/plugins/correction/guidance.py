@@ -322,3 +322,26 @@ def write_suggestions(suggestions: Sequence[Suggestion], path: Path) -> Path:
         writer.writerow([s.rank, "" if s.slice is None else s.slice, *s.box, s.score, s.uncertainty, s.distance_px, s.predicted_class])
     atomic_write_text(path, buf.getvalue())
     return path
+
+
+# -- how a suggestion is shown (the panel's list and rectangles) --------------------------------
+def row_text(s: Suggestion, classes: dict[int, str]) -> str:
+    """``"1. slice 34 · rows 24–48, cols 48–72 · unsure 0.62 · predicted grey matter"`` (no slice
+    for a 2-D image)."""
+    y0, x0, y1, x1 = s.box
+    where = f"rows {y0}–{y1}, cols {x0}–{x1}"
+    if s.slice is not None:
+        where = f"slice {s.slice} · {where}"
+    name = classes.get(s.predicted_class, f"class {s.predicted_class}")
+    return f"{s.rank}. {where} · unsure {s.uncertainty:.2f} · predicted {name}"
+
+
+def suggestion_corners(s: Suggestion) -> list[tuple[float, ...]]:
+    """The four data-coordinate corners of a suggestion's box (pixel edges: centres are integers)."""
+    y0, x0, y1, x1 = s.box
+    plane = [(y0 - 0.5, x0 - 0.5), (y0 - 0.5, x1 - 0.5), (y1 - 0.5, x1 - 0.5), (y1 - 0.5, x0 - 0.5)]
+    return [c if s.slice is None else (float(s.slice), *c) for c in plane]
+
+
+def suggestion_rectangle(s: Suggestion) -> np.ndarray:
+    return np.array(suggestion_corners(s), float)
