@@ -145,10 +145,13 @@ class MethodPanel(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         """Closing the panel cancels its job and releases what it holds (:meth:`release`):
         pending edits are written and no worker or autosave thread outlives it."""
+        self._let_go()
+        super().closeEvent(event)
+
+    def _let_go(self) -> None:
         if self.job is not None:
             self.job.cancel()
         self.release()
-        super().closeEvent(event)
 
     def release(self) -> None:
         """Write pending edits and stop the background threads the panel owns (subclasses)."""
@@ -166,9 +169,8 @@ class MethodPanel(QWidget):
         with no close event: release what it holds and delete it on the GUI thread once its job
         has ended. Left to Python's cyclic collector (the panel's slots refer to it), it would
         be freed on whichever thread collects next, a worker's included, and Qt crashes there."""
-        self.release()
+        self._let_go()
         if self.job is not None:
-            self.job.cancel()
             self._delete_when_idle = True  # the job's last signals still reach the panel
         else:
             self.deleteLater()

@@ -565,10 +565,7 @@ class ReviewPanel(MethodPanel):
 
     def close_case(self) -> None:
         """Save any pending edit and remove the case's layers."""
-        self._forget_prefetched()
-        if self.saver is not None:
-            self.saver.close()
-            self.saver = None
+        self.release()
         for layer in self.layers.values():
             if layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
